@@ -1,0 +1,157 @@
+// Package config holds flashpv's command-line options.
+package config
+
+import (
+	"errors"
+	"flag"
+	"fmt"
+	"path/filepath"
+	"strconv"
+	"strings"
+
+	"github.com/flashpv/flashpv/pkg/pool"
+)
+
+// DefaultPoolName names the pool used when no --pool is given.
+const DefaultPoolName = "default"
+
+// PoolSpec is one --pool flag: NAME=PATH[,reserve=SIZE].
+type PoolSpec struct {
+	Name    string
+	Path    string
+	Reserve int64
+}
+
+// Options are everything main needs to wire the driver.
+type Options struct {
+	Endpoint    string
+	NodeID      string
+	StateDir    string
+	KubeletDir  string
+	MaxVolumes  int64
+	Pools       []PoolSpec
+	ShowVersion bool
+}
+
+// AddFlags registers the options on fs.
+func (o *Options) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Endpoint, "endpoint", "unix:///var/lib/kubelet/plugins/flashpv.dev/csi.sock", "CSI endpoint, unix:///path/to/socket")
+	fs.StringVar(&o.NodeID, "node-id", "", "this node's name (the value of the flashpv.dev/node topology key)")
+	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/flashpv", "directory of the default pool when no --pool is given")
+	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "only staging and target paths below this directory are accepted")
+	fs.Int64Var(&o.MaxVolumes, "max-volumes", 1000, "volumes this node can have staged at once (NodeGetInfo max_volumes_per_node)")
+	fs.Func("pool", "a pool: NAME=PATH[,reserve=SIZE] (repeatable; SIZE like 10Gi, 500M or bytes)", func(s string) error {
+		p, err := ParsePoolSpec(s)
+		if err != nil {
+			return err
+		}
+		o.Pools = append(o.Pools, p)
+		return nil
+	})
+	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
+}
+
+// Validate checks the options and fills defaults that depend on others.
+func (o *Options) Validate() error {
+	var errs []error
+	if !strings.HasPrefix(o.Endpoint, "unix://") || len(o.Endpoint) <= len("unix://") {
+		errs = append(errs, fmt.Errorf("--endpoint %q: only unix:// endpoints are supported", o.Endpoint))
+	}
+	if o.NodeID == "" {
+		errs = append(errs, errors.New("--node-id is required"))
+	} else if len(o.NodeID) > 253 {
+		errs = append(errs, errors.New("--node-id is longer than 253 characters"))
+	}
+	if !filepath.IsAbs(o.KubeletDir) {
+		errs = append(errs, fmt.Errorf("--kubelet-dir %q is not absolute", o.KubeletDir))
+	}
+	if o.MaxVolumes <= 0 {
+		errs = append(errs, errors.New("--max-volumes must be positive"))
+	}
+	if len(o.Pools) == 0 {
+		if !filepath.IsAbs(o.StateDir) {
+			errs = append(errs, fmt.Errorf("--state-dir %q is not absolute", o.StateDir))
+		}
+		o.Pools = []PoolSpec{{Name: DefaultPoolName, Path: filepath.Join(o.StateDir, "pools", DefaultPoolName)}}
+	}
+	names := map[string]bool{}
+	for i, p := range o.Pools {
+		if names[p.Name] {
+			errs = append(errs, fmt.Errorf("pool %q is given twice", p.Name))
+		}
+		names[p.Name] = true
+		for _, q := range o.Pools[:i] {
+			if nested(p.Path, q.Path) {
+				errs = append(errs, fmt.Errorf("pools %q and %q overlap (%s, %s)", q.Name, p.Name, q.Path, p.Path))
+			}
+		}
+	}
+	return errors.Join(errs...)
+}
+
+// SocketPath is the filesystem path of the unix endpoint.
+func (o *Options) SocketPath() string { return strings.TrimPrefix(o.Endpoint, "unix://") }
+
+func nested(a, b string) bool {
+	a, b = filepath.Clean(a)+"/", filepath.Clean(b)+"/"
+	return strings.HasPrefix(a, b) || strings.HasPrefix(b, a)
+}
+
+// ParsePoolSpec parses NAME=PATH[,reserve=SIZE].
+func ParsePoolSpec(s string) (PoolSpec, error) {
+	name, rest, ok := strings.Cut(s, "=")
+	if !ok {
+		return PoolSpec{}, fmt.Errorf("pool %q: want NAME=PATH[,reserve=SIZE]", s)
+	}
+	if !pool.ValidPoolName(name) {
+		return PoolSpec{}, fmt.Errorf("pool name %q: lower-case letters, digits and '-', at most 32", name)
+	}
+	parts := strings.Split(rest, ",")
+	spec := PoolSpec{Name: name, Path: parts[0]}
+	if !filepath.IsAbs(spec.Path) || filepath.Clean(spec.Path) != spec.Path {
+		return PoolSpec{}, fmt.Errorf("pool %s: path %q must be absolute and clean", name, spec.Path)
+	}
+	for _, opt := range parts[1:] {
+		k, v, _ := strings.Cut(opt, "=")
+		switch k {
+		case "reserve":
+			n, err := ParseSize(v)
+			if err != nil {
+				return PoolSpec{}, fmt.Errorf("pool %s: reserve: %w", name, err)
+			}
+			spec.Reserve = n
+		default:
+			return PoolSpec{}, fmt.Errorf("pool %s: unknown option %q", name, k)
+		}
+	}
+	return spec, nil
+}
+
+var sizeSuffixes = []struct {
+	suffix string
+	mult   int64
+}{
+	{"Ki", 1 << 10}, {"Mi", 1 << 20}, {"Gi", 1 << 30}, {"Ti", 1 << 40},
+	{"K", 1e3}, {"M", 1e6}, {"G", 1e9}, {"T", 1e12},
+}
+
+// ParseSize reads a byte count with an optional binary (Ki, Mi, Gi, Ti) or
+// decimal (K, M, G, T) suffix, as Kubernetes quantities write them.
+func ParseSize(s string) (int64, error) {
+	mult := int64(1)
+	num := s
+	for _, sf := range sizeSuffixes {
+		if n, ok := strings.CutSuffix(s, sf.suffix); ok {
+			num, mult = n, sf.mult
+			break
+		}
+	}
+	n, err := strconv.ParseInt(num, 10, 64)
+	if err != nil || n < 0 {
+		return 0, fmt.Errorf("size %q: want a non-negative integer with an optional suffix (Ki, Mi, Gi, Ti, K, M, G, T)", s)
+	}
+	if n > (1<<62)/mult {
+		return 0, fmt.Errorf("size %q is too large", s)
+	}
+	return n * mult, nil
+}

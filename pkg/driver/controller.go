@@ -1,0 +1,305 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sort"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/protobuf/types/known/wrapperspb"
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/pool"
+)
+
+// Controller is the CSI Controller service. In flashpv it runs on the node
+// that holds the storage (distributed provisioning), so it can create volumes
+// in the node's pools directly.
+type Controller struct {
+	csi.UnimplementedControllerServer
+	d *Driver
+}
+
+func (s *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
+	vol, err := s.createVolume(req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.CreateVolumeResponse{Volume: vol}, nil
+}
+
+func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, error) {
+	name := req.GetName()
+	if err := pool.ValidateName(name); err != nil {
+		return nil, err
+	}
+	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+	if err != nil {
+		return nil, err
+	}
+	if req.GetVolumeContentSource() != nil {
+		return nil, fmt.Errorf("%w: volume content sources (snapshots, clones)", errUnsupported)
+	}
+	params, err := createParameters(req.GetParameters())
+	if err != nil {
+		return nil, err
+	}
+	p, err := s.d.poolFor(params)
+	if err != nil {
+		return nil, err
+	}
+	if err := s.d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
+		return nil, err
+	}
+	minSize := int64(MinVolumeSize)
+	if mode == pool.ModeFilesystem {
+		minSize = minFsSize[fsType]
+	}
+	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize)
+	if err != nil {
+		return nil, err
+	}
+
+	release, err := s.d.locks.acquire("name/" + name)
+	if err != nil {
+		return nil, err
+	}
+	defer release()
+	// The ID depends on the pool, so a name is unique across all pools.
+	for _, other := range s.d.poolNames {
+		if other == p.Name() {
+			continue
+		}
+		if v, err := s.d.pools[other].GetByName(name); err == nil {
+			return nil, fmt.Errorf("%w: volume %q exists in pool %s as %s", pool.ErrAlreadyExists, name, other, v.ID)
+		}
+	}
+	v, created, err := p.Create(pool.Spec{
+		Name: name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
+		Mode: mode, FsType: fsType, Parameters: params,
+	})
+	if err != nil {
+		return nil, err
+	}
+	if created {
+		klog.InfoS("Volume created", "volumeID", v.ID, "name", name, "bytes", v.SizeBytes, "mode", v.Mode, "fsType", v.FsType)
+	}
+	return s.d.csiVolume(p, v), nil
+}
+
+// poolFor returns the pool a StorageClass's parameters select.
+func (d *Driver) poolFor(params map[string]string) (*pool.Pool, error) {
+	name, ok := params[ParamPool]
+	if !ok {
+		name = d.defaultPool
+	}
+	p := d.pools[name]
+	if p == nil {
+		return nil, invalid("unknown pool %q (this node has %v)", name, d.poolNames)
+	}
+	return p, nil
+}
+
+// checkAccessible fails unless the requisite topology includes this node. The
+// provisioner then gives the pod back to the scheduler.
+func (d *Driver) checkAccessible(ar *csi.TopologyRequirement) error {
+	if len(ar.GetRequisite()) == 0 {
+		return nil
+	}
+	for _, t := range ar.GetRequisite() {
+		if d.isThisNode(t) {
+			return nil
+		}
+	}
+	return fmt.Errorf("%w: requisite topology does not include %s=%s", errNotThisNode, TopologyKey, d.nodeID)
+}
+
+func (d *Driver) isThisNode(t *csi.Topology) bool {
+	return t.GetSegments()[TopologyKey] == d.nodeID
+}
+
+func (d *Driver) csiVolume(p *pool.Pool, v *pool.Volume) *csi.Volume {
+	return &csi.Volume{
+		VolumeId:           v.ID,
+		CapacityBytes:      v.SizeBytes,
+		VolumeContext:      map[string]string{ParamPool: p.Name()},
+		AccessibleTopology: []*csi.Topology{d.topology()},
+	}
+}
+
+func (s *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
+	if err := s.deleteVolume(req.GetVolumeId()); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.DeleteVolumeResponse{}, nil
+}
+
+func (s *Controller) deleteVolume(volumeID string) error {
+	if volumeID == "" {
+		return invalid("volume ID is missing")
+	}
+	release, err := s.d.locks.acquire(volumeID)
+	if err != nil {
+		return err
+	}
+	defer release()
+	p, v, err := s.d.lookup(volumeID)
+	if errors.Is(err, pool.ErrNotFound) || errors.Is(err, pool.ErrInvalid) {
+		// Deleting what does not exist succeeds; an ID that is not ours
+		// cannot name anything here either.
+		klog.V(4).InfoS("DeleteVolume: nothing to delete", "volumeID", volumeID, "reason", err)
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dev, err := s.d.devices.Find(imageOf(p, v))
+	if err != nil {
+		return err
+	}
+	if dev != "" {
+		return fmt.Errorf("%w: volume %s is still staged on this node (%s); unstage it first", errPrecondition, volumeID, dev)
+	}
+	id, _ := pool.ParseVolumeID(volumeID)
+	if err := p.Delete(id.Key); err != nil {
+		return err
+	}
+	klog.InfoS("Volume deleted", "volumeID", volumeID, "name", v.Name)
+	return nil
+}
+
+func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityRequest) (*csi.GetCapacityResponse, error) {
+	params, err := createParameters(req.GetParameters())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	p, err := s.d.poolFor(params)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	minSize := int64(MinVolumeSize)
+	if len(req.GetVolumeCapabilities()) > 0 {
+		mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+		if err != nil {
+			// No volume with these capabilities can be made here.
+			return &csi.GetCapacityResponse{}, nil
+		}
+		if mode == pool.ModeFilesystem {
+			minSize = minFsSize[fsType]
+		}
+	}
+	if t := req.GetAccessibleTopology(); t != nil && !s.d.isThisNode(t) {
+		return &csi.GetCapacityResponse{}, nil
+	}
+	c, err := p.Capacity()
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.GetCapacityResponse{
+		AvailableCapacity: c.Available,
+		MaximumVolumeSize: wrapperspb.Int64(c.Available / mib * mib),
+		MinimumVolumeSize: wrapperspb.Int64(minSize),
+	}, nil
+}
+
+func (s *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesRequest) (*csi.ListVolumesResponse, error) {
+	page, next, err := s.d.listPage(req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &csi.ListVolumesResponse{NextToken: next}
+	for _, e := range page {
+		resp.Entries = append(resp.Entries, &csi.ListVolumesResponse_Entry{Volume: s.d.csiVolume(e.pool, e.vol)})
+	}
+	return resp, nil
+}
+
+type poolVolume struct {
+	pool *pool.Pool
+	vol  *pool.Volume
+}
+
+// listPage returns up to max volumes of all pools in ID order, starting at
+// token, and the token of the next page. A token is the ID the next page
+// starts at; it stays valid when that volume is deleted meanwhile.
+func (d *Driver) listPage(max int32, token string) ([]poolVolume, string, error) {
+	if max < 0 {
+		return nil, "", invalid("max_entries is negative")
+	}
+	if token != "" {
+		if _, err := pool.ParseVolumeID(token); err != nil {
+			return nil, "", fmt.Errorf("%w: starting token %q is not a flashpv token", errAborted, token)
+		}
+	}
+	var all []poolVolume
+	for _, name := range d.poolNames {
+		p := d.pools[name]
+		vols, err := p.List()
+		if err != nil {
+			return nil, "", err
+		}
+		for _, v := range vols {
+			if v.ID >= token {
+				all = append(all, poolVolume{p, v})
+			}
+		}
+	}
+	sort.Slice(all, func(i, j int) bool { return all[i].vol.ID < all[j].vol.ID })
+	if n := int(max); n > 0 && len(all) > n {
+		return all[:n], all[n].vol.ID, nil
+	}
+	return all, "", nil
+}
+
+func (s *Controller) ControllerGetVolume(ctx context.Context, req *csi.ControllerGetVolumeRequest) (*csi.ControllerGetVolumeResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, toStatus(invalid("volume ID is missing"))
+	}
+	p, v, err := s.d.lookup(req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerGetVolumeResponse{Volume: s.d.csiVolume(p, v)}, nil
+}
+
+func (s *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.ValidateVolumeCapabilitiesRequest) (*csi.ValidateVolumeCapabilitiesResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, toStatus(invalid("volume ID is missing"))
+	}
+	if len(req.GetVolumeCapabilities()) == 0 {
+		return nil, toStatus(invalid("volume capabilities are missing"))
+	}
+	_, v, err := s.d.lookup(req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+	if err == nil && (mode != v.Mode || fsType != v.FsType) {
+		err = fmt.Errorf("volume is a %s volume %s", v.Mode, v.FsType)
+	}
+	if err != nil {
+		return &csi.ValidateVolumeCapabilitiesResponse{Message: err.Error()}, nil
+	}
+	return &csi.ValidateVolumeCapabilitiesResponse{Confirmed: &csi.ValidateVolumeCapabilitiesResponse_Confirmed{
+		VolumeContext:      req.GetVolumeContext(),
+		VolumeCapabilities: req.GetVolumeCapabilities(),
+		Parameters:         req.GetParameters(),
+	}}, nil
+}
+
+func (s *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerGetCapabilitiesRequest) (*csi.ControllerGetCapabilitiesResponse, error) {
+	var caps []*csi.ControllerServiceCapability
+	for _, t := range []csi.ControllerServiceCapability_RPC_Type{
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_CAPACITY,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUMES,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME,
+		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
+		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}

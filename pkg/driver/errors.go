@@ -1,0 +1,53 @@
+package driver
+
+import (
+	"context"
+	"errors"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+
+	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/pool"
+)
+
+// Errors of the node and controller logic; pool.Err* cover the storage domain.
+var (
+	errAborted      = errors.New("operation in progress")
+	errPrecondition = errors.New("failed precondition")
+	errNotThisNode  = errors.New("topology does not include this node")
+	errTooMany      = errors.New("volume limit of this node reached")
+	errUnsupported  = errors.New("not supported")
+)
+
+// toStatus is the one place where errors become gRPC status codes.
+func toStatus(err error) error {
+	if err == nil {
+		return nil
+	}
+	if _, ok := status.FromError(err); ok {
+		return err
+	}
+	code := codes.Internal
+	switch {
+	case errors.Is(err, pool.ErrInvalid), errors.Is(err, errUnsupported):
+		code = codes.InvalidArgument
+	case errors.Is(err, pool.ErrNotFound):
+		code = codes.NotFound
+	case errors.Is(err, pool.ErrAlreadyExists):
+		code = codes.AlreadyExists
+	case errors.Is(err, pool.ErrNoSpace), errors.Is(err, errNotThisNode), errors.Is(err, errTooMany):
+		code = codes.ResourceExhausted
+	case errors.Is(err, pool.ErrOutOfRange):
+		code = codes.OutOfRange
+	case errors.Is(err, errAborted):
+		code = codes.Aborted
+	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy):
+		code = codes.FailedPrecondition
+	case errors.Is(err, context.Canceled):
+		code = codes.Canceled
+	case errors.Is(err, context.DeadlineExceeded):
+		code = codes.DeadlineExceeded
+	}
+	return status.Error(code, err.Error())
+}

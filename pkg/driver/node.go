@@ -1,0 +1,382 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/pool"
+)
+
+// Node is the CSI Node service: it attaches volume images as loop devices,
+// formats and mounts them, and publishes them to pods.
+type Node struct {
+	csi.UnimplementedNodeServer
+	d *Driver
+}
+
+// mkfsOptions keep mkfs from discarding the device: a discard would punch the
+// whole preallocated image full of holes before the first write.
+var mkfsOptions = map[string][]string{
+	"ext4":  {"-E", "nodiscard"},
+	"xfs":   {"-K"},
+	"btrfs": {"-K"},
+}
+
+// nodeVolume is what every node RPC starts with: a validated request on a
+// known volume, locked against concurrent operations.
+type nodeVolume struct {
+	pool    *pool.Pool
+	vol     *pool.Volume
+	image   string
+	release func()
+}
+
+func (d *Driver) openNodeVolume(volumeID string) (*nodeVolume, error) {
+	if volumeID == "" {
+		return nil, invalid("volume ID is missing")
+	}
+	if _, err := pool.ParseVolumeID(volumeID); err != nil {
+		return nil, err
+	}
+	release, err := d.locks.acquire(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	p, v, err := d.lookup(volumeID)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	return &nodeVolume{pool: p, vol: v, image: imageOf(p, v), release: release}, nil
+}
+
+// checkMatches refuses a capability that does not fit the volume.
+func checkMatches(v *pool.Volume, c *csi.VolumeCapability) error {
+	mode, fsType, err := checkCapability(c)
+	if err != nil {
+		return err
+	}
+	if mode != v.Mode {
+		return invalid("volume %s is a %s volume, the capability asks for %s", v.ID, v.Mode, mode)
+	}
+	if mode == pool.ModeFilesystem && c.GetMount().GetFsType() != "" && fsType != v.FsType {
+		return invalid("volume %s holds %s, the capability asks for %s", v.ID, v.FsType, fsType)
+	}
+	return nil
+}
+
+func (s *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
+	if err := s.stage(req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeStageVolumeResponse{}, nil
+}
+
+func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
+	staging := req.GetStagingTargetPath()
+	if req.GetVolumeId() == "" {
+		return invalid("volume ID is missing")
+	}
+	if err := s.d.checkPath(staging, "staging target path"); err != nil {
+		return err
+	}
+	if _, _, err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer nv.release()
+	if err := checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	dev, err := s.d.attach(nv.image)
+	if err != nil {
+		return err
+	}
+	if nv.vol.Mode == pool.ModeBlock {
+		return nil
+	}
+	return s.d.stageFilesystem(nv.vol, dev, staging, req.GetVolumeCapability().GetMount().GetMountFlags())
+}
+
+// attach returns the loop device of an image, attaching it if needed while
+// keeping the node under its volume limit.
+func (d *Driver) attach(image string) (string, error) {
+	if dev, err := d.devices.Find(image); err != nil || dev != "" {
+		return dev, err
+	}
+	var n int64
+	for _, name := range d.poolNames {
+		att, err := d.devices.Attached(d.pools[name].Dir())
+		if err != nil {
+			return "", err
+		}
+		n += int64(len(att))
+	}
+	if n >= d.maxVolumes {
+		return "", fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, n, d.maxVolumes)
+	}
+	dev, err := d.devices.Attach(image)
+	if err != nil {
+		return "", fmt.Errorf("attaching %s: %w", image, err)
+	}
+	klog.V(2).InfoS("Image attached", "image", image, "device", dev)
+	return dev, nil
+}
+
+func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []string) error {
+	m, err := mountAt(staging)
+	if err != nil {
+		return err
+	}
+	if m != nil && !newDeviceMounts(dev).owns(m) {
+		return fmt.Errorf("%w: staging path %s already holds another mount (%s)", errPrecondition, staging, m.Source)
+	}
+	if m == nil {
+		format, err := d.mounter.GetDiskFormat(dev)
+		if err != nil {
+			return fmt.Errorf("probing %s: %w", dev, err)
+		}
+		if format != "" && format != v.FsType {
+			return fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
+		}
+		if err := os.MkdirAll(staging, 0o750); err != nil {
+			return err
+		}
+		if err := d.mounter.FormatAndMountSensitiveWithFormatOptions(dev, staging, v.FsType, flags, nil, mkfsOptions[v.FsType]); err != nil {
+			return fmt.Errorf("mounting %s at %s: %w", dev, staging, err)
+		}
+		klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "device", dev, "path", staging, "fsType", v.FsType, "formatted", format == "")
+	}
+	// Finish a growth that happened while the volume was not mounted (or
+	// that a crash interrupted).
+	return d.growFilesystem(dev, staging)
+}
+
+func (d *Driver) growFilesystem(dev, mountPath string) error {
+	need, err := d.resizer.NeedResize(dev, mountPath)
+	if err != nil {
+		return fmt.Errorf("checking the size of the filesystem on %s: %w", dev, err)
+	}
+	if !need {
+		return nil
+	}
+	if _, err := d.resizer.Resize(dev, mountPath); err != nil {
+		return fmt.Errorf("growing the filesystem on %s: %w", dev, err)
+	}
+	klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)
+	return nil
+}
+
+func (s *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
+	if err := s.unstage(req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeUnstageVolumeResponse{}, nil
+}
+
+func (s *Node) unstage(req *csi.NodeUnstageVolumeRequest) error {
+	staging := req.GetStagingTargetPath()
+	if req.GetVolumeId() == "" {
+		return invalid("volume ID is missing")
+	}
+	if err := s.d.checkPath(staging, "staging target path"); err != nil {
+		return err
+	}
+	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer nv.release()
+	dev, err := s.d.devices.Find(nv.image)
+	if err != nil {
+		return err
+	}
+	dm := newDeviceMounts(dev)
+	m, err := mountAt(staging)
+	if err != nil {
+		return err
+	}
+	if m != nil {
+		if !dm.owns(m) {
+			return fmt.Errorf("%w: staging path %s holds a mount that is not volume %s", errPrecondition, staging, nv.vol.ID)
+		}
+		if err := s.d.mounter.Unmount(staging); err != nil {
+			return err
+		}
+	}
+	if dev == "" {
+		return nil
+	}
+	if left, err := dm.all(); err != nil {
+		return err
+	} else if len(left) > 0 {
+		return fmt.Errorf("%w: volume %s is still published at %v", errPrecondition, nv.vol.ID, left)
+	}
+	if err := s.d.devices.Detach(nv.image); err != nil {
+		return err
+	}
+	klog.V(2).InfoS("Volume unstaged", "volumeID", nv.vol.ID, "device", dev)
+	return nil
+}
+
+func (s *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
+	if err := s.publish(req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodePublishVolumeResponse{}, nil
+}
+
+func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
+	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
+	if req.GetVolumeId() == "" {
+		return invalid("volume ID is missing")
+	}
+	if err := s.d.checkPath(target, "target path"); err != nil {
+		return err
+	}
+	if err := s.d.checkPath(staging, "staging target path"); err != nil {
+		return err
+	}
+	if _, _, err := checkCapability(req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer nv.release()
+	if err := checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+		return err
+	}
+	dev, err := s.d.devices.Find(nv.image)
+	if err != nil {
+		return err
+	}
+	if dev == "" {
+		return fmt.Errorf("%w: volume %s is not staged", errPrecondition, nv.vol.ID)
+	}
+	dm := newDeviceMounts(dev)
+	existing, err := mountAt(target)
+	if err != nil {
+		return err
+	}
+	if existing != nil {
+		if !dm.owns(existing) || readOnly(existing) != req.GetReadonly() {
+			return fmt.Errorf("%w: target %s already holds a different mount", pool.ErrAlreadyExists, target)
+		}
+		return nil
+	}
+	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
+		if err := singleWriter(dm, staging); err != nil {
+			return err
+		}
+	}
+	opts := []string{"bind"}
+	if req.GetReadonly() {
+		opts = append(opts, "ro")
+	}
+	source := dev
+	if nv.vol.Mode == pool.ModeFilesystem {
+		sm, err := mountAt(staging)
+		if err != nil {
+			return err
+		}
+		if sm == nil || !dm.owns(sm) {
+			return fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, nv.vol.ID, staging)
+		}
+		source = staging
+		opts = append(opts, req.GetVolumeCapability().GetMount().GetMountFlags()...)
+		if err := os.MkdirAll(target, 0o750); err != nil {
+			return err
+		}
+	} else if err := makeFile(target); err != nil {
+		return err
+	}
+	if err := s.d.mounter.Mount(source, target, "", opts); err != nil {
+		return fmt.Errorf("bind-mounting %s at %s: %w", source, target, err)
+	}
+	klog.V(2).InfoS("Volume published", "volumeID", nv.vol.ID, "target", target, "readonly", req.GetReadonly())
+	return nil
+}
+
+// singleWriter refuses a second publication of a SINGLE_NODE_SINGLE_WRITER
+// volume.
+func singleWriter(dm deviceMounts, staging string) error {
+	mounts, err := dm.all()
+	if err != nil {
+		return err
+	}
+	for _, mp := range mounts {
+		if mp != staging {
+			return fmt.Errorf("%w: single-writer volume is already published at %s", errPrecondition, mp)
+		}
+	}
+	return nil
+}
+
+// makeFile creates the file a block device is bind-mounted onto.
+func makeFile(path string) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return err
+	}
+	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o640)
+	if err != nil {
+		return err
+	}
+	return f.Close()
+}
+
+func (s *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
+	if err := s.unpublish(req); err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeUnpublishVolumeResponse{}, nil
+}
+
+func (s *Node) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
+	target := req.GetTargetPath()
+	if req.GetVolumeId() == "" {
+		return invalid("volume ID is missing")
+	}
+	if err := s.d.checkPath(target, "target path"); err != nil {
+		return err
+	}
+	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	if err != nil {
+		return err
+	}
+	defer nv.release()
+	m, err := mountAt(target)
+	if err != nil {
+		return err
+	}
+	if m != nil {
+		dev, err := s.d.devices.Find(nv.image)
+		if err != nil {
+			return err
+		}
+		if !newDeviceMounts(dev).owns(m) {
+			return fmt.Errorf("%w: target %s holds a mount that is not volume %s", errPrecondition, target, nv.vol.ID)
+		}
+		if err := s.d.mounter.Unmount(target); err != nil {
+			return err
+		}
+	}
+	// The target was created by NodePublishVolume: an empty directory or the
+	// file a block device was bound to.
+	if err := os.Remove(target); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return fmt.Errorf("removing target %s: %w", target, err)
+	}
+	klog.V(2).InfoS("Volume unpublished", "volumeID", nv.vol.ID, "target", target)
+	return nil
+}

@@ -1,0 +1,103 @@
+package driver
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
+	"k8s.io/klog/v2"
+)
+
+// Serve serves the three CSI services on the unix socket at path until ctx is
+// done, then stops gracefully. A socket left by a crashed process is replaced;
+// one that a live process still answers on is not.
+func (d *Driver) Serve(ctx context.Context, path string) error {
+	lis, err := listenUnix(path)
+	if err != nil {
+		return err
+	}
+	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+	csi.RegisterIdentityServer(srv, &Identity{d: d})
+	csi.RegisterControllerServer(srv, &Controller{d: d})
+	csi.RegisterNodeServer(srv, &Node{d: d})
+
+	errc := make(chan error, 1)
+	go func() { errc <- srv.Serve(lis) }()
+	klog.InfoS("Serving CSI", "endpoint", path, "driver", Name, "node", d.nodeID, "pools", d.poolNames)
+	select {
+	case err := <-errc:
+		return err
+	case <-ctx.Done():
+	}
+	klog.InfoS("Stopping: letting calls in flight finish")
+	stopped := make(chan struct{})
+	go func() { srv.GracefulStop(); close(stopped) }()
+	select {
+	case <-stopped:
+	case <-time.After(30 * time.Second):
+		srv.Stop()
+	}
+	return nil
+}
+
+func listenUnix(path string) (net.Listener, error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
+		return nil, err
+	}
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("%s exists and is not a socket", path)
+		}
+		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("socket %s is in use by another process", path)
+		}
+		klog.InfoS("Removing stale socket", "path", path)
+		if err := os.Remove(path); err != nil {
+			return nil, err
+		}
+	}
+	return net.Listen("unix", path)
+}
+
+// logCalls is the one place that logs RPCs: method, duration and outcome, and
+// at high verbosity the request with its secrets removed.
+func logCalls(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	if klog.V(5).Enabled() {
+		if m, ok := req.(proto.Message); ok {
+			klog.V(5).InfoS("Call", "method", info.FullMethod, "request", withoutSecrets(m))
+		}
+	}
+	resp, err := handler(ctx, req)
+	took := time.Since(start)
+	if err != nil {
+		klog.ErrorS(errors.New(status.Convert(err).Message()), "Call failed", "method", info.FullMethod, "code", status.Code(err), "duration", took)
+	} else {
+		klog.V(3).InfoS("Call done", "method", info.FullMethod, "duration", took)
+	}
+	return resp, err
+}
+
+// withoutSecrets returns a copy of m with every field marked csi_secret
+// cleared.
+func withoutSecrets(m proto.Message) proto.Message {
+	c := proto.Clone(m)
+	r := c.ProtoReflect()
+	r.Range(func(fd protoreflect.FieldDescriptor, _ protoreflect.Value) bool {
+		if opts := fd.Options(); opts != nil && proto.HasExtension(opts, csi.E_CsiSecret) && proto.GetExtension(opts, csi.E_CsiSecret).(bool) {
+			r.Clear(fd)
+		}
+		return true
+	})
+	return c
+}

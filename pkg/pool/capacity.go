@@ -1,0 +1,73 @@
+package pool
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+
+	"golang.org/x/sys/unix"
+)
+
+// Capacity describes a pool's space as flashpv promises it.
+type Capacity struct {
+	// Total is the size of the pool's filesystem minus the reserve.
+	Total int64
+	// Available can be promised to new volumes or growth.
+	Available int64
+	// Allocated is the sum of the sizes of all volume images.
+	Allocated int64
+	// Volumes counts the volumes in the pool.
+	Volumes int
+}
+
+// Capacity reports the pool's space.
+func (p *Pool) Capacity() (Capacity, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.capacity()
+}
+
+func (p *Pool) available() (int64, error) {
+	c, err := p.capacity()
+	return c.Available, err
+}
+
+// capacity computes what is free for new reservations: the filesystem's free
+// space, minus the part of every image that is reserved but not backed by
+// blocks (holes punched by discards from inside the volume), minus the
+// reserve. Holes can appear at any time, so this is measured, not cached.
+func (p *Pool) capacity() (Capacity, error) {
+	var sfs unix.Statfs_t
+	if err := p.statfs(p.dir, &sfs); err != nil {
+		return Capacity{}, err
+	}
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return Capacity{}, err
+	}
+	var c Capacity
+	var unbacked int64
+	for _, e := range entries {
+		n := e.Name()
+		if key, ok := strings.CutSuffix(n, metaSuffix); ok && keyRE.MatchString(key) {
+			c.Volumes++
+			continue
+		}
+		key, ok := strings.CutSuffix(n, imageSuffix)
+		if !ok || !keyRE.MatchString(key) {
+			continue
+		}
+		var st unix.Stat_t
+		if err := unix.Stat(filepath.Join(p.dir, n), &st); err != nil {
+			continue // removed meanwhile
+		}
+		c.Allocated += st.Size
+		if missing := st.Size - st.Blocks*512; missing > 0 {
+			unbacked += missing
+		}
+	}
+	bsize := int64(sfs.Bsize)
+	c.Total = max(int64(sfs.Blocks)*bsize-p.reserve, 0)
+	c.Available = max(int64(sfs.Bavail)*bsize-unbacked-p.reserve, 0)
+	return c, nil
+}

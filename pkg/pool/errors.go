@@ -1,0 +1,18 @@
+package pool
+
+import "errors"
+
+// Sentinel errors of the storage domain. The CSI layer maps them to gRPC codes
+// in one place; nothing in this package knows about gRPC.
+var (
+	// ErrNotFound: no volume with that ID (or name) exists in the pool.
+	ErrNotFound = errors.New("volume not found")
+	// ErrAlreadyExists: a volume with that name exists and is incompatible.
+	ErrAlreadyExists = errors.New("volume exists with different parameters")
+	// ErrNoSpace: the pool cannot hold the requested bytes.
+	ErrNoSpace = errors.New("not enough space in pool")
+	// ErrInvalid: a malformed ID, name or argument.
+	ErrInvalid = errors.New("invalid argument")
+	// ErrOutOfRange: a capacity range that cannot be met.
+	ErrOutOfRange = errors.New("capacity range cannot be satisfied")
+)

@@ -1,0 +1,291 @@
+// Package pool owns the volumes of one storage pool: a directory on a node's
+// local flash holding, per volume, a preallocated image file and its metadata.
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+)
+
+const (
+	imageSuffix = ".img"
+	metaSuffix  = ".json"
+	tmpSuffix   = ".tmp"
+)
+
+// Pool is one `image` pool. Its mutex makes capacity checks and reservations
+// atomic: two creates can never both see the same free bytes.
+type Pool struct {
+	name    string
+	dir     string
+	reserve int64
+
+	mu sync.Mutex
+	// statfs is replaceable so capacity accounting can be unit tested.
+	statfs func(path string, buf *unix.Statfs_t) error
+}
+
+// Open prepares the pool directory (creating it if needed) and removes what an
+// interrupted create or delete left behind.
+func Open(name, dir string, reserve int64) (*Pool, error) {
+	if !ValidPoolName(name) {
+		return nil, fmt.Errorf("%w: pool name %q must be a DNS label of at most 32 characters", ErrInvalid, name)
+	}
+	if !filepath.IsAbs(dir) {
+		return nil, fmt.Errorf("%w: pool %s: path %q is not absolute", ErrInvalid, name, dir)
+	}
+	if reserve < 0 {
+		return nil, fmt.Errorf("%w: pool %s: negative reserve", ErrInvalid, name)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	// Loop devices report the resolved path of their backing file, so the pool
+	// works with resolved paths throughout.
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	p := &Pool{name: name, dir: real, reserve: reserve, statfs: unix.Statfs}
+	if err := p.collectGarbage(); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	return p, nil
+}
+
+func (p *Pool) Name() string { return p.name }
+func (p *Pool) Dir() string  { return p.dir }
+
+// ImagePath is the image file of the volume with the given key.
+func (p *Pool) ImagePath(key string) string { return filepath.Join(p.dir, key+imageSuffix) }
+
+func (p *Pool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
+
+// collectGarbage removes temp files and images whose metadata is missing: they
+// can only come from a create or delete that crashed half way (a volume is
+// never staged without its metadata). Only files named the way this package
+// names them are touched.
+func (p *Pool) collectGarbage() error {
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return err
+	}
+	metas := map[string]bool{}
+	for _, e := range entries {
+		if key, ok := strings.CutSuffix(e.Name(), metaSuffix); ok && keyRE.MatchString(key) {
+			metas[key] = true
+		}
+	}
+	for _, e := range entries {
+		n := e.Name()
+		var orphan bool
+		if key, ok := strings.CutSuffix(n, metaSuffix+tmpSuffix); ok && keyRE.MatchString(key) {
+			orphan = true
+		} else if key, ok := strings.CutSuffix(n, imageSuffix); ok && keyRE.MatchString(key) && !metas[key] {
+			orphan = true
+		}
+		if orphan {
+			klog.InfoS("Removing leftover of an interrupted operation", "pool", p.name, "file", n)
+			if err := os.Remove(filepath.Join(p.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+		}
+	}
+	return nil
+}
+
+// Get returns the volume with the given key.
+func (p *Pool) Get(key string) (*Volume, error) {
+	if !keyRE.MatchString(key) {
+		return nil, fmt.Errorf("%w: malformed volume key", ErrInvalid)
+	}
+	v, err := readVolume(p.metaPath(key))
+	if errors.Is(err, fs.ErrNotExist) {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, VolumeID{p.name, key})
+	}
+	return v, err
+}
+
+// GetByName returns the volume with the given CSI name.
+func (p *Pool) GetByName(name string) (*Volume, error) {
+	v, err := p.Get(KeyForName(name))
+	if err == nil && v.Name != name {
+		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
+	}
+	return v, err
+}
+
+// List returns every volume of the pool, ordered by ID.
+func (p *Pool) List() ([]*Volume, error) {
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return nil, err
+	}
+	var vols []*Volume
+	for _, e := range entries {
+		key, ok := strings.CutSuffix(e.Name(), metaSuffix)
+		if !ok || !keyRE.MatchString(key) {
+			continue
+		}
+		v, err := readVolume(filepath.Join(p.dir, e.Name()))
+		if errors.Is(err, fs.ErrNotExist) {
+			continue // deleted while listing
+		}
+		if err != nil {
+			return nil, err
+		}
+		vols = append(vols, v)
+	}
+	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
+	return vols, nil
+}
+
+// Create allocates a volume, or returns the existing one of the same name when
+// it is compatible with spec. created tells which.
+func (p *Pool) Create(s Spec) (v *Volume, created bool, err error) {
+	if err := ValidateName(s.Name); err != nil {
+		return nil, false, err
+	}
+	if s.SizeBytes <= 0 {
+		return nil, false, fmt.Errorf("%w: size must be positive", ErrInvalid)
+	}
+	key := KeyForName(s.Name)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+
+	existing, err := p.Get(key)
+	if err == nil {
+		return existing, false, existing.compatible(s)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, false, err
+	}
+
+	img := p.ImagePath(key)
+	// An image without metadata is the remains of an interrupted create of
+	// this very name: start over.
+	if err := os.Remove(img); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, false, err
+	}
+	avail, err := p.available()
+	if err != nil {
+		return nil, false, err
+	}
+	if s.SizeBytes > avail {
+		return nil, false, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, avail)
+	}
+	if err := allocate(img, 0, s.SizeBytes, true); err != nil {
+		os.Remove(img)
+		return nil, false, err
+	}
+	v = &Volume{
+		ID:         VolumeID{p.name, key}.String(),
+		Name:       s.Name,
+		SizeBytes:  s.SizeBytes,
+		Mode:       s.Mode,
+		FsType:     s.FsType,
+		Parameters: s.Parameters,
+		Created:    time.Now().UTC().Truncate(time.Second),
+	}
+	if err := p.writeVolume(v, key); err != nil {
+		os.Remove(img)
+		return nil, false, err
+	}
+	return v, true, nil
+}
+
+// Delete removes a volume. Deleting a missing volume succeeds. The caller
+// makes sure the volume is not in use.
+func (p *Pool) Delete(key string) error {
+	if !keyRE.MatchString(key) {
+		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	// Metadata goes first: once it is gone the volume no longer exists, and a
+	// crash before the image is removed leaves an orphan that Open collects.
+	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	if err := os.Remove(p.ImagePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	return syncDir(p.dir)
+}
+
+// Expand grows a volume's image to size bytes. Asking for no more than the
+// current size changes nothing and returns the volume as it is.
+func (p *Pool) Expand(key string, size int64) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	v, err := p.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	if size <= v.SizeBytes {
+		return v, nil
+	}
+	img := p.ImagePath(key)
+	var st unix.Stat_t
+	if err := unix.Stat(img, &st); err != nil {
+		return nil, fmt.Errorf("volume %s image: %w", v.ID, err)
+	}
+	// A crash after a previous grow may have left the image bigger than the
+	// metadata says: only the part beyond the image is new reservation.
+	if grow := size - st.Size; grow > 0 {
+		avail, err := p.available()
+		if err != nil {
+			return nil, err
+		}
+		if grow > avail {
+			return nil, fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, avail)
+		}
+		if err := allocate(img, st.Size, grow, false); err != nil {
+			return nil, err
+		}
+	}
+	v.SizeBytes = size
+	if err := p.writeVolume(v, key); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+func (p *Pool) writeVolume(v *Volume, key string) error {
+	data, err := encodeVolume(v)
+	if err != nil {
+		return err
+	}
+	return writeFileAtomic(p.metaPath(key), data)
+}
+
+// allocate reserves [off, off+n) of an image with fallocate, so the blocks
+// exist before anything is written into the volume.
+func allocate(path string, off, n int64, create bool) error {
+	flags := os.O_RDWR
+	if create {
+		flags |= os.O_CREATE | os.O_EXCL
+	}
+	f, err := os.OpenFile(path, flags, 0o600)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	if err := unix.Fallocate(int(f.Fd()), 0, off, n); err != nil {
+		if errors.Is(err, unix.ENOSPC) {
+			return fmt.Errorf("%w: fallocate: %v", ErrNoSpace, err)
+		}
+		return fmt.Errorf("fallocate %s: %w", path, err)
+	}
+	return f.Sync()
+}

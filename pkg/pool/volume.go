@@ -1,0 +1,114 @@
+package pool
+
+import (
+	"encoding/json"
+	"fmt"
+	"maps"
+	"os"
+	"path/filepath"
+	"time"
+)
+
+// Mode is how a volume is consumed.
+type Mode string
+
+const (
+	ModeFilesystem Mode = "filesystem"
+	ModeBlock      Mode = "block"
+)
+
+// Volume is the persistent record of one volume. It is stored as JSON next to
+// the volume's image and is the only source of truth about it.
+type Volume struct {
+	ID         string            `json:"id"`
+	Name       string            `json:"name"`
+	SizeBytes  int64             `json:"sizeBytes"`
+	Mode       Mode              `json:"mode"`
+	FsType     string            `json:"fsType,omitempty"`
+	Parameters map[string]string `json:"parameters,omitempty"`
+	Created    time.Time         `json:"created"`
+}
+
+// Spec is what CreateVolume asks for, after validation and rounding.
+type Spec struct {
+	Name       string
+	SizeBytes  int64 // the size to allocate
+	MinBytes   int64 // an existing volume must be at least this big...
+	MaxBytes   int64 // ...and at most this (0: unbounded)
+	Mode       Mode
+	FsType     string
+	Parameters map[string]string
+}
+
+// compatible reports whether an existing volume satisfies spec, which makes a
+// repeated CreateVolume return it instead of failing.
+func (v *Volume) compatible(s Spec) error {
+	switch {
+	case v.Name != s.Name:
+		return fmt.Errorf("%w: ID collision between %q and %q", ErrAlreadyExists, v.Name, s.Name)
+	case v.SizeBytes < s.MinBytes || (s.MaxBytes > 0 && v.SizeBytes > s.MaxBytes):
+		return fmt.Errorf("%w: volume %q has %d bytes, outside the requested range", ErrAlreadyExists, v.Name, v.SizeBytes)
+	case v.Mode != s.Mode:
+		return fmt.Errorf("%w: volume %q is a %s volume", ErrAlreadyExists, v.Name, v.Mode)
+	case v.FsType != s.FsType:
+		return fmt.Errorf("%w: volume %q has fsType %q", ErrAlreadyExists, v.Name, v.FsType)
+	case !maps.Equal(v.Parameters, s.Parameters) && !(len(v.Parameters) == 0 && len(s.Parameters) == 0):
+		return fmt.Errorf("%w: volume %q was created with other parameters", ErrAlreadyExists, v.Name)
+	}
+	return nil
+}
+
+func readVolume(path string) (*Volume, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var v Volume
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("corrupt volume metadata %s: %w", path, err)
+	}
+	return &v, nil
+}
+
+// writeFileAtomic replaces path with data so that a crash leaves either the old
+// or the new content: temp file, fsync, rename, fsync of the directory.
+func writeFileAtomic(path string, data []byte) error {
+	dir := filepath.Dir(path)
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	if _, err := f.Write(data); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		os.Remove(tmp)
+		return err
+	}
+	if err := f.Close(); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	if err := os.Rename(tmp, path); err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return syncDir(dir)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
+
+func encodeVolume(v *Volume) ([]byte, error) {
+	return json.MarshalIndent(v, "", "  ")
+}
