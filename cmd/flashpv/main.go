@@ -55,14 +55,15 @@ func run(opts config.Options) error {
 		pools = append(pools, p)
 	}
 	d, err := driver.New(driver.Config{
-		NodeID:     opts.NodeID,
-		Version:    version,
-		Pools:      pools,
-		KubeletDir: opts.KubeletDir,
-		MaxVolumes: opts.MaxVolumes,
-		Devices:    loopdev.New(),
-		Mounter:    mount.New(""),
-		Exec:       utilexec.New(),
+		NodeID:        opts.NodeID,
+		Version:       version,
+		Pools:         pools,
+		KubeletDir:    opts.KubeletDir,
+		MaxVolumes:    opts.MaxVolumes,
+		DefaultFsType: opts.FsType,
+		Devices:       loopdev.New(),
+		Mounter:       mount.New(""),
+		Exec:          utilexec.New(),
 	})
 	if err != nil {
 		return err

@@ -29,6 +29,7 @@ type Options struct {
 	StateDir    string
 	KubeletDir  string
 	MaxVolumes  int64
+	FsType      string
 	Pools       []PoolSpec
 	ShowVersion bool
 }
@@ -40,6 +41,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.StateDir, "state-dir", "/var/lib/flashpv", "directory of the default pool when no --pool is given")
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "only staging and target paths below this directory are accepted")
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 1000, "volumes this node can have staged at once (NodeGetInfo max_volumes_per_node)")
+	fs.StringVar(&o.FsType, "default-fstype", "ext4", "filesystem for Mount volumes whose StorageClass names none: ext4, xfs or btrfs")
 	fs.Func("pool", "a pool: NAME=PATH[,reserve=SIZE] (repeatable; SIZE like 10Gi, 500M or bytes)", func(s string) error {
 		p, err := ParsePoolSpec(s)
 		if err != nil {

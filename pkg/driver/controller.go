@@ -34,7 +34,7 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 	if err := pool.ValidateName(name); err != nil {
 		return nil, err
 	}
-	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), s.d.defaultFsType)
 	if err != nil {
 		return nil, err
 	}
@@ -180,7 +180,7 @@ func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	}
 	minSize := int64(MinVolumeSize)
 	if len(req.GetVolumeCapabilities()) > 0 {
-		mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+		mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), s.d.defaultFsType)
 		if err != nil {
 			// No volume with these capabilities can be made here.
 			return &csi.GetCapacityResponse{}, nil
@@ -274,7 +274,7 @@ func (s *Controller) ValidateVolumeCapabilities(ctx context.Context, req *csi.Va
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities())
+	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), s.d.defaultFsType)
 	if err == nil && (mode != v.Mode || fsType != v.FsType) {
 		err = fmt.Errorf("volume is a %s volume %s", v.Mode, v.FsType)
 	}

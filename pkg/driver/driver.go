@@ -38,24 +38,28 @@ type Config struct {
 	DefaultPool string // name of the pool used without a `pool` parameter
 	KubeletDir  string // staging and target paths must lie below it
 	MaxVolumes  int64
-	Devices     devices
-	Mounter     mount.Interface
-	Exec        utilexec.Interface
+	// DefaultFsType formats Mount volumes whose capability names no fsType.
+	DefaultFsType string
+	Devices       devices
+	Mounter       mount.Interface
+	Exec          utilexec.Interface
 }
 
 // Driver holds the state shared by the three CSI services.
 type Driver struct {
-	nodeID      string
-	version     string
-	pools       map[string]*pool.Pool
-	poolNames   []string
-	defaultPool string
-	kubeletDir  string
-	maxVolumes  int64
+	nodeID        string
+	version       string
+	pools         map[string]*pool.Pool
+	poolNames     []string
+	defaultPool   string
+	kubeletDir    string
+	maxVolumes    int64
+	defaultFsType string
 
 	devices devices
 	mounter *mount.SafeFormatAndMount
 	resizer *mount.ResizeFs
+	exec    utilexec.Interface
 	locks   *keyLocks
 }
 
@@ -68,16 +72,24 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("at least one pool is required")
 	}
 	d := &Driver{
-		nodeID:      cfg.NodeID,
-		version:     cfg.Version,
-		pools:       map[string]*pool.Pool{},
-		defaultPool: cfg.DefaultPool,
-		kubeletDir:  cfg.KubeletDir,
-		maxVolumes:  cfg.MaxVolumes,
-		devices:     cfg.Devices,
-		mounter:     mount.NewSafeFormatAndMount(cfg.Mounter, cfg.Exec),
-		resizer:     mount.NewResizeFs(cfg.Exec),
-		locks:       newKeyLocks(),
+		nodeID:        cfg.NodeID,
+		version:       cfg.Version,
+		pools:         map[string]*pool.Pool{},
+		defaultPool:   cfg.DefaultPool,
+		kubeletDir:    cfg.KubeletDir,
+		maxVolumes:    cfg.MaxVolumes,
+		defaultFsType: cfg.DefaultFsType,
+		devices:       cfg.Devices,
+		mounter:       mount.NewSafeFormatAndMount(cfg.Mounter, cfg.Exec),
+		resizer:       mount.NewResizeFs(cfg.Exec),
+		exec:          cfg.Exec,
+		locks:         newKeyLocks(),
+	}
+	if d.defaultFsType == "" {
+		d.defaultFsType = DefaultFsType
+	}
+	if _, ok := minFsSize[d.defaultFsType]; !ok {
+		return nil, fmt.Errorf("default fsType %q: supported are ext4, xfs and btrfs", d.defaultFsType)
 	}
 	for _, p := range cfg.Pools {
 		d.pools[p.Name()] = p

@@ -58,8 +58,8 @@ func (d *Driver) openNodeVolume(volumeID string) (*nodeVolume, error) {
 }
 
 // checkMatches refuses a capability that does not fit the volume.
-func checkMatches(v *pool.Volume, c *csi.VolumeCapability) error {
-	mode, fsType, err := checkCapability(c)
+func (d *Driver) checkMatches(v *pool.Volume, c *csi.VolumeCapability) error {
+	mode, fsType, err := checkCapability(c, d.defaultFsType)
 	if err != nil {
 		return err
 	}
@@ -87,7 +87,7 @@ func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 	if err := s.d.checkPath(staging, "staging target path"); err != nil {
 		return err
 	}
-	if _, _, err := checkCapability(req.GetVolumeCapability()); err != nil {
+	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
 		return err
 	}
 	nv, err := s.d.openNodeVolume(req.GetVolumeId())
@@ -95,7 +95,7 @@ func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 		return err
 	}
 	defer nv.release()
-	if err := checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
 		return err
 	}
 	dev, err := s.d.attach(nv.image)
@@ -149,6 +149,11 @@ func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []st
 		if format != "" && format != v.FsType {
 			return fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
 		}
+		if format == "ext4" {
+			if err := d.growExtOffline(dev); err != nil {
+				return err
+			}
+		}
 		if err := os.MkdirAll(staging, 0o750); err != nil {
 			return err
 		}
@@ -159,22 +164,7 @@ func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []st
 	}
 	// Finish a growth that happened while the volume was not mounted (or
 	// that a crash interrupted).
-	return d.growFilesystem(dev, staging)
-}
-
-func (d *Driver) growFilesystem(dev, mountPath string) error {
-	need, err := d.resizer.NeedResize(dev, mountPath)
-	if err != nil {
-		return fmt.Errorf("checking the size of the filesystem on %s: %w", dev, err)
-	}
-	if !need {
-		return nil
-	}
-	if _, err := d.resizer.Resize(dev, mountPath); err != nil {
-		return fmt.Errorf("growing the filesystem on %s: %w", dev, err)
-	}
-	klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)
-	return nil
+	return d.growFilesystem(dev, staging, v.FsType)
 }
 
 func (s *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
@@ -247,7 +237,7 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 	if err := s.d.checkPath(staging, "staging target path"); err != nil {
 		return err
 	}
-	if _, _, err := checkCapability(req.GetVolumeCapability()); err != nil {
+	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
 		return err
 	}
 	nv, err := s.d.openNodeVolume(req.GetVolumeId())
@@ -255,7 +245,7 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 		return err
 	}
 	defer nv.release()
-	if err := checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
 		return err
 	}
 	dev, err := s.d.devices.Find(nv.image)

@@ -30,6 +30,16 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 	if req.GetVolumeId() == "" {
 		return 0, invalid("volume ID is missing")
 	}
+	if req.GetVolumePath() == "" {
+		return 0, invalid("volume path is missing")
+	}
+	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	if err != nil {
+		return 0, err
+	}
+	defer nv.release()
+	// Paths are checked once the volume is known, so an unknown volume is
+	// NotFound whatever path comes with it.
 	if err := s.d.checkPath(req.GetVolumePath(), "volume path"); err != nil {
 		return 0, err
 	}
@@ -46,13 +56,8 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 	if lim > 0 && want > lim {
 		return 0, fmt.Errorf("%w: %d bytes rounded to whole MiB exceed the limit %d", pool.ErrOutOfRange, want, lim)
 	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId())
-	if err != nil {
-		return 0, err
-	}
-	defer nv.release()
 	if c := req.GetVolumeCapability(); c != nil {
-		if err := checkMatches(nv.vol, c); err != nil {
+		if err := s.d.checkMatches(nv.vol, c); err != nil {
 			return 0, err
 		}
 	}
@@ -75,7 +80,7 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 		if err != nil {
 			return 0, err
 		}
-		if err := s.d.growFilesystem(dev, mp); err != nil {
+		if err := s.d.growFilesystem(dev, mp, v.FsType); err != nil {
 			return 0, err
 		}
 	}

@@ -21,14 +21,17 @@ const (
 	// MinVolumeSize is the smallest volume of any kind.
 	MinVolumeSize = mib
 	maxPathLength = 4096
-	defaultFsType = "ext4"
+	// DefaultFsType is used when neither the capability nor the options name one.
+	DefaultFsType = "ext4"
 )
 
-// minFsSize is the smallest device each supported filesystem's mkfs accepts.
+// minFsSize is the smallest volume of each filesystem: what its mkfs accepts
+// (xfs: 300 MiB) and, for btrfs, what can still be grown online (a 160 MiB
+// btrfs refused to grow with EINVAL on kernel 6.18, 200 MiB grew).
 var minFsSize = map[string]int64{
 	"ext4":  MinVolumeSize,
 	"xfs":   300 * mib,
-	"btrfs": 109 * mib,
+	"btrfs": 256 * mib,
 }
 
 var singleNodeModes = map[csi.VolumeCapability_AccessMode_Mode]bool{
@@ -44,7 +47,7 @@ func invalid(format string, args ...any) error {
 
 // checkCapability validates one capability and returns the mode and fsType
 // it asks for ("" fsType for Block, the default for an unset Mount fsType).
-func checkCapability(c *csi.VolumeCapability) (pool.Mode, string, error) {
+func checkCapability(c *csi.VolumeCapability, defaultFs string) (pool.Mode, string, error) {
 	if c == nil {
 		return "", "", invalid("volume capability is missing")
 	}
@@ -59,7 +62,7 @@ func checkCapability(c *csi.VolumeCapability) (pool.Mode, string, error) {
 		m := c.GetMount()
 		fsType := m.GetFsType()
 		if fsType == "" {
-			fsType = defaultFsType
+			fsType = defaultFs
 		}
 		if _, ok := minFsSize[fsType]; !ok {
 			return "", "", fmt.Errorf("%w: fsType %q: supported are ext4, xfs and btrfs", errUnsupported, fsType)
@@ -78,14 +81,14 @@ func checkCapability(c *csi.VolumeCapability) (pool.Mode, string, error) {
 // checkCapabilities validates the capabilities of a CreateVolume (or
 // ValidateVolumeCapabilities): all must agree on mode and fsType, because one
 // volume is either a block device or one filesystem.
-func checkCapabilities(caps []*csi.VolumeCapability) (pool.Mode, string, error) {
+func checkCapabilities(caps []*csi.VolumeCapability, defaultFs string) (pool.Mode, string, error) {
 	if len(caps) == 0 {
 		return "", "", invalid("volume capabilities are missing")
 	}
 	var mode pool.Mode
 	var fsType string
 	for i, c := range caps {
-		m, f, err := checkCapability(c)
+		m, f, err := checkCapability(c, defaultFs)
 		if err != nil {
 			return "", "", err
 		}

@@ -1,0 +1,222 @@
+// Package harness starts the real flashpv driver for tests: real pools on
+// real filesystems, a real gRPC socket, and cleanup of every loop device and
+// mount it made, also when a test fails.
+package harness
+
+import (
+	"context"
+	"fmt"
+	"maps"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+	"k8s.io/mount-utils"
+	utilexec "k8s.io/utils/exec"
+
+	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/pool"
+)
+
+// RequireRoot skips a test that needs loop devices and mounts when not root.
+func RequireRoot(t testing.TB) {
+	t.Helper()
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices and mounts")
+	}
+}
+
+// Run runs a command and fails the test on error.
+func Run(t testing.TB, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %s: %v\n%s", name, strings.Join(args, " "), err, out)
+	}
+	return strings.TrimSpace(string(out))
+}
+
+// PoolFS makes a filesystem of the given size (a sparse file on a loop
+// device, mounted), so that a pool's capacity is small and known. It returns
+// the mount point.
+func PoolFS(t testing.TB, size string) string {
+	t.Helper()
+	dir := t.TempDir()
+	img := filepath.Join(dir, "poolfs.img")
+	mnt := filepath.Join(dir, "mnt")
+	Run(t, "truncate", "-s", size, img)
+	Run(t, "mkfs.ext4", "-q", "-F", "-m0", "-b", "4096", img)
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	dev := Run(t, "losetup", "--find", "--show", img)
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	Run(t, "mount", dev, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	return mnt
+}
+
+// Env is a running driver.
+type Env struct {
+	Root       string // temp dir holding everything
+	KubeletDir string
+	Socket     string
+	Pools      map[string]string // name -> directory
+	Conn       *grpc.ClientConn
+	stop       func()
+}
+
+// Options shape an Env.
+type Options struct {
+	NodeID     string
+	Pools      map[string]string // name -> dir; default: one pool "default" on a 1 GiB PoolFS
+	Reserve    int64
+	MaxVolumes int64
+	FsType     string
+}
+
+// Start starts the driver on a fresh socket. Cleanup stops it and removes
+// every mount under the kubelet directory and every loop device of its pools.
+func Start(t testing.TB, o Options) *Env {
+	t.Helper()
+	RequireRoot(t)
+	root := t.TempDir()
+	e := &Env{Root: root, KubeletDir: filepath.Join(root, "kubelet"), Socket: filepath.Join(root, "csi.sock"), Pools: o.Pools}
+	if e.Pools == nil {
+		e.Pools = map[string]string{"default": PoolFS(t, "1G")}
+	}
+	if err := os.MkdirAll(e.KubeletDir, 0o750); err != nil {
+		t.Fatal(err)
+	}
+	if o.NodeID == "" {
+		o.NodeID = "node-1"
+	}
+	if o.MaxVolumes == 0 {
+		o.MaxVolumes = 100
+	}
+	t.Cleanup(func() { e.cleanup(t) })
+	e.start(t, o)
+	return e
+}
+
+func (e *Env) start(t testing.TB, o Options) {
+	t.Helper()
+	var pools []*pool.Pool
+	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
+		p, err := pool.Open(name, e.Pools[name], o.Reserve)
+		if err != nil {
+			t.Fatal(err)
+		}
+		pools = append(pools, p)
+	}
+	defaultPool := ""
+	if _, ok := e.Pools["default"]; ok {
+		defaultPool = "default"
+	}
+	d, err := driver.New(driver.Config{
+		NodeID: o.NodeID, Version: "test", Pools: pools, DefaultPool: defaultPool,
+		KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, DefaultFsType: o.FsType,
+		Devices: loopdev.New(), Mounter: mount.New(""), Exec: utilexec.New(),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, e.Socket) }()
+	conn, err := grpc.NewClient("unix://"+e.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	deadline := time.Now().Add(5 * time.Second)
+	for {
+		if _, err := os.Stat(e.Socket); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("driver socket did not appear")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	e.Conn = conn
+	e.stop = func() {
+		conn.Close()
+		cancel()
+		if err := <-done; err != nil {
+			t.Errorf("driver: %v", err)
+		}
+	}
+}
+
+// Restart stops the driver and starts a new one on the same pools, as after a
+// crash or an upgrade of the DaemonSet.
+func (e *Env) Restart(t testing.TB, o Options) {
+	t.Helper()
+	e.stop()
+	e.stop = nil
+	if o.NodeID == "" {
+		o.NodeID = "node-1"
+	}
+	if o.MaxVolumes == 0 {
+		o.MaxVolumes = 100
+	}
+	e.start(t, o)
+}
+
+func (e *Env) cleanup(t testing.TB) {
+	if e.stop != nil {
+		e.stop()
+	}
+	// Unmount deepest first whatever is left below the kubelet directory.
+	data, _ := os.ReadFile("/proc/self/mountinfo")
+	var mps []string
+	for _, line := range strings.Split(string(data), "\n") {
+		f := strings.Fields(line)
+		if len(f) > 4 && strings.HasPrefix(f[4], e.KubeletDir+"/") {
+			mps = append(mps, f[4])
+		}
+	}
+	for i := len(mps) - 1; i >= 0; i-- {
+		if err := exec.Command("umount", mps[i]).Run(); err != nil {
+			t.Logf("cleanup: umount %s: %v", mps[i], err)
+		}
+	}
+	m := loopdev.New()
+	for _, dir := range e.Pools {
+		real, err := filepath.EvalSymlinks(dir)
+		if err != nil {
+			continue
+		}
+		att, _ := m.Attached(real)
+		for file := range att {
+			if err := m.Detach(file); err != nil {
+				t.Logf("cleanup: detach %s: %v", file, err)
+			}
+		}
+	}
+}
+
+// HasCapSysResource reports whether this process may grow a mounted ext4
+// (the kernel demands CAP_SYS_RESOURCE for it).
+func HasCapSysResource() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			var caps uint64
+			fmt.Sscanf(strings.TrimSpace(v), "%x", &caps)
+			const capSysResource = 24
+			return caps&(1<<capSysResource) != 0
+		}
+	}
+	return false
+}
