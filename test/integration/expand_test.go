@@ -1,0 +1,136 @@
+package integration
+
+import (
+	"bytes"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc/codes"
+
+	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/test/harness"
+)
+
+// TestOnlineExpansion grows mounted volumes with data on them.
+func TestOnlineExpansion(t *testing.T) {
+	for _, tc := range []struct {
+		fsType     string
+		size, grow int64
+	}{
+		{"xfs", 300 << 20, 512 << 20},
+		{"btrfs", 256 << 20, 400 << 20},
+		{"ext4", 64 << 20, 128 << 20},
+	} {
+		t.Run(tc.fsType, func(t *testing.T) {
+			env := harness.Start(t, harness.Options{})
+			c := newClient(t, env)
+			name := "pvc-grow-" + tc.fsType
+			id := c.create(name, tc.size, mountCap(tc.fsType)).GetVolumeId()
+			staging, target := c.stagePublish(id, name, mountCap(tc.fsType))
+			data := bytes.Repeat([]byte{0xa5}, 1<<20)
+			if err := os.WriteFile(filepath.Join(target, "keep"), data, 0o600); err != nil {
+				t.Fatal(err)
+			}
+			before := fsSize(t, target)
+
+			got, err := c.expand(id, target, tc.grow)
+			if tc.fsType == "ext4" && !harness.HasCapSysResource() {
+				// The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE.
+				// Without it the image grows, the error says why, and the
+				// filesystem grows at the next stage (checked below).
+				wantCode(t, err, codes.FailedPrecondition, "online ext4 growth without CAP_SYS_RESOURCE")
+				if err == nil || !strings.Contains(err.Error(), "CAP_SYS_RESOURCE") {
+					t.Fatalf("error does not name the missing capability: %v", err)
+				}
+				c.unpublishUnstage(id, staging, target)
+				c.stagePublish(id, name, mountCap(tc.fsType))
+			} else if err != nil || got != tc.grow {
+				t.Fatalf("NodeExpandVolume: %d, %v", got, err)
+			}
+			after := fsSize(t, target)
+			if after-before < (tc.grow-tc.size)*9/10 {
+				t.Fatalf("filesystem grew from %d to %d, want about %d more", before, after, tc.grow-tc.size)
+			}
+			if b, err := os.ReadFile(filepath.Join(target, "keep")); err != nil || !bytes.Equal(b, data) {
+				t.Fatal("data changed by the expansion")
+			}
+			// Grow-only: asking for less returns the current size.
+			if got, err := c.expand(id, target, tc.size); err != nil || got != tc.grow {
+				t.Fatalf("shrink request: %d, %v; want the current size %d", got, err, tc.grow)
+			}
+		})
+	}
+}
+
+// TestOfflineExpansionFinishesAtStage grows an unstaged ext4 volume; staging
+// it grows the filesystem.
+func TestOfflineExpansionFinishesAtStage(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	c := newClient(t, env)
+	id := c.create("pvc-offline", 32<<20, mountCap("ext4")).GetVolumeId()
+	staging, target := c.stagePublish(id, "pvc-offline", mountCap("ext4"))
+	os.WriteFile(filepath.Join(target, "keep"), []byte("still here"), 0o600)
+	c.unpublishUnstage(id, staging, target)
+	if got, err := c.expand(id, target, 96<<20); err != nil || got != 96<<20 {
+		t.Fatalf("offline expand: %d %v", got, err)
+	}
+	c.stagePublish(id, "pvc-offline", mountCap("ext4"))
+	if size := fsSize(t, target); size < 80<<20 {
+		t.Fatalf("filesystem is %d bytes after staging a 96 MiB volume", size)
+	}
+	if b, _ := os.ReadFile(filepath.Join(target, "keep")); string(b) != "still here" {
+		t.Fatal("data lost by offline growth")
+	}
+}
+
+// TestBlockExpansionInUse grows a Block volume while a reader holds it open.
+func TestBlockExpansionInUse(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	c := newClient(t, env)
+	id := c.create("pvc-block-grow", 16<<20, blockCap()).GetVolumeId()
+	staging, target := c.stagePublish(id, "pvc-block-grow", blockCap())
+	f, err := os.OpenFile(target, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt([]byte("head"), 0); err != nil {
+		t.Fatal(err)
+	}
+	if got, err := c.expand(id, target, 48<<20); err != nil || got != 48<<20 {
+		t.Fatalf("expand: %d %v", got, err)
+	}
+	if size, err := loopdev.Size(target); err != nil || size != 48<<20 {
+		t.Fatalf("device size after expansion: %d %v", size, err)
+	}
+	if _, err := f.WriteAt([]byte("tail"), 48<<20-4096); err != nil {
+		t.Fatalf("writing into the new space: %v", err)
+	}
+	head := make([]byte, 4)
+	f.ReadAt(head, 0)
+	if string(head) != "head" {
+		t.Fatal("data at the start changed")
+	}
+	f.Close()
+	stats, err := c.nd.NodeGetVolumeStats(ctx, &csi.NodeGetVolumeStatsRequest{VolumeId: id, VolumePath: target})
+	if err != nil || stats.GetUsage()[0].GetTotal() != 48<<20 {
+		t.Fatalf("block stats: %v %v", stats, err)
+	}
+	c.unpublishUnstage(id, staging, target)
+}
+
+// TestExpansionNeedsRoom refuses growth beyond the pool and leaves the volume
+// as it was.
+func TestExpansionNeedsRoom(t *testing.T) {
+	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.PoolFS(t, "128M")}})
+	c := newClient(t, env)
+	id := c.create("pvc-big", 32<<20, blockCap()).GetVolumeId()
+	_, err := c.expand(id, filepath.Join(env.KubeletDir, "x"), 1<<30)
+	wantCode(t, err, codes.ResourceExhausted, "growing beyond the pool")
+	if st, _ := os.Stat(c.imagePath(id)); st.Size() != 32<<20 {
+		t.Fatalf("image size %d after a refused expansion", st.Size())
+	}
+}
