@@ -13,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/pool"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -136,3 +137,5 @@ func fsSize(t *testing.T, path string) int64 {
 	}
 	return int64(st.Blocks) * int64(st.Bsize)
 }
+
+func keyOf(name string) string { return pool.KeyForName(name) }
