@@ -1,0 +1,60 @@
+package loopdev
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+)
+
+func TestAttachFindRefreshDetach(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices")
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "vol.img")
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 8<<20)
+	m := New()
+	dev, err := m.Attach(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { New().Detach(img) })
+	if again, err := m.Attach(img); err != nil || again != dev {
+		t.Fatalf("second Attach: %s %v, want %s", again, err, dev)
+	}
+	// A new manager (a restarted driver) finds the device by its file.
+	if found, err := New().Find(img); err != nil || found != dev {
+		t.Fatalf("Find after restart: %q %v, want %s", found, err, dev)
+	}
+	sys := filepath.Join("/sys/block", filepath.Base(dev))
+	if b, _ := os.ReadFile(filepath.Join(sys, "queue", "logical_block_size")); strings.TrimSpace(string(b)) != "4096" {
+		t.Errorf("logical block size %q, want 4096", b)
+	}
+	if b, _ := os.ReadFile(filepath.Join(sys, "loop", "dio")); strings.TrimSpace(string(b)) != "1" {
+		t.Errorf("direct I/O is off (%q)", b)
+	}
+	att, err := m.Attached(dir)
+	if err != nil || att[img] != dev || len(att) != 1 {
+		t.Fatalf("Attached(%s) = %v %v", dir, att, err)
+	}
+	os.Truncate(img, 24<<20)
+	if err := Refresh(dev); err != nil {
+		t.Fatal(err)
+	}
+	if size, err := Size(dev); err != nil || size != 24<<20 {
+		t.Fatalf("size after refresh %d %v", size, err)
+	}
+	if err := m.Detach(img); err != nil {
+		t.Fatal(err)
+	}
+	if err := m.Detach(img); err != nil {
+		t.Fatal("second detach:", err)
+	}
+	if found, _ := New().Find(img); found != "" {
+		t.Fatalf("still attached at %s", found)
+	}
+}

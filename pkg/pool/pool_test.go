@@ -1,0 +1,210 @@
+package pool
+
+import (
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"testing"
+
+	"golang.org/x/sys/unix"
+)
+
+func TestVolumeIDs(t *testing.T) {
+	id := IDFor("fast", "pvc-1")
+	got, err := ParseVolumeID(id.String())
+	if err != nil || got != id {
+		t.Fatalf("round trip of %s: %v %v", id, got, err)
+	}
+	if IDFor("fast", "pvc-1") != id || IDFor("fast", "pvc-2") == id {
+		t.Fatal("IDs are not a function of the name")
+	}
+	for _, bad := range []string{"", "fast", "fast.", ".abc", "fast." + strings.Repeat("g", 32),
+		"Fast." + id.Key, "fast." + id.Key + "0", "fast/" + id.Key, "../" + id.Key, "fast." + id.Key[:31] + "\x00",
+		"-fast." + id.Key, strings.Repeat("a", 33) + "." + id.Key} {
+		if _, err := ParseVolumeID(bad); !errors.Is(err, ErrInvalid) {
+			t.Errorf("ParseVolumeID(%q) = %v, want ErrInvalid", bad, err)
+		}
+	}
+	for _, tc := range []struct {
+		name string
+		ok   bool
+	}{{"pvc-1", true}, {"", false}, {strings.Repeat("x", 128), true}, {strings.Repeat("x", 129), false}, {"a\x00", false}, {"../x", true}} {
+		if err := ValidateName(tc.name); (err == nil) != tc.ok {
+			t.Errorf("ValidateName(%q) = %v", tc.name, err)
+		}
+	}
+}
+
+// fakeFS reports a filesystem of total bytes that had free bytes before the
+// pool's images took their blocks.
+func fakeFS(total, free int64) func(string, *unix.Statfs_t) error {
+	return func(dir string, st *unix.Statfs_t) error {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return err
+		}
+		used := int64(0)
+		for _, e := range entries {
+			var fst unix.Stat_t
+			if strings.HasSuffix(e.Name(), imageSuffix) && unix.Stat(filepath.Join(dir, e.Name()), &fst) == nil {
+				used += fst.Blocks * 512
+			}
+		}
+		st.Bsize = 4096
+		st.Blocks = uint64(total / 4096)
+		st.Bavail = uint64(max(free-used, 0) / 4096)
+		st.Bfree = st.Bavail
+		return nil
+	}
+}
+
+func newTestPool(t *testing.T, reserve int64) *Pool {
+	t.Helper()
+	p, err := Open("test", t.TempDir(), reserve)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
+func spec(name string, size int64) Spec {
+	return Spec{Name: name, SizeBytes: size, MinBytes: size, Mode: ModeBlock}
+}
+
+func TestCapacityAccountsForHolesAndReserve(t *testing.T) {
+	p := newTestPool(t, 10<<20)
+	p.statfs = fakeFS(1<<30, 500<<20)
+	// A volume whose image is 64 MiB but has only 16 MiB of blocks: 48 MiB of
+	// its reservation are not backed and must not be handed out again.
+	key := KeyForName("holey")
+	img := p.ImagePath(key)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	os.Truncate(img, 64<<20)
+	if err := allocate(img, 0, 16<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	p.writeVolume(&Volume{ID: VolumeID{"test", key}.String(), Name: "holey", SizeBytes: 64 << 20, Mode: ModeBlock}, key)
+	c, err := p.Capacity()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if want := int64(500<<20 - 16<<20 - 48<<20 - 10<<20); c.Available != want {
+		t.Errorf("available %d, want %d (free - unbacked - reserve)", c.Available, want)
+	}
+	if c.Total != 1<<30-10<<20 || c.Allocated != 64<<20 || c.Volumes != 1 {
+		t.Errorf("capacity %+v", c)
+	}
+	p.statfs = fakeFS(1<<30, 20<<20)
+	if c, _ := p.Capacity(); c.Available != 0 {
+		t.Errorf("available %d when holes and reserve exceed free space, want 0", c.Available)
+	}
+}
+
+func TestCreateIsIdempotentAndAtomic(t *testing.T) {
+	p := newTestPool(t, 0)
+	v, created, err := p.Create(spec("a", 1<<20))
+	if err != nil || !created {
+		t.Fatal(created, err)
+	}
+	again, created, err := p.Create(spec("a", 1<<20))
+	if err != nil || created || again.ID != v.ID {
+		t.Fatalf("repeat: %v %v %v", again, created, err)
+	}
+	for what, s := range map[string]Spec{
+		"bigger":     spec("a", 2<<20),
+		"filesystem": {Name: "a", SizeBytes: 1 << 20, MinBytes: 1 << 20, Mode: ModeFilesystem, FsType: "ext4"},
+		"params":     {Name: "a", SizeBytes: 1 << 20, MinBytes: 1 << 20, Mode: ModeBlock, Parameters: map[string]string{"pool": "x"}},
+		"limit":      {Name: "a", SizeBytes: 1 << 19, MinBytes: 1 << 19, MaxBytes: 1 << 19, Mode: ModeBlock},
+	} {
+		if _, _, err := p.Create(s); !errors.Is(err, ErrAlreadyExists) {
+			t.Errorf("%s: %v, want ErrAlreadyExists", what, err)
+		}
+	}
+	// Metadata round trip.
+	got, err := p.Get(KeyForName("a"))
+	if err != nil || got.Name != "a" || got.SizeBytes != 1<<20 || got.Created.IsZero() {
+		t.Fatalf("Get: %+v %v", got, err)
+	}
+	// Concurrent creates against 10 MiB of space: exactly as many as fit.
+	p.statfs = fakeFS(1<<30, 10<<20)
+	var wg sync.WaitGroup
+	var mu sync.Mutex
+	made := 0
+	for i := range 20 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			_, _, err := p.Create(spec(string(rune('A'+i)), 4<<20))
+			mu.Lock()
+			defer mu.Unlock()
+			if err == nil {
+				made++
+			} else if !errors.Is(err, ErrNoSpace) {
+				t.Error(err)
+			}
+		}()
+	}
+	wg.Wait()
+	if made != 2 {
+		t.Fatalf("%d creates of 4 MiB succeeded with 10 MiB free", made)
+	}
+}
+
+func TestDeleteExpandList(t *testing.T) {
+	p := newTestPool(t, 0)
+	for _, n := range []string{"x", "y", "z"} {
+		if _, _, err := p.Create(spec(n, 1<<20)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	vols, err := p.List()
+	if err != nil || len(vols) != 3 || vols[0].ID > vols[1].ID {
+		t.Fatalf("List: %v %v", vols, err)
+	}
+	key := KeyForName("x")
+	v, err := p.Expand(key, 3<<20)
+	if err != nil || v.SizeBytes != 3<<20 {
+		t.Fatalf("Expand: %v %v", v, err)
+	}
+	if v, _ := p.Expand(key, 2<<20); v.SizeBytes != 3<<20 {
+		t.Fatal("Expand shrank the volume")
+	}
+	if st, _ := os.Stat(p.ImagePath(key)); st.Size() != 3<<20 {
+		t.Fatalf("image %d bytes", st.Size())
+	}
+	if err := p.Delete(key); err != nil {
+		t.Fatal(err)
+	}
+	if err := p.Delete(key); err != nil {
+		t.Fatal("second delete:", err)
+	}
+	if _, err := p.Get(key); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Get after delete: %v", err)
+	}
+	if _, err := p.Expand(key, 4<<20); !errors.Is(err, ErrNotFound) {
+		t.Fatalf("Expand after delete: %v", err)
+	}
+	p.statfs = fakeFS(1<<30, 1<<20)
+	if _, err := p.Expand(KeyForName("y"), 64<<20); !errors.Is(err, ErrNoSpace) {
+		t.Fatalf("Expand beyond the pool: %v", err)
+	}
+}
+
+func TestOpenRejectsBadPools(t *testing.T) {
+	for _, tc := range []struct{ name, dir string }{
+		{"Bad", t.TempDir()}, {"ok", "relative/dir"}, {"", t.TempDir()},
+	} {
+		if _, err := Open(tc.name, tc.dir, 0); err == nil {
+			t.Errorf("Open(%q, %q) succeeded", tc.name, tc.dir)
+		}
+	}
+	file := filepath.Join(t.TempDir(), "file")
+	os.WriteFile(file, nil, 0o600)
+	if _, err := Open("ok", file, 0); err == nil {
+		t.Error("Open on a regular file succeeded")
+	}
+}

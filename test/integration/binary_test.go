@@ -1,0 +1,91 @@
+package integration
+
+import (
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"syscall"
+	"testing"
+	"time"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/credentials/insecure"
+
+	"github.com/flashpv/flashpv/test/harness"
+)
+
+func buildBinary(t *testing.T) string {
+	t.Helper()
+	bin := filepath.Join(t.TempDir(), "flashpv")
+	out, err := exec.Command("go", "build", "-o", bin, "github.com/flashpv/flashpv/cmd/flashpv").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go build: %v\n%s", err, out)
+	}
+	return bin
+}
+
+// TestBinary runs the real command: flags, a stale socket from a crash,
+// serving, and a graceful stop on SIGTERM.
+func TestBinary(t *testing.T) {
+	harness.RequireRoot(t)
+	bin := buildBinary(t)
+	if out, err := exec.Command(bin, "--version").Output(); err != nil || !strings.HasPrefix(string(out), "flashpv ") {
+		t.Fatalf("--version: %q %v", out, err)
+	}
+	if out, err := exec.Command(bin, "--endpoint", "unix:///tmp/x.sock").CombinedOutput(); err == nil || !strings.Contains(string(out), "--node-id is required") {
+		t.Fatalf("missing --node-id: %q %v", out, err)
+	}
+	if out, err := exec.Command(bin, "--node-id", "n", "--pool", "bad name=/x").CombinedOutput(); err == nil || !strings.Contains(string(out), "pool name") {
+		t.Fatalf("bad pool: %q %v", out, err)
+	}
+
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "csi.sock")
+	// A socket left behind by a crashed process.
+	l, err := net.Listen("unix", sock)
+	if err != nil {
+		t.Fatal(err)
+	}
+	l.(*net.UnixListener).SetUnlinkOnClose(false)
+	l.Close()
+
+	cmd := exec.Command(bin, "--endpoint", "unix://"+sock, "--node-id", "node-bin",
+		"--state-dir", filepath.Join(dir, "state"), "--kubelet-dir", filepath.Join(dir, "kubelet"))
+	var logs strings.Builder
+	cmd.Stderr = &logs
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	conn, err := grpc.NewClient("unix://"+sock, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close()
+	var info *csi.NodeGetInfoResponse
+	for deadline := time.Now().Add(10 * time.Second); time.Now().Before(deadline); time.Sleep(20 * time.Millisecond) {
+		if info, err = csi.NewNodeClient(conn).NodeGetInfo(ctx, &csi.NodeGetInfoRequest{}); err == nil {
+			break
+		}
+	}
+	if err != nil || info.GetNodeId() != "node-bin" {
+		t.Fatalf("NodeGetInfo: %v %v\n%s", info, err, logs.String())
+	}
+	if _, err := os.Stat(filepath.Join(dir, "state", "pools", "default")); err != nil {
+		t.Fatalf("default pool not created under the state dir: %v", err)
+	}
+	// A second instance must not steal the live socket.
+	if out, err := exec.Command(bin, "--endpoint", "unix://"+sock, "--node-id", "x", "--state-dir", filepath.Join(dir, "state2")).CombinedOutput(); err == nil || !strings.Contains(string(out), "in use") {
+		t.Fatalf("second instance on a live socket: %v %s", err, out)
+	}
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Error("socket left behind after a graceful stop")
+	}
+}
