@@ -29,8 +29,7 @@ var mkfsOptions = map[string][]string{
 	"btrfs": {"-K"},
 }
 
-// nodeVolume is what every node RPC starts with: a validated request on a
-// known volume, locked against concurrent operations.
+// nodeVolume is a known volume, locked against concurrent operations.
 type nodeVolume struct {
 	pool    *pool.Pool
 	vol     *pool.Volume
@@ -38,9 +37,19 @@ type nodeVolume struct {
 	release func()
 }
 
-func (d *Driver) openNodeVolume(volumeID string) (*nodeVolume, error) {
+// pathArg is a path from the CO and what the error calls it.
+type pathArg struct{ path, what string }
+
+// openNodeVolume validates a node request's volume ID and paths, takes the
+// volume's in-flight lock and loads it. The caller must call release.
+func (d *Driver) openNodeVolume(volumeID string, paths ...pathArg) (*nodeVolume, error) {
 	if volumeID == "" {
 		return nil, invalid("volume ID is missing")
+	}
+	for _, p := range paths {
+		if err := d.checkPath(p.path, p.what); err != nil {
+			return nil, err
+		}
 	}
 	if _, err := pool.ParseVolumeID(volumeID); err != nil {
 		return nil, err
@@ -81,16 +90,10 @@ func (s *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequ
 
 func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 	staging := req.GetStagingTargetPath()
-	if req.GetVolumeId() == "" {
-		return invalid("volume ID is missing")
-	}
-	if err := s.d.checkPath(staging, "staging target path"); err != nil {
-		return err
-	}
 	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
 		return err
 	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
@@ -176,13 +179,7 @@ func (s *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolume
 
 func (s *Node) unstage(req *csi.NodeUnstageVolumeRequest) error {
 	staging := req.GetStagingTargetPath()
-	if req.GetVolumeId() == "" {
-		return invalid("volume ID is missing")
-	}
-	if err := s.d.checkPath(staging, "staging target path"); err != nil {
-		return err
-	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
@@ -228,19 +225,10 @@ func (s *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolume
 
 func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
-	if req.GetVolumeId() == "" {
-		return invalid("volume ID is missing")
-	}
-	if err := s.d.checkPath(target, "target path"); err != nil {
-		return err
-	}
-	if err := s.d.checkPath(staging, "staging target path"); err != nil {
-		return err
-	}
 	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
 		return err
 	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{target, "target path"}, pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
@@ -335,13 +323,7 @@ func (s *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVo
 
 func (s *Node) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
 	target := req.GetTargetPath()
-	if req.GetVolumeId() == "" {
-		return invalid("volume ID is missing")
-	}
-	if err := s.d.checkPath(target, "target path"); err != nil {
-		return err
-	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId())
+	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{target, "target path"})
 	if err != nil {
 		return err
 	}
