@@ -52,6 +52,7 @@ func run(opts config.Options) error {
 		if err != nil {
 			return err
 		}
+		defer p.Close()
 		pools = append(pools, p)
 	}
 	d, err := driver.New(driver.Config{

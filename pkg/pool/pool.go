@@ -18,6 +18,7 @@ import (
 )
 
 const (
+	lockFile    = ".flashpv.lock"
 	imageSuffix = ".img"
 	metaSuffix  = ".json"
 	tmpSuffix   = ".tmp"
@@ -29,6 +30,8 @@ type Pool struct {
 	name    string
 	dir     string
 	reserve int64
+
+	lock *os.File // flock held while the pool is open
 
 	mu sync.Mutex
 	// statfs is replaceable so capacity accounting can be unit tested.
@@ -56,12 +59,37 @@ func Open(name, dir string, reserve int64) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
-	p := &Pool{name: name, dir: real, reserve: reserve, statfs: unix.Statfs}
+	lock, err := lockDir(real)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	p := &Pool{name: name, dir: real, reserve: reserve, lock: lock, statfs: unix.Statfs}
 	if err := p.collectGarbage(); err != nil {
+		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
 	return p, nil
 }
+
+// lockDir takes an exclusive lock on the pool directory, so two flashpv
+// processes (or two pools of one) never manage the same volumes.
+func lockDir(dir string) (*os.File, error) {
+	f, err := os.OpenFile(filepath.Join(dir, lockFile), os.O_RDWR|os.O_CREATE, 0o600)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, unix.EWOULDBLOCK) {
+			return nil, fmt.Errorf("%s is in use by another flashpv pool", dir)
+		}
+		return nil, fmt.Errorf("locking %s: %w", dir, err)
+	}
+	return f, nil
+}
+
+// Close releases the pool's directory lock.
+func (p *Pool) Close() error { return p.lock.Close() }
 
 func (p *Pool) Name() string { return p.name }
 func (p *Pool) Dir() string  { return p.dir }

@@ -66,6 +66,7 @@ func newTestPool(t *testing.T, reserve int64) *Pool {
 	if err != nil {
 		t.Fatal(err)
 	}
+	t.Cleanup(func() { p.Close() })
 	return p
 }
 
@@ -201,6 +202,20 @@ func TestOpenRejectsBadPools(t *testing.T) {
 		if _, err := Open(tc.name, tc.dir, 0); err == nil {
 			t.Errorf("Open(%q, %q) succeeded", tc.name, tc.dir)
 		}
+	}
+	dir := t.TempDir()
+	p, err := Open("one", dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := Open("two", dir, 0); err == nil {
+		t.Error("a second pool opened the same directory")
+	}
+	p.Close()
+	if p2, err := Open("two", dir, 0); err != nil {
+		t.Errorf("reopening after Close: %v", err)
+	} else {
+		p2.Close()
 	}
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, nil, 0o600)

@@ -116,6 +116,11 @@ func (e *Env) start(t testing.TB, o Options) {
 		}
 		pools = append(pools, p)
 	}
+	closePools := func() {
+		for _, p := range pools {
+			p.Close()
+		}
+	}
 	defaultPool := ""
 	if _, ok := e.Pools["default"]; ok {
 		defaultPool = "default"
@@ -152,6 +157,7 @@ func (e *Env) start(t testing.TB, o Options) {
 		if err := <-done; err != nil {
 			t.Errorf("driver: %v", err)
 		}
+		closePools()
 	}
 }
 
