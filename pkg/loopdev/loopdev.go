@@ -1,6 +1,6 @@
 // Package loopdev attaches image files as loop devices with direct I/O and
-// finds them again by their backing file, using the kernel's ioctls directly
-// (no losetup process per call).
+// finds them again by the identity of their backing file, using the kernel's
+// ioctls directly (no losetup process per call).
 package loopdev
 
 import (
@@ -26,87 +26,122 @@ const (
 	BlockSize = 4096
 )
 
-// Manager attaches and detaches loop devices. Its cache maps a backing file to
-// its device; every hit is verified against sysfs, and a miss rescans sysfs, so
-// the kernel stays the source of truth (restarts and detaches done by others
-// are seen).
+// fileID identifies a backing file by device and inode, as the kernel reports
+// it for a loop device (LOOP_GET_STATUS64). Unlike the path in sysfs, which is
+// printed relative to the reader's mount namespace, it is the same seen from
+// any container or after a restart of the driver's pod.
+type fileID struct{ dev, ino uint64 }
+
+func statID(file string) (fileID, error) {
+	var st unix.Stat_t
+	if err := unix.Stat(file, &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// Manager attaches and detaches loop devices. Its cache maps backing files to
+// devices; every hit is verified with the kernel, and a miss rescans all loop
+// devices, so the kernel stays the source of truth (restarts and detaches done
+// by others are seen).
 type Manager struct {
 	sysBlock string // /sys/block
 	devDir   string // /dev
 
-	mu     sync.Mutex
-	byFile map[string]string
+	mu   sync.Mutex
+	byID map[fileID]string
 }
 
 // New returns a manager for the host's loop devices.
 func New() *Manager {
-	return &Manager{sysBlock: "/sys/block", devDir: "/dev", byFile: map[string]string{}}
+	return &Manager{sysBlock: "/sys/block", devDir: "/dev", byID: map[fileID]string{}}
 }
 
 // Find returns the device a file is attached to, or "" when it is not.
 func (m *Manager) Find(file string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	return m.find(file)
+	id, err := statID(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	if err != nil {
+		return "", err
+	}
+	return m.find(id)
 }
 
-func (m *Manager) find(file string) (string, error) {
-	if dev, ok := m.byFile[file]; ok {
-		if m.backingFile(dev) == file {
+func (m *Manager) find(id fileID) (string, error) {
+	if dev, ok := m.byID[id]; ok {
+		if got, ok := backingID(dev); ok && got == id {
 			return dev, nil
 		}
-		delete(m.byFile, file)
+		delete(m.byID, id)
 	}
 	if err := m.scan(); err != nil {
 		return "", err
 	}
-	return m.byFile[file], nil
+	return m.byID[id], nil
 }
 
-// Attached returns the backing files under dir that are attached, with their
-// devices.
+// Attached returns the files in dir that are attached, with their devices.
 func (m *Manager) Attached(dir string) (map[string]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.scan(); err != nil {
 		return nil, err
 	}
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
 	out := map[string]string{}
-	prefix := filepath.Clean(dir) + "/"
-	for f, d := range m.byFile {
-		if strings.HasPrefix(f, prefix) {
-			out[f] = d
+	for _, e := range entries {
+		file := filepath.Join(dir, e.Name())
+		if id, err := statID(file); err == nil && m.byID[id] != "" {
+			out[file] = m.byID[id]
 		}
 	}
 	return out, nil
 }
 
+// scan rebuilds the cache from every bound loop device.
 func (m *Manager) scan() error {
 	entries, err := os.ReadDir(m.sysBlock)
 	if err != nil {
 		return err
 	}
-	found := map[string]string{}
+	found := map[fileID]string{}
 	for _, e := range entries {
 		if !strings.HasPrefix(e.Name(), "loop") {
 			continue
 		}
+		// Only bound devices have a backing_file; skipping the others saves
+		// opening every idle device.
+		if _, err := os.Stat(filepath.Join(m.sysBlock, e.Name(), "loop", "backing_file")); err != nil {
+			continue
+		}
 		dev := filepath.Join(m.devDir, e.Name())
-		if f := m.backingFile(dev); f != "" {
-			found[f] = dev
+		if id, ok := backingID(dev); ok {
+			found[id] = dev
 		}
 	}
-	m.byFile = found
+	m.byID = found
 	return nil
 }
 
-// backingFile reads a device's backing file from sysfs ("" when unbound).
-func (m *Manager) backingFile(dev string) string {
-	data, err := os.ReadFile(filepath.Join(m.sysBlock, filepath.Base(dev), "loop", "backing_file"))
+// backingID asks the kernel which file a device is bound to.
+func backingID(dev string) (fileID, bool) {
+	f, err := os.OpenFile(dev, os.O_RDONLY, 0)
 	if err != nil {
-		return ""
+		return fileID{}, false
 	}
-	return strings.TrimSuffix(string(data), "\n")
+	defer f.Close()
+	info, err := unix.IoctlLoopGetStatus64(int(f.Fd()))
+	if err != nil {
+		return fileID{}, false
+	}
+	return fileID{info.Device, info.Inode}, true
 }
 
 // Attach binds file to a free loop device, or returns the device it is already
@@ -114,14 +149,19 @@ func (m *Manager) backingFile(dev string) string {
 func (m *Manager) Attach(file string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	if dev, err := m.find(file); err != nil || dev != "" {
-		return dev, err
-	}
 	img, err := os.OpenFile(file, os.O_RDWR, 0)
 	if err != nil {
 		return "", err
 	}
 	defer img.Close()
+	var st unix.Stat_t
+	if err := unix.Fstat(int(img.Fd()), &st); err != nil {
+		return "", err
+	}
+	id := fileID{uint64(st.Dev), st.Ino}
+	if dev, err := m.find(id); err != nil || dev != "" {
+		return dev, err
+	}
 	ctl, err := os.OpenFile(filepath.Join(m.devDir, "loop-control"), os.O_RDWR, 0)
 	if err != nil {
 		return "", err
@@ -142,7 +182,7 @@ func (m *Manager) Attach(file string) (string, error) {
 		if err != nil {
 			return "", err
 		}
-		m.byFile[file] = dev
+		m.byID[id] = dev
 		m.tune(dev)
 		return dev, nil
 	}
@@ -183,7 +223,14 @@ func (m *Manager) tune(dev string) {
 func (m *Manager) Detach(file string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	dev, err := m.find(file)
+	id, err := statID(file)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	dev, err := m.find(id)
 	if err != nil || dev == "" {
 		return err
 	}
@@ -196,8 +243,8 @@ func (m *Manager) Detach(file string) error {
 	if err != nil && !errors.Is(err, unix.ENXIO) {
 		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
 	}
-	delete(m.byFile, file)
-	if m.backingFile(dev) == file {
+	delete(m.byID, id)
+	if got, ok := backingID(dev); ok && got == id {
 		return fmt.Errorf("%w: %s stays attached until its last user closes it", ErrBusy, dev)
 	}
 	return nil

@@ -2,6 +2,7 @@ package loopdev
 
 import (
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -29,6 +30,17 @@ func TestAttachFindRefreshDetach(t *testing.T) {
 	// A new manager (a restarted driver) finds the device by its file.
 	if found, err := New().Find(img); err != nil || found != dev {
 		t.Fatalf("Find after restart: %q %v, want %s", found, err, dev)
+	}
+	// The same file seen through another mount (as a restarted pod sees the
+	// pool through its own hostPath mount) is recognised by its identity.
+	other := filepath.Join(t.TempDir(), "view")
+	os.Mkdir(other, 0o700)
+	if out, err := exec.Command("mount", "--bind", dir, other).CombinedOutput(); err != nil {
+		t.Fatalf("bind mount: %v %s", err, out)
+	}
+	defer exec.Command("umount", other).Run()
+	if found, err := New().Find(filepath.Join(other, "vol.img")); err != nil || found != dev {
+		t.Fatalf("Find through another mount: %q %v, want %s", found, err, dev)
 	}
 	sys := filepath.Join("/sys/block", filepath.Base(dev))
 	if b, _ := os.ReadFile(filepath.Join(sys, "queue", "logical_block_size")); strings.TrimSpace(string(b)) != "4096" {
