@@ -3,7 +3,6 @@ package driver
 import (
 	"errors"
 	"fmt"
-	"net"
 	"os"
 	"path/filepath"
 	"testing"
@@ -157,30 +156,6 @@ func TestKeyLocks(t *testing.T) {
 	release()
 	if _, err := l.acquire("v"); err != nil {
 		t.Fatal("acquire after release:", err)
-	}
-}
-
-func TestListenUnix(t *testing.T) {
-	dir := t.TempDir()
-	stale := filepath.Join(dir, "stale.sock")
-	l, _ := net.Listen("unix", stale)
-	l.(*net.UnixListener).SetUnlinkOnClose(false)
-	l.Close()
-	l2, err := listenUnix(stale)
-	if err != nil {
-		t.Fatalf("stale socket not replaced: %v", err)
-	}
-	defer l2.Close()
-	if _, err := listenUnix(stale); err == nil {
-		t.Fatal("a live socket was taken over")
-	}
-	file := filepath.Join(dir, "file")
-	os.WriteFile(file, []byte("data"), 0o600)
-	if _, err := listenUnix(file); err == nil {
-		t.Fatal("a regular file was replaced by a socket")
-	}
-	if b, _ := os.ReadFile(file); string(b) != "data" {
-		t.Fatal("regular file changed")
 	}
 }
 

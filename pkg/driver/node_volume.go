@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
-	"os"
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -207,7 +206,7 @@ func (s *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 func (s *Node) NodeGetStorageHealth(context.Context, *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
 	resp := &csi.NodeGetStorageHealthResponse{}
 	for _, name := range s.d.poolNames {
-		if err := probePool(s.d.pools[name].Dir()); err != nil {
+		if err := s.d.pools[name].Probe(); err != nil {
 			st := csi.StorageHealthErrorType_STORAGE_UNREACHABLE
 			reason := "PoolUnreachable"
 			if errors.Is(err, unix.EROFS) || errors.Is(err, fs.ErrPermission) {
@@ -219,17 +218,4 @@ func (s *Node) NodeGetStorageHealth(context.Context, *csi.NodeGetStorageHealthRe
 		}
 	}
 	return resp, nil
-}
-
-// probePool checks that a pool directory can be listed and written.
-func probePool(dir string) error {
-	if _, err := os.ReadDir(dir); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".probe-*")
-	if err != nil {
-		return err
-	}
-	f.Close()
-	return os.Remove(f.Name())
 }

@@ -3,10 +3,6 @@ package driver
 import (
 	"context"
 	"errors"
-	"fmt"
-	"net"
-	"os"
-	"path/filepath"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -15,13 +11,15 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/unixsock"
 )
 
 // Serve serves the three CSI services on the unix socket at path until ctx is
 // done, then stops gracefully. A socket left by a crashed process is replaced;
 // one that a live process still answers on is not.
 func (d *Driver) Serve(ctx context.Context, path string) error {
-	lis, err := listenUnix(path)
+	lis, err := unixsock.Listen(path)
 	if err != nil {
 		return err
 	}
@@ -47,26 +45,6 @@ func (d *Driver) Serve(ctx context.Context, path string) error {
 		srv.Stop()
 	}
 	return nil
-}
-
-func listenUnix(path string) (net.Listener, error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return nil, err
-	}
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("%s exists and is not a socket", path)
-		}
-		if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("socket %s is in use by another process", path)
-		}
-		klog.InfoS("Removing stale socket", "path", path)
-		if err := os.Remove(path); err != nil {
-			return nil, err
-		}
-	}
-	return net.Listen("unix", path)
 }
 
 // logCalls is the one place that logs RPCs: method, duration and outcome, and

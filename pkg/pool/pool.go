@@ -88,6 +88,19 @@ func lockDir(dir string) (*os.File, error) {
 	return f, nil
 }
 
+// Probe checks that the pool directory can be listed and written.
+func (p *Pool) Probe() error {
+	if _, err := os.ReadDir(p.dir); err != nil {
+		return err
+	}
+	f, err := os.CreateTemp(p.dir, ".probe-*")
+	if err != nil {
+		return err
+	}
+	f.Close()
+	return os.Remove(f.Name())
+}
+
 // Close releases the pool's directory lock.
 func (p *Pool) Close() error { return p.lock.Close() }
 
