@@ -1,5 +1,6 @@
 // Command flashpv is the flashpv CSI driver: Identity, Controller and Node
-// services for the node-local pools of the node it runs on.
+// services for the node-local pools of the node it runs on, plus kubelet
+// plugin registration, /healthz and /metrics.
 package main
 
 import (
@@ -10,14 +11,19 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/flashpv/flashpv/pkg/config"
 	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/registration"
+	"github.com/flashpv/flashpv/pkg/unixsock"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -55,6 +61,8 @@ func run(opts config.Options) error {
 		defer p.Close()
 		pools = append(pools, p)
 	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	d, err := driver.New(driver.Config{
 		NodeID:        opts.NodeID,
 		Version:       version,
@@ -65,11 +73,51 @@ func run(opts config.Options) error {
 		Devices:       loopdev.New(),
 		Mounter:       mount.New(""),
 		Exec:          utilexec.New(),
+		Metrics:       reg,
 	})
 	if err != nil {
 		return err
 	}
+	// Listen before anything else: the kubelet calls the CSI socket as soon
+	// as the registration succeeds.
+	lis, err := unixsock.Listen(opts.SocketPath())
+	if err != nil {
+		return err
+	}
+
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	return d.Serve(ctx, opts.SocketPath())
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	var tasks []func() error
+	tasks = append(tasks, func() error { return d.Serve(ctx, lis) })
+	checker := &health.Checker{CSISocket: opts.SocketPath(), Pools: pools}
+	if opts.RegistrationPath != "" {
+		r := registration.New(driver.Name, opts.RegistrationPath)
+		checker.Registration = r
+		sock := registration.SocketPath(opts.RegistrationDir, driver.Name)
+		tasks = append(tasks, func() error { return r.Serve(ctx, sock) })
+	}
+	if opts.HealthAddress != "" {
+		h := health.Handler(checker, reg)
+		tasks = append(tasks, func() error { return health.Serve(ctx, opts.HealthAddress, h) })
+	}
+	// Every task runs until ctx ends; the first to fail ends the others.
+	errc := make(chan error, len(tasks))
+	for _, task := range tasks {
+		go func() {
+			err := task()
+			if err != nil {
+				cancel(err)
+			}
+			errc <- err
+		}()
+	}
+	var first error
+	for range tasks {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
 }

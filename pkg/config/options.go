@@ -4,6 +4,7 @@ package config
 import (
 	"errors"
 	"flag"
+	"os"
 	"fmt"
 	"path/filepath"
 	"strconv"
@@ -31,7 +32,12 @@ type Options struct {
 	MaxVolumes  int64
 	FsType      string
 	Pools       []PoolSpec
+	PoolsFile   string
 	ShowVersion bool
+
+	HealthAddress    string
+	RegistrationPath string
+	RegistrationDir  string
 }
 
 // AddFlags registers the options on fs.
@@ -50,6 +56,10 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 		o.Pools = append(o.Pools, p)
 		return nil
 	})
+	fs.StringVar(&o.PoolsFile, "pools-file", "", "a file of pools, one NAME=PATH[,reserve=SIZE] per line (# starts a comment); adds to --pool")
+	fs.StringVar(&o.HealthAddress, "health-address", ":9808", "address of /healthz and /metrics (empty: off)")
+	fs.StringVar(&o.RegistrationPath, "kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it; when set, flashpv registers itself with the kubelet")
+	fs.StringVar(&o.RegistrationDir, "registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
 }
 
@@ -66,6 +76,16 @@ func (o *Options) Validate() error {
 	}
 	if !filepath.IsAbs(o.KubeletDir) {
 		errs = append(errs, fmt.Errorf("--kubelet-dir %q is not absolute", o.KubeletDir))
+	}
+	if o.RegistrationPath != "" && !filepath.IsAbs(o.RegistrationPath) {
+		errs = append(errs, fmt.Errorf("--kubelet-registration-path %q is not absolute", o.RegistrationPath))
+	}
+	if o.PoolsFile != "" {
+		pools, err := ReadPoolsFile(o.PoolsFile)
+		if err != nil {
+			errs = append(errs, err)
+		}
+		o.Pools = append(o.Pools, pools...)
 	}
 	if o.MaxVolumes <= 0 {
 		errs = append(errs, errors.New("--max-volumes must be positive"))
@@ -156,4 +176,25 @@ func ParseSize(s string) (int64, error) {
 		return 0, fmt.Errorf("size %q is too large", s)
 	}
 	return n * mult, nil
+}
+
+// ReadPoolsFile reads pool specs, one per line, as a ConfigMap provides them.
+func ReadPoolsFile(path string) ([]PoolSpec, error) {
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return nil, fmt.Errorf("--pools-file: %w", err)
+	}
+	var pools []PoolSpec
+	for i, line := range strings.Split(string(data), "\n") {
+		line, _, _ = strings.Cut(line, "#")
+		if line = strings.TrimSpace(line); line == "" {
+			continue
+		}
+		p, err := ParsePoolSpec(line)
+		if err != nil {
+			return nil, fmt.Errorf("%s:%d: %w", path, i+1, err)
+		}
+		pools = append(pools, p)
+	}
+	return pools, nil
 }

@@ -2,6 +2,8 @@ package config
 
 import (
 	"flag"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 )
@@ -63,5 +65,18 @@ func TestValidate(t *testing.T) {
 	}
 	if _, err := parse("--node-id", "n", "--pool", "a=/p/a", "--pool", "b=/p/ab"); err != nil && strings.Contains(err.Error(), "overlap") {
 		t.Errorf("/p/a and /p/ab do not overlap: %v", err)
+	}
+}
+
+func TestPoolsFile(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "pools")
+	os.WriteFile(path, []byte("# pools of this node\nfast=/mnt/nvme0/flashpv,reserve=1Gi\n\nslow=/mnt/sata/flashpv # spinning\n"), 0o600)
+	pools, err := ReadPoolsFile(path)
+	if err != nil || len(pools) != 2 || pools[0].Reserve != 1<<30 || pools[1].Path != "/mnt/sata/flashpv" {
+		t.Fatalf("%+v %v", pools, err)
+	}
+	os.WriteFile(path, []byte("ok=/a\nbad line\n"), 0o600)
+	if _, err := ReadPoolsFile(path); err == nil || !strings.Contains(err.Error(), ":2:") {
+		t.Fatalf("error does not name the line: %v", err)
 	}
 }

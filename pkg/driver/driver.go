@@ -7,6 +7,7 @@ import (
 	"sort"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
@@ -43,6 +44,8 @@ type Config struct {
 	Devices       devices
 	Mounter       mount.Interface
 	Exec          utilexec.Interface
+	// Metrics, when set, receives the driver's Prometheus metrics.
+	Metrics prometheus.Registerer
 }
 
 // Driver holds the state shared by the three CSI services.
@@ -61,6 +64,7 @@ type Driver struct {
 	resizer *mount.ResizeFs
 	exec    utilexec.Interface
 	locks   *keyLocks
+	metrics *metrics
 }
 
 // New checks cfg and returns a Driver.
@@ -101,6 +105,11 @@ func New(cfg Config) (*Driver, error) {
 	}
 	if d.pools[d.defaultPool] == nil {
 		return nil, fmt.Errorf("default pool %q is not configured", d.defaultPool)
+	}
+	if cfg.Metrics != nil {
+		if err := d.registerMetrics(cfg.Metrics); err != nil {
+			return nil, err
+		}
 	}
 	return d, nil
 }

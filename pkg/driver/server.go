@@ -3,6 +3,7 @@ package driver
 import (
 	"context"
 	"errors"
+	"net"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -11,26 +12,19 @@ import (
 	"google.golang.org/protobuf/proto"
 	"google.golang.org/protobuf/reflect/protoreflect"
 	"k8s.io/klog/v2"
-
-	"github.com/flashpv/flashpv/pkg/unixsock"
 )
 
-// Serve serves the three CSI services on the unix socket at path until ctx is
-// done, then stops gracefully. A socket left by a crashed process is replaced;
-// one that a live process still answers on is not.
-func (d *Driver) Serve(ctx context.Context, path string) error {
-	lis, err := unixsock.Listen(path)
-	if err != nil {
-		return err
-	}
-	srv := grpc.NewServer(grpc.UnaryInterceptor(logCalls))
+// Serve serves the three CSI services on lis (from unixsock.Listen) until ctx
+// is done, then stops gracefully.
+func (d *Driver) Serve(ctx context.Context, lis net.Listener) error {
+	srv := grpc.NewServer(grpc.ChainUnaryInterceptor(logCalls, d.observe))
 	csi.RegisterIdentityServer(srv, &Identity{d: d})
 	csi.RegisterControllerServer(srv, &Controller{d: d})
 	csi.RegisterNodeServer(srv, &Node{d: d})
 
 	errc := make(chan error, 1)
 	go func() { errc <- srv.Serve(lis) }()
-	klog.InfoS("Serving CSI", "endpoint", path, "driver", Name, "node", d.nodeID, "pools", d.poolNames)
+	klog.InfoS("Serving CSI", "endpoint", lis.Addr().String(), "driver", Name, "node", d.nodeID, "pools", d.poolNames)
 	select {
 	case err := <-errc:
 		return err

@@ -13,8 +13,8 @@ import (
 	"slices"
 	"strings"
 	"testing"
-	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"k8s.io/mount-utils"
@@ -23,6 +23,7 @@ import (
 	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/unixsock"
 )
 
 // RequireRoot skips a test that needs loop devices and mounts when not root.
@@ -70,6 +71,7 @@ type Env struct {
 	Socket     string
 	Pools      map[string]string // name -> directory
 	Conn       *grpc.ClientConn
+	Open       []*pool.Pool // the running driver's pools
 	stop       func()
 }
 
@@ -80,6 +82,7 @@ type Options struct {
 	Reserve    int64
 	MaxVolumes int64
 	FsType     string
+	Metrics    prometheus.Registerer
 }
 
 // Start starts the driver on a fresh socket. Cleanup stops it and removes
@@ -116,6 +119,7 @@ func (e *Env) start(t testing.TB, o Options) {
 		}
 		pools = append(pools, p)
 	}
+	e.Open = pools
 	closePools := func() {
 		for _, p := range pools {
 			p.Close()
@@ -127,28 +131,22 @@ func (e *Env) start(t testing.TB, o Options) {
 	}
 	d, err := driver.New(driver.Config{
 		NodeID: o.NodeID, Version: "test", Pools: pools, DefaultPool: defaultPool,
-		KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, DefaultFsType: o.FsType,
+		KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, DefaultFsType: o.FsType, Metrics: o.Metrics,
 		Devices: loopdev.New(), Mounter: mount.New(""), Exec: utilexec.New(),
 	})
 	if err != nil {
 		t.Fatal(err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- d.Serve(ctx, e.Socket) }()
-	conn, err := grpc.NewClient("unix://"+e.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	lis, err := unixsock.Listen(e.Socket)
 	if err != nil {
 		t.Fatal(err)
 	}
-	deadline := time.Now().Add(5 * time.Second)
-	for {
-		if _, err := os.Stat(e.Socket); err == nil {
-			break
-		}
-		if time.Now().After(deadline) {
-			t.Fatal("driver socket did not appear")
-		}
-		time.Sleep(5 * time.Millisecond)
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- d.Serve(ctx, lis) }()
+	conn, err := grpc.NewClient("unix://"+e.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
 	}
 	e.Conn = conn
 	e.stop = func() {

@@ -52,8 +52,16 @@ func TestBinary(t *testing.T) {
 	l.(*net.UnixListener).SetUnlinkOnClose(false)
 	l.Close()
 
+	hl, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	healthAddr := hl.Addr().String()
+	hl.Close()
 	cmd := exec.Command(bin, "--endpoint", "unix://"+sock, "--node-id", "node-bin",
-		"--state-dir", filepath.Join(dir, "state"), "--kubelet-dir", filepath.Join(dir, "kubelet"))
+		"--state-dir", filepath.Join(dir, "state"), "--kubelet-dir", filepath.Join(dir, "kubelet"),
+		"--health-address", healthAddr, "--kubelet-registration-path", "/var/lib/kubelet/plugins/flashpv.dev/csi.sock",
+		"--registration-dir", filepath.Join(dir, "registry"))
 	var logs strings.Builder
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -74,6 +82,15 @@ func TestBinary(t *testing.T) {
 	if err != nil || info.GetNodeId() != "node-bin" {
 		t.Fatalf("NodeGetInfo: %v %v\n%s", info, err, logs.String())
 	}
+	if code, body := get(t, "http://"+healthAddr+"/healthz"); code != 200 {
+		t.Fatalf("/healthz of the binary: %d %s", code, body)
+	}
+	if code, body := get(t, "http://"+healthAddr+"/metrics"); code != 200 || !strings.Contains(body, `flashpv_pool_volumes{pool="default"} 0`) || !strings.Contains(body, "flashpv_csi_requests_total") {
+		t.Fatalf("/metrics of the binary: %d\n%s", code, body)
+	}
+	if _, err := os.Stat(filepath.Join(dir, "registry", "flashpv.dev-reg.sock")); err != nil {
+		t.Fatalf("no registration socket: %v", err)
+	}
 	if _, err := os.Stat(filepath.Join(dir, "state", "pools", "default")); err != nil {
 		t.Fatalf("default pool not created under the state dir: %v", err)
 	}
@@ -85,7 +102,9 @@ func TestBinary(t *testing.T) {
 	if err := cmd.Wait(); err != nil {
 		t.Fatalf("exit after SIGTERM: %v\n%s", err, logs.String())
 	}
-	if _, err := os.Stat(sock); !os.IsNotExist(err) {
-		t.Error("socket left behind after a graceful stop")
+	for _, s := range []string{sock, filepath.Join(dir, "registry", "flashpv.dev-reg.sock")} {
+		if _, err := os.Stat(s); !os.IsNotExist(err) {
+			t.Errorf("socket %s left behind after a graceful stop", s)
+		}
 	}
 }

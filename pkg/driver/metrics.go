@@ -1,0 +1,97 @@
+package driver
+
+import (
+	"context"
+	"path"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/status"
+	"k8s.io/klog/v2"
+)
+
+// metrics are the driver's Prometheus metrics: CSI calls as they happen, and
+// the pools' state measured at every scrape.
+type metrics struct {
+	calls   *prometheus.CounterVec
+	latency *prometheus.HistogramVec
+}
+
+var (
+	descCapacity  = prometheus.NewDesc("flashpv_pool_capacity_bytes", "Size of the pool's filesystem minus its reserve.", []string{"pool"}, nil)
+	descAvailable = prometheus.NewDesc("flashpv_pool_available_bytes", "Bytes the pool can still promise to new volumes or growth.", []string{"pool"}, nil)
+	descAllocated = prometheus.NewDesc("flashpv_pool_allocated_bytes", "Sum of the sizes of the pool's volumes.", []string{"pool"}, nil)
+	descVolumes   = prometheus.NewDesc("flashpv_pool_volumes", "Volumes in the pool.", []string{"pool"}, nil)
+	descAbnormal  = prometheus.NewDesc("flashpv_pool_abnormal_volumes", "Volumes of the pool whose health reports a problem (image missing or short).", []string{"pool"}, nil)
+	descPoolUp    = prometheus.NewDesc("flashpv_pool_up", "1 when the pool can be read and written, else 0.", []string{"pool"}, nil)
+)
+
+func (d *Driver) registerMetrics(reg prometheus.Registerer) error {
+	d.metrics = &metrics{
+		calls: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "flashpv_csi_requests_total", Help: "CSI calls by method and gRPC code.",
+		}, []string{"method", "code"}),
+		latency: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name: "flashpv_csi_request_duration_seconds", Help: "Duration of CSI calls by method.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30},
+		}, []string{"method"}),
+	}
+	for _, c := range []prometheus.Collector{d.metrics.calls, d.metrics.latency, poolCollector{d}} {
+		if err := reg.Register(c); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// observe counts and times every call.
+func (d *Driver) observe(ctx context.Context, req any, info *grpc.UnaryServerInfo, handler grpc.UnaryHandler) (any, error) {
+	start := time.Now()
+	resp, err := handler(ctx, req)
+	if d.metrics != nil {
+		method := path.Base(info.FullMethod)
+		d.metrics.calls.WithLabelValues(method, status.Code(err).String()).Inc()
+		d.metrics.latency.WithLabelValues(method).Observe(time.Since(start).Seconds())
+	}
+	return resp, err
+}
+
+type poolCollector struct{ d *Driver }
+
+func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, desc := range []*prometheus.Desc{descCapacity, descAvailable, descAllocated, descVolumes, descAbnormal, descPoolUp} {
+		ch <- desc
+	}
+}
+
+func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	for _, name := range c.d.poolNames {
+		p := c.d.pools[name]
+		up := 1.0
+		if err := p.Probe(); err != nil {
+			up = 0
+		}
+		ch <- prometheus.MustNewConstMetric(descPoolUp, prometheus.GaugeValue, up, name)
+		capa, err := p.Capacity()
+		if err != nil {
+			klog.ErrorS(err, "Pool capacity for metrics", "pool", name)
+			continue
+		}
+		ch <- prometheus.MustNewConstMetric(descCapacity, prometheus.GaugeValue, float64(capa.Total), name)
+		ch <- prometheus.MustNewConstMetric(descAvailable, prometheus.GaugeValue, float64(capa.Available), name)
+		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(capa.Allocated), name)
+		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(capa.Volumes), name)
+		vols, err := p.List()
+		if err != nil {
+			continue
+		}
+		abnormal := 0
+		for _, v := range vols {
+			if len(c.d.imageHealth(p, v).GetHealthStatuses()) > 0 {
+				abnormal++
+			}
+		}
+		ch <- prometheus.MustNewConstMetric(descAbnormal, prometheus.GaugeValue, float64(abnormal), name)
+	}
+}
