@@ -4,8 +4,8 @@ package config
 import (
 	"errors"
 	"flag"
-	"os"
 	"fmt"
+	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
