@@ -4,12 +4,19 @@ VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build test test-unit test-integration sanity verify deps clean
+.PHONY: all build image test test-unit test-integration sanity verify deps clean
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flashpv ./cmd/flashpv
+
+IMAGE ?= flashpv:$(VERSION)
+
+# Needs a Docker engine; the local cluster harness builds the same image
+# without one.
+image:
+	docker build --build-arg VERSION=$(VERSION) -t $(IMAGE) .
 
 deps:
 	hack/install-deps.sh
