@@ -2,9 +2,10 @@
 # integration on real loop devices and mounts, csi-sanity); it needs root.
 VERSION ?= $(shell git describe --tags --always --dirty 2>/dev/null || echo dev)
 GO      ?= go
+SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity verify deps clean
+.PHONY: all build image test test-unit test-integration sanity verify deps clean cluster-up cluster-down demo e2e
 
 all: build
 
@@ -39,5 +40,24 @@ verify:
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 
+# A real single-node Kubernetes on this machine (root), with flashpv.
+cluster-up:
+	hack/cluster/up.sh
+	hack/cluster/deploy.sh
+
+cluster-down:
+	hack/cluster/down.sh
+
+# The README's first command: cluster, flashpv, the example StatefulSet.
+demo:
+	hack/cluster/demo.sh
+
+# End-to-end tests against the local cluster (brought up if needed).
+e2e: deps
+	hack/cluster/up.sh
+	FLASHPV_RESTART=1 hack/cluster/deploy.sh
+	mkdir -p _output
+	$(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+
 clean:
-	rm -rf bin _output
+	rm -rf bin _output/bin

@@ -139,7 +139,7 @@ func TestBase(t *testing.T) {
 	}
 	res := pod.Containers[2]
 	wantArgs(t, res, "--leader-election=true", "--csi-address=/csi/csi.sock")
-	if !strings.HasPrefix(res.Image, "registry.k8s.io/sig-storage/csi-resizer:v1.1") {
+	if !strings.HasPrefix(res.Image, "registry.k8s.io/sig-storage/csi-resizer:v2.") {
 		t.Errorf("resizer image %s", res.Image)
 	}
 

@@ -1,0 +1,73 @@
+#!/usr/bin/env bash
+# Builds the cluster's container images without a registry or a Docker
+# engine: each is one layer made from a root filesystem directory, written as
+# a docker-archive tarball that containerd imports.
+#   flashpv       the binary on a minimal Debian userland: the same tools as
+#                 the Dockerfile's runtime stage (util-linux, e2fsprogs,
+#                 xfsprogs, btrfs-progs), copied from this Debian machine
+#   csi-provisioner, csi-resizer, pause   static binaries alone
+#   busybox       Debian's busybox-static, the examples' workload image
+source "$(dirname "$0")/lib.sh"
+OUT=$STATE/images
+mkdir -p "$OUT"
+
+# archive REF ROOTFS ENTRYPOINT_JSON OUT.tar
+archive() {
+	local ref=$1 root=$2 entry=$3 out=$4
+	local w; w=$(mktemp -d)
+	tar -C "$root" --sort=name --numeric-owner --owner=0 --group=0 --mtime=@0 -cf "$w/layer.tar" .
+	local diff; diff=$(sha256sum "$w/layer.tar" | cut -d' ' -f1)
+	mkdir "$w/$diff" && mv "$w/layer.tar" "$w/$diff/layer.tar"
+	printf '{"architecture":"amd64","os":"linux","created":"1970-01-01T00:00:00Z","config":{"Env":["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],"Entrypoint":%s,"WorkingDir":"/"},"rootfs":{"type":"layers","diff_ids":["sha256:%s"]}}' "$entry" "$diff" >"$w/config.json"
+	local cfg; cfg=$(sha256sum "$w/config.json" | cut -d' ' -f1)
+	mv "$w/config.json" "$w/$cfg.json"
+	printf '[{"Config":"%s.json","RepoTags":["%s"],"Layers":["%s/layer.tar"]}]' "$cfg" "$ref" "$diff" >"$w/manifest.json"
+	tar -C "$w" --numeric-owner --owner=0 --group=0 -cf "$out" manifest.json "$cfg.json" "$diff/layer.tar"
+	rm -rf "$w"
+}
+
+# copy_with_libs ROOT FILE...: copies programs and the shared libraries they load.
+copy_with_libs() {
+	local root=$1; shift
+	local f lib
+	for f in "$@"; do
+		f=$(command -v "$f") || die "missing tool $f on this machine"
+		mkdir -p "$root$(dirname "$f")"
+		cp -L "$f" "$root$f"
+		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*'); do
+			mkdir -p "$root$(dirname "$lib")"
+			cp -Ln "$lib" "$root$lib"
+		done
+	done
+}
+
+static_image() { # REF BINARY
+	local root; root=$(mktemp -d)
+	mkdir -p "$root/tmp"
+	cp "$BIN/$2" "$root/$2"
+	archive "$1" "$root" "[\"/$2\"]" "$OUT/$2.tar"
+	rm -rf "$root"
+}
+
+static_image localhost/pause:local pause
+static_image localhost/csi-provisioner:v6.4.0 csi-provisioner
+static_image localhost/csi-resizer:v2.3.0 csi-resizer
+
+root=$(mktemp -d)
+mkdir -p "$root/bin" "$root/tmp"
+cp /bin/busybox "$root/bin/busybox"
+for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$root/bin/$a"; done
+archive docker.io/library/busybox:1.36 "$root" '["/bin/sh"]' "$OUT/busybox.tar"
+rm -rf "$root"
+
+root=$(mktemp -d)
+copy_with_libs "$root" mount umount blkid blockdev losetup blkdiscard fsck fsck.ext4 e2fsck mke2fs mkfs.ext4 \
+	resize2fs dumpe2fs tune2fs mkfs.xfs xfs_growfs xfs_io xfs_repair btrfs mkfs.btrfs
+mkdir -p "$root/etc" "$root/tmp" "$root/bin"
+cp /etc/mke2fs.conf "$root/etc/"
+ln -s /proc/self/mounts "$root/etc/mtab"
+cp /bin/busybox "$root/bin/sh"
+cp "$BIN/flashpv" "$root/flashpv"
+archive localhost/flashpv:e2e "$root" '["/flashpv"]' "$OUT/flashpv.tar"
+rm -rf "$root"
+log "images written to $OUT"
