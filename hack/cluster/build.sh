@@ -6,27 +6,39 @@ source "$(dirname "$0")/lib.sh"
 mkdir -p "$BIN"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
-# build DIR PKG OUT [LDFLAGS]: go build in a tools module, skipped when the
-# stamp (module files + flags) is unchanged and the binary exists.
+# build DIR LDFLAGS OUT=PKG...: go build in a tools module, skipped when the
+# stamp (module files, packages, flags) is unchanged and the binaries exist.
+# One go build for several commands shares the work between them.
 build() {
-	local dir=$1 pkg=$2 out=$3 ldflags=${4:-}
-	local stamp
-	stamp=$(cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "$pkg $ldflags") | sha256sum | cut -c1-16)
-	if [ -x "$BIN/$out" ] && [ "$(cat "$BIN/.$out.stamp" 2>/dev/null)" = "$stamp" ]; then
+	local dir=$1 ldflags=$2; shift 2
+	local stamp missing="" spec
+	stamp=$(cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "$* $ldflags") | sha256sum | cut -c1-16)
+	for spec in "$@"; do [ -x "$BIN/${spec%%=*}" ] || missing=1; done
+	if [ -z "$missing" ] && [ "$(cat "$BIN/.$dir.stamp" 2>/dev/null)" = "$stamp" ]; then
 		return
 	fi
-	log "building $out"
-	(cd "$REPO/hack/tools/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$BIN/$out" "$pkg")
-	echo "$stamp" >"$BIN/.$out.stamp"
+	log "building ${*%%=*} (cached after the first time)"
+	local tmp; tmp=$(mktemp -d)
+	(cd "$REPO/hack/tools/$dir" && go build -trimpath -ldflags "-s -w $ldflags" -o "$tmp/" "${@#*=}")
+	for spec in "$@"; do
+		local pkg=${spec#*=} name
+		name=$(basename "$pkg")
+		case "$name" in v[0-9]*) name=$(basename "$(dirname "$pkg")") ;; esac
+		mv "$tmp/$name" "$BIN/${spec%%=*}"
+	done
+	rm -rf "$tmp"
+	echo "$stamp" >"$BIN/.$dir.stamp"
 }
 
 kv="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean"
+k8s=()
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-	build kubernetes "k8s.io/kubernetes/cmd/$c" "$c" "$kv"
+	k8s+=("$c=k8s.io/kubernetes/cmd/$c")
 done
-build etcd go.etcd.io/etcd/server/v3 etcd
-build provisioner github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner csi-provisioner
-build resizer github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer csi-resizer
+build kubernetes "$kv" "${k8s[@]}"
+build etcd "" etcd=go.etcd.io/etcd/server/v3
+build provisioner "" csi-provisioner=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
+build resizer "" csi-resizer=github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
 # flashpv and the pause program are the project's own: go build is incremental.
 (cd "$REPO" && go build -trimpath -ldflags "-s -w -X main.version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o "$BIN/flashpv" ./cmd/flashpv)
 (cd "$REPO" && go build -trimpath -ldflags "-s -w" -o "$BIN/pause" ./hack/cluster/pause)

@@ -4,6 +4,12 @@
 # pool host directory into the cluster's state directory.
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$STATE/deploy" "$STATE/pool"
+# The DaemonSet mounts the pool with HostToContainer propagation, which needs
+# a shared mount on the host. systemd hosts share everything; this one may not.
+if ! awk -v p="$STATE/pool" '$5 == p {found=1} END {exit !found}' /proc/self/mountinfo; then
+	mount --bind "$STATE/pool" "$STATE/pool"
+	mount --make-shared "$STATE/pool"
+fi
 rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
 cat >"$STATE/deploy/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1

@@ -1,3 +1,4 @@
+# shellcheck shell=bash disable=SC2034
 # Common settings of the local cluster harness. Sourced, not run.
 # Everything lives in $STATE (default _output/cluster in the repository);
 # binaries are cached in $BIN (default _output/bin).

@@ -18,7 +18,9 @@ if [ ! -f "$STATE/machine.saved" ]; then
 		for k in vm.overcommit_memory kernel.panic kernel.panic_on_oops net.ipv4.ip_forward; do
 			echo "sysctl $k $(sysctl -n $k)"
 		done
-		lsmod | grep -q '^br_netfilter' && echo "module br_netfilter loaded" || echo "module br_netfilter absent"
+		if [ -r /proc/modules ]; then
+			grep -q '^br_netfilter ' /proc/modules && echo "module br_netfilter loaded" || echo "module br_netfilter absent"
+		fi
 		[ -e "$KUBELET_DIR" ] && echo "dir $KUBELET_DIR existed" || echo "dir $KUBELET_DIR absent"
 		[ -e /run/containerd ] && echo "dir /run/containerd existed" || echo "dir /run/containerd absent"
 		for d in /var/lib/cni /var/log/containers; do

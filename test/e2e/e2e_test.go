@@ -200,10 +200,10 @@ func TestOnlineExpansion(t *testing.T) {
 				// which this machine withholds even from privileged pods:
 				// flashpv says so, and grows the filesystem when the volume
 				// is staged again.
-				eventually(t, 2*time.Minute, "the resize failure to name CAP_SYS_RESOURCE", func() error {
-					ev := must(t, "get", "events", "-n", ns, "-o", `jsonpath={range .items[*]}{.message}{"\n"}{end}`)
-					if !strings.Contains(ev, "CAP_SYS_RESOURCE") {
-						return fmt.Errorf("events:\n%s", ev)
+				eventually(t, 4*time.Minute, "the PVC to report that growth needs CAP_SYS_RESOURCE", func() error {
+					conds := jsonpath(t, ns, "pvc/grow", "{.status.conditions}")
+					if !strings.Contains(conds, "CAP_SYS_RESOURCE") {
+						return fmt.Errorf("conditions: %s", conds)
 					}
 					return nil
 				})
