@@ -7,6 +7,7 @@ source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 [ -n "$NODE_IP" ] || die "no IPv4 address on this machine"
 HERE=$(cd "$(dirname "$0")" && pwd)
+"$HERE/install-deps.sh"
 "$HERE/build.sh"
 "$HERE/pki.sh"
 "$HERE/images.sh"
