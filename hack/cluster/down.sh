@@ -10,9 +10,15 @@ source "$(dirname "$0")/lib.sh"
 A=$CONTAINERD_SOCK
 
 if alive kube-apiserver && alive kubelet; then
-	# Let the kubelet unmount volumes and tear down sandboxes (CNI) itself.
-	kubectl delete statefulsets,deployments,daemonsets,pods --all -A --wait=false >/dev/null 2>&1 || true
-	kubectl delete pods --all -A --grace-period=1 --timeout=60s >/dev/null 2>&1 || true
+	# Workloads first, while flashpv still runs to unpublish and unstage their
+	# volumes; then flashpv itself. The kubelet tears sandboxes down (CNI).
+	kubectl delete statefulsets,deployments,replicasets,daemonsets,jobs,pods --all -A \
+		--field-selector metadata.namespace!=flashpv --wait=false >/dev/null 2>&1 || true
+	for _ in $(seq 1 120); do
+		[ -z "$(kubectl get pods -A --field-selector metadata.namespace!=flashpv -o name 2>/dev/null)" ] && break
+		sleep 0.5
+	done
+	kubectl delete daemonsets,pods --all -n flashpv --grace-period=5 --wait=false >/dev/null 2>&1 || true
 	for _ in $(seq 1 60); do
 		[ "$(ctr -a "$A" -n k8s.io tasks ls -q 2>/dev/null | wc -l)" = 0 ] && break
 		sleep 0.5
@@ -42,10 +48,14 @@ mounts() { awk -v a="$KUBELET_DIR" -v b="$STATE" '$5 == a || index($5, a "/") ==
 for _ in 1 2 3; do
 	for m in $(mounts); do umount "$m" 2>/dev/null || umount -l "$m" 2>/dev/null || true; done
 done
-# Loop devices whose backing file is in the cluster's state (flashpv pools).
-for dev in $(losetup -n -O NAME,BACK-FILE 2>/dev/null | awk -v s="$STATE/" 'index($2, s) == 1 {print $1}'); do
-	losetup -d "$dev" 2>/dev/null || true
-done
+# Loop devices of the cluster's pool images. Their paths as losetup shows them
+# are the container's, so they are matched by inode and device.
+ids=$(find "$STATE/pool" -xdev -type f -name '*.img' -exec stat -c '%i %Hd:%Ld' {} + 2>/dev/null || true)
+if [ -n "$ids" ]; then
+	losetup -n -O NAME,BACK-INO,BACK-MAJ:MIN 2>/dev/null | while read -r dev ino majmin; do
+		if grep -qx "$ino $majmin" <<<"$ids"; then losetup -d "$dev" 2>/dev/null || true; fi
+	done
+fi
 for ns in /var/run/netns/cni-*; do
 	[ -e "$ns" ] || continue
 	umount "$ns" 2>/dev/null || true
