@@ -57,7 +57,7 @@ e2e: deps
 	hack/cluster/up.sh
 	FLASHPV_RESTART=1 hack/cluster/deploy.sh
 	mkdir -p _output
-	$(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | grep -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+	$(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
 
 clean:
 	rm -rf bin _output/bin
