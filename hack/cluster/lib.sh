@@ -8,7 +8,7 @@ REPO=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
 STATE=${STATE:-$REPO/_output/cluster}
 BIN=${BIN:-$REPO/_output/bin}
 K8S_VERSION=v1.37.2
-NODE_NAME=${NODE_NAME:-$(hostname)}
+NODE_NAME=${NODE_NAME:-$(hostname | tr "[:upper:]" "[:lower:]")}
 # The node's address: this machine's own, never anything off it.
 NODE_IP=${NODE_IP:-$(ip -4 -o addr show scope global | awk '{print $4}' | cut -d/ -f1 | head -n1)}
 SERVICE_CIDR=10.96.0.0/12

@@ -34,7 +34,7 @@ func envOr(k, def string) string {
 	return def
 }
 
-func hostname() string { h, _ := os.Hostname(); return h }
+func hostname() string { h, _ := os.Hostname(); return strings.ToLower(h) }
 
 // kubectl runs kubectl against the local cluster.
 func kubectl(args ...string) (string, error) {
