@@ -161,8 +161,7 @@ func (s *Controller) deleteVolume(volumeID string) error {
 	if dev != "" {
 		return fmt.Errorf("%w: volume %s is still staged on this node (%s); unstage it first", errPrecondition, volumeID, dev)
 	}
-	id, _ := pool.ParseVolumeID(volumeID)
-	if err := p.Delete(id.Key); err != nil {
+	if err := p.Delete(v.Key()); err != nil {
 		return err
 	}
 	klog.InfoS("Volume deleted", "volumeID", volumeID, "name", v.Name)

@@ -21,7 +21,7 @@ func (f *fakeDevices) Attach(file string) (string, error) {
 	return f.attached[file], nil
 }
 func (f *fakeDevices) Detach(file string) error { delete(f.attached, file); return nil }
-func (f *fakeDevices) Attached(string) (map[string]string, error) {
+func (f *fakeDevices) Attached(...string) (map[string]string, error) {
 	return f.attached, nil
 }
 

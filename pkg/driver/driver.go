@@ -28,7 +28,7 @@ type devices interface {
 	Find(file string) (string, error)
 	Attach(file string) (string, error)
 	Detach(file string) error
-	Attached(dir string) (map[string]string, error)
+	Attached(dirs ...string) (map[string]string, error)
 }
 
 // Config wires a Driver.
@@ -132,10 +132,7 @@ func (d *Driver) lookup(volumeID string) (*pool.Pool, *pool.Volume, error) {
 }
 
 // imageOf is the image file of a volume.
-func imageOf(p *pool.Pool, v *pool.Volume) string {
-	id, _ := pool.ParseVolumeID(v.ID)
-	return p.ImagePath(id.Key)
-}
+func imageOf(p *pool.Pool, v *pool.Volume) string { return p.ImagePath(v.Key()) }
 
 func (d *Driver) topology() *csi.Topology {
 	return &csi.Topology{Segments: map[string]string{TopologyKey: d.nodeID}}

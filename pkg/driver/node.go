@@ -117,15 +117,15 @@ func (d *Driver) attach(image string) (string, error) {
 	if dev, err := d.devices.Find(image); err != nil || dev != "" {
 		return dev, err
 	}
-	var n int64
+	dirs := make([]string, 0, len(d.poolNames))
 	for _, name := range d.poolNames {
-		att, err := d.devices.Attached(d.pools[name].Dir())
-		if err != nil {
-			return "", err
-		}
-		n += int64(len(att))
+		dirs = append(dirs, d.pools[name].Dir())
 	}
-	if n >= d.maxVolumes {
+	att, err := d.devices.Attached(dirs...)
+	if err != nil {
+		return "", err
+	}
+	if n := int64(len(att)); n >= d.maxVolumes {
 		return "", fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, n, d.maxVolumes)
 	}
 	dev, err := d.devices.Attach(image)
@@ -152,6 +152,7 @@ func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []st
 		if format != "" && format != v.FsType {
 			return fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
 		}
+		// ext4 grows before it is mounted (no CAP_SYS_RESOURCE needed).
 		if format == "ext4" {
 			if err := d.growExtOffline(dev); err != nil {
 				return err
@@ -164,6 +165,10 @@ func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []st
 			return fmt.Errorf("mounting %s at %s: %w", dev, staging, err)
 		}
 		klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "device", dev, "path", staging, "fsType", v.FsType, "formatted", format == "")
+		// A new filesystem fills its device, and ext4 has grown above.
+		if format == "" || format == "ext4" {
+			return nil
+		}
 	}
 	// Finish a growth that happened while the volume was not mounted (or
 	// that a crash interrupted).

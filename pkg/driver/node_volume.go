@@ -60,8 +60,7 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 			return 0, err
 		}
 	}
-	id, _ := pool.ParseVolumeID(nv.vol.ID)
-	v, err := nv.pool.Expand(id.Key, want)
+	v, err := nv.pool.Expand(nv.vol.Key(), want)
 	if err != nil {
 		return 0, err
 	}

@@ -84,22 +84,25 @@ func (m *Manager) find(id fileID) (string, error) {
 	return m.byID[id], nil
 }
 
-// Attached returns the files in dir that are attached, with their devices.
-func (m *Manager) Attached(dir string) (map[string]string, error) {
+// Attached returns the files in dirs that are attached, with their devices,
+// from one scan of the loop devices.
+func (m *Manager) Attached(dirs ...string) (map[string]string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if err := m.scan(); err != nil {
 		return nil, err
 	}
-	entries, err := os.ReadDir(dir)
-	if err != nil {
-		return nil, err
-	}
 	out := map[string]string{}
-	for _, e := range entries {
-		file := filepath.Join(dir, e.Name())
-		if id, err := statID(file); err == nil && m.byID[id] != "" {
-			out[file] = m.byID[id]
+	for _, dir := range dirs {
+		entries, err := os.ReadDir(dir)
+		if err != nil {
+			return nil, err
+		}
+		for _, e := range entries {
+			file := filepath.Join(dir, e.Name())
+			if id, err := statID(file); err == nil && m.byID[id] != "" {
+				out[file] = m.byID[id]
+			}
 		}
 	}
 	return out, nil

@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -27,6 +28,12 @@ type Volume struct {
 	FsType     string            `json:"fsType,omitempty"`
 	Parameters map[string]string `json:"parameters,omitempty"`
 	Created    time.Time         `json:"created"`
+}
+
+// Key is the volume's file key in its pool (the part of its ID after the pool).
+func (v *Volume) Key() string {
+	_, key, _ := strings.Cut(v.ID, ".")
+	return key
 }
 
 // Spec is what CreateVolume asks for, after validation and rounding.

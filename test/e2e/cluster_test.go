@@ -191,19 +191,6 @@ func execIn(t *testing.T, ns, pod string, cmd ...string) string {
 	return must(t, append([]string{"exec", "-n", ns, pod, "--"}, cmd...)...)
 }
 
-// hasCapSysResource: growing a mounted ext4 needs it; these machines lack it.
-func hasCapSysResource() bool {
-	b, _ := os.ReadFile("/proc/self/status")
-	for _, l := range strings.Split(string(b), "\n") {
-		if v, ok := strings.CutPrefix(l, "CapBnd:"); ok {
-			var c uint64
-			fmt.Sscanf(strings.TrimSpace(v), "%x", &c)
-			return c&(1<<24) != 0
-		}
-	}
-	return false
-}
-
 func execHost(name string, args ...string) (string, error) {
 	out, err := exec.Command(name, args...).CombinedOutput()
 	return string(out), err

@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flashpv/flashpv/test/harness"
 )
 
 func TestMain(m *testing.M) {
@@ -195,7 +197,7 @@ func TestOnlineExpansion(t *testing.T) {
 			waitPodReady(t, ns, "grow", 2*time.Minute)
 			sum := execIn(t, ns, "grow", "cat", "/data/blob.md5")
 			must(t, "patch", "pvc", "-n", ns, "grow", "-p", `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`)
-			if tc.fs == "ext4" && !hasCapSysResource() {
+			if tc.fs == "ext4" && !harness.HasCapSysResource() {
 				// The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE,
 				// which this machine withholds even from privileged pods:
 				// flashpv says so, and grows the filesystem when the volume

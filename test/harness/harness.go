@@ -98,12 +98,6 @@ func Start(t testing.TB, o Options) *Env {
 	if err := os.MkdirAll(e.KubeletDir, 0o750); err != nil {
 		t.Fatal(err)
 	}
-	if o.NodeID == "" {
-		o.NodeID = "node-1"
-	}
-	if o.MaxVolumes == 0 {
-		o.MaxVolumes = 100
-	}
 	t.Cleanup(func() { e.cleanup(t) })
 	e.start(t, o)
 	return e
@@ -111,6 +105,12 @@ func Start(t testing.TB, o Options) *Env {
 
 func (e *Env) start(t testing.TB, o Options) {
 	t.Helper()
+	if o.NodeID == "" {
+		o.NodeID = "node-1"
+	}
+	if o.MaxVolumes == 0 {
+		o.MaxVolumes = 100
+	}
 	var pools []*pool.Pool
 	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
 		p, err := pool.Open(name, e.Pools[name], o.Reserve)
@@ -165,12 +165,6 @@ func (e *Env) Restart(t testing.TB, o Options) {
 	t.Helper()
 	e.stop()
 	e.stop = nil
-	if o.NodeID == "" {
-		o.NodeID = "node-1"
-	}
-	if o.MaxVolumes == 0 {
-		o.MaxVolumes = 100
-	}
 	e.start(t, o)
 }
 
@@ -193,12 +187,9 @@ func (e *Env) cleanup(t testing.TB) {
 		}
 	}
 	m := loopdev.New()
+	// Devices are matched by inode, so symlinks in the pool paths do not matter.
 	for _, dir := range e.Pools {
-		real, err := filepath.EvalSymlinks(dir)
-		if err != nil {
-			continue
-		}
-		att, _ := m.Attached(real)
+		att, _ := m.Attached(dir)
 		for file := range att {
 			if err := m.Detach(file); err != nil {
 				t.Logf("cleanup: detach %s: %v", file, err)

@@ -132,9 +132,12 @@ func TestNeverReformats(t *testing.T) {
 }
 
 // TestStateAndIdempotency covers CreateVolume idempotency, the volume limit
-// of a node, and the single-writer rule.
+// of a node (counted over all its pools), the single-writer rule and
+// incompatible republication.
 func TestStateAndIdempotency(t *testing.T) {
-	env := harness.Start(t, harness.Options{MaxVolumes: 2})
+	env := harness.Start(t, harness.Options{MaxVolumes: 2, Pools: map[string]string{
+		"default": harness.PoolFS(t, "256M"), "fast": harness.PoolFS(t, "256M"),
+	}})
 	c := newClient(t, env)
 	a := c.create("pvc-a", 16<<20, blockCap())
 	again := c.create("pvc-a", 16<<20, blockCap())
@@ -146,7 +149,13 @@ func TestStateAndIdempotency(t *testing.T) {
 	_, err = c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-a", CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20}, VolumeCapabilities: []*csi.VolumeCapability{mountCap("ext4")}})
 	wantCode(t, err, codes.AlreadyExists, "same name, other mode")
 
-	b := c.create("pvc-b", 16<<20, blockCap())
+	// pvc-b lives in the other pool: the limit counts both.
+	rb, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-b", CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20},
+		VolumeCapabilities: []*csi.VolumeCapability{blockCap()}, Parameters: map[string]string{"pool": "fast"}})
+	if err != nil || !strings.HasPrefix(rb.GetVolume().GetVolumeId(), "fast.") {
+		t.Fatalf("create in pool fast: %v %v", rb, err)
+	}
+	b := rb.GetVolume()
 	x := c.create("pvc-x", 16<<20, blockCap())
 	sa, ta := c.stagePublish(a.GetVolumeId(), "pvc-a", blockCap())
 	sb, tb := c.stagePublish(b.GetVolumeId(), "pvc-b", blockCap())
@@ -160,6 +169,10 @@ func TestStateAndIdempotency(t *testing.T) {
 	sw.AccessMode.Mode = csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER
 	_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: a.GetVolumeId(), StagingTargetPath: sa, TargetPath: ta + "-2", VolumeCapability: sw})
 	wantCode(t, err, codes.FailedPrecondition, "second publish of a single-writer volume")
+	// Publishing again at the same target, read-only this time, is a
+	// different publication: AlreadyExists, and the first stays.
+	_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: a.GetVolumeId(), StagingTargetPath: sa, TargetPath: ta, VolumeCapability: blockCap(), Readonly: true})
+	wantCode(t, err, codes.AlreadyExists, "republish at the same target with another read-only flag")
 	// Unstage while still published is refused, and changes nothing.
 	_, err = c.nd.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: a.GetVolumeId(), StagingTargetPath: sa})
 	wantCode(t, err, codes.FailedPrecondition, "unstage while published")

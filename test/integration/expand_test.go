@@ -65,24 +65,32 @@ func TestOnlineExpansion(t *testing.T) {
 	}
 }
 
-// TestOfflineExpansionFinishesAtStage grows an unstaged ext4 volume; staging
-// it grows the filesystem.
+// TestOfflineExpansionFinishesAtStage grows unstaged volumes; staging them
+// grows the filesystem (ext4 before mounting, xfs after).
 func TestOfflineExpansionFinishesAtStage(t *testing.T) {
-	env := harness.Start(t, harness.Options{})
-	c := newClient(t, env)
-	id := c.create("pvc-offline", 32<<20, mountCap("ext4")).GetVolumeId()
-	staging, target := c.stagePublish(id, "pvc-offline", mountCap("ext4"))
-	os.WriteFile(filepath.Join(target, "keep"), []byte("still here"), 0o600)
-	c.unpublishUnstage(id, staging, target)
-	if got, err := c.expand(id, target, 96<<20); err != nil || got != 96<<20 {
-		t.Fatalf("offline expand: %d %v", got, err)
-	}
-	c.stagePublish(id, "pvc-offline", mountCap("ext4"))
-	if size := fsSize(t, target); size < 80<<20 {
-		t.Fatalf("filesystem is %d bytes after staging a 96 MiB volume", size)
-	}
-	if b, _ := os.ReadFile(filepath.Join(target, "keep")); string(b) != "still here" {
-		t.Fatal("data lost by offline growth")
+	for _, tc := range []struct {
+		fsType     string
+		size, grow int64
+	}{{"ext4", 32 << 20, 96 << 20}, {"xfs", 300 << 20, 400 << 20}} {
+		t.Run(tc.fsType, func(t *testing.T) {
+			env := harness.Start(t, harness.Options{})
+			c := newClient(t, env)
+			name := "pvc-offline-" + tc.fsType
+			id := c.create(name, tc.size, mountCap(tc.fsType)).GetVolumeId()
+			staging, target := c.stagePublish(id, name, mountCap(tc.fsType))
+			os.WriteFile(filepath.Join(target, "keep"), []byte("still here"), 0o600)
+			c.unpublishUnstage(id, staging, target)
+			if got, err := c.expand(id, target, tc.grow); err != nil || got != tc.grow {
+				t.Fatalf("offline expand: %d %v", got, err)
+			}
+			c.stagePublish(id, name, mountCap(tc.fsType))
+			if size := fsSize(t, target); size < tc.grow*8/10 {
+				t.Fatalf("filesystem is %d bytes after staging a %d-byte volume", size, tc.grow)
+			}
+			if b, _ := os.ReadFile(filepath.Join(target, "keep")); string(b) != "still here" {
+				t.Fatal("data lost by offline growth")
+			}
+		})
 	}
 }
 
@@ -133,4 +141,37 @@ func TestExpansionNeedsRoom(t *testing.T) {
 	if st, _ := os.Stat(c.imagePath(id)); st.Size() != 32<<20 {
 		t.Fatalf("image size %d after a refused expansion", st.Size())
 	}
+}
+
+// TestUnstageWhileDeviceOpen: a process that still holds a Block volume's
+// device keeps it attached; unstage says so instead of pretending, and the
+// device goes once the last user closes it.
+func TestUnstageWhileDeviceOpen(t *testing.T) {
+	env := harness.Start(t, harness.Options{})
+	c := newClient(t, env)
+	id := c.create("pvc-held", 16<<20, blockCap()).GetVolumeId()
+	staging, target := c.stagePublish(id, "pvc-held", blockCap())
+	if _, err := c.nd.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: target}); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := loopdev.New().Find(c.imagePath(id))
+	if err != nil || dev == "" {
+		t.Fatalf("device of the staged volume: %q %v", dev, err)
+	}
+	holder, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = c.nd.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging})
+	wantCode(t, err, codes.FailedPrecondition, "unstage while a process holds the device")
+	_, err = c.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
+	wantCode(t, err, codes.FailedPrecondition, "delete while the device is still attached")
+	holder.Close()
+	if _, err := c.nd.NodeUnstageVolume(ctx, &csi.NodeUnstageVolumeRequest{VolumeId: id, StagingTargetPath: staging}); err != nil {
+		t.Fatalf("unstage after the last user closed the device: %v", err)
+	}
+	if dev, _ := loopdev.New().Find(c.imagePath(id)); dev != "" {
+		t.Fatalf("device %s still attached", dev)
+	}
+	c.delete(id)
 }
