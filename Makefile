@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity verify deps clean cluster-up cluster-down demo e2e
+.PHONY: all build image test test-unit test-integration sanity verify deps clean cluster-up cluster-down demo e2e bench
 
 all: build
 
@@ -39,6 +39,14 @@ sanity: deps
 verify:
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+
+# Benchmarks (root): data path against the pool's filesystem, control path,
+# 1000 volumes and a restart. Writes _output/bench/report.{md,json} and
+# ratios.png. BENCH_FLAGS=-quick checks the bench itself in about a minute.
+BENCH_FLAGS ?=
+bench:
+	hack/install-deps.sh --bench
+	$(GO) run ./test/bench -out _output/bench $(BENCH_FLAGS)
 
 # A real single-node Kubernetes on this machine (root), with flashpv.
 cluster-up:

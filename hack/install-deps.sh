@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # Installs what flashpv's tests need on a Debian machine: the filesystem tools
-# the driver runs (mkfs, blkid, resize2fs, xfs_growfs, btrfs) and util-linux.
+# the driver runs (mkfs, blkid, resize2fs, xfs_growfs, btrfs) and util-linux;
+# with --bench, also fio for `make bench`.
 set -euo pipefail
 
 need=()
-for tool in mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs losetup:util-linux blkid:util-linux blkdiscard:util-linux; do
+for tool in mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs losetup:util-linux blkid:util-linux blkdiscard:util-linux $([ "${1:-}" = --bench ] && echo fio:fio); do
 	command -v "${tool%%:*}" >/dev/null 2>&1 || need+=("${tool##*:}")
 done
 if [ ${#need[@]} -gt 0 ]; then

@@ -172,30 +172,40 @@ func (e *Env) cleanup(t testing.TB) {
 	if e.stop != nil {
 		e.stop()
 	}
-	// Unmount deepest first whatever is left below the kubelet directory.
+	for _, err := range Sweep(e.KubeletDir, slices.Collect(maps.Values(e.Pools))...) {
+		t.Logf("cleanup: %v", err)
+	}
+}
+
+// Sweep unmounts, deepest first, everything mounted below kubeletDir and
+// detaches the loop device of every image in poolDirs. It returns what it
+// could not undo.
+func Sweep(kubeletDir string, poolDirs ...string) []error {
+	var errs []error
 	data, _ := os.ReadFile("/proc/self/mountinfo")
 	var mps []string
 	for _, line := range strings.Split(string(data), "\n") {
 		f := strings.Fields(line)
-		if len(f) > 4 && strings.HasPrefix(f[4], e.KubeletDir+"/") {
+		if len(f) > 4 && strings.HasPrefix(f[4], kubeletDir+"/") {
 			mps = append(mps, f[4])
 		}
 	}
 	for i := len(mps) - 1; i >= 0; i-- {
-		if err := exec.Command("umount", mps[i]).Run(); err != nil {
-			t.Logf("cleanup: umount %s: %v", mps[i], err)
+		if out, err := exec.Command("umount", mps[i]).CombinedOutput(); err != nil {
+			errs = append(errs, fmt.Errorf("umount %s: %v: %s", mps[i], err, out))
 		}
 	}
 	m := loopdev.New()
 	// Devices are matched by inode, so symlinks in the pool paths do not matter.
-	for _, dir := range e.Pools {
+	for _, dir := range poolDirs {
 		att, _ := m.Attached(dir)
 		for file := range att {
 			if err := m.Detach(file); err != nil {
-				t.Logf("cleanup: detach %s: %v", file, err)
+				errs = append(errs, fmt.Errorf("detach %s: %w", file, err))
 			}
 		}
 	}
+	return errs
 }
 
 // HasCapSysResource reports whether this process may grow a mounted ext4
