@@ -50,20 +50,28 @@ func extNeedsGrow(exec utilexec.Interface, dev string) (bool, error) {
 	return devSize-fsSize >= block, nil
 }
 
-// growExtOffline grows an unmounted ext4 filesystem to its device. Offline
-// growth needs no CAP_SYS_RESOURCE (online growth does) and is what finishes
-// an expansion done while the volume was not staged.
-func (d *Driver) growExtOffline(dev string) error {
-	need, err := extNeedsGrow(d.exec, dev)
-	if err != nil || !need {
+// checkExt checks an unmounted ext4 filesystem before it is mounted (a
+// preen, as fsck at boot does) and grows it to its device. Offline growth
+// needs no CAP_SYS_RESOURCE (online growth does) and is what finishes an
+// expansion done while the volume was not staged.
+func (d *Driver) checkExt(dev string) error {
+	grow, err := extNeedsGrow(d.exec, dev)
+	if err != nil {
 		return err
 	}
-	// resize2fs insists on a freshly checked filesystem. Exit code 1 means
-	// e2fsck fixed something, which is fine to go on with.
-	if out, err := d.exec.Command("e2fsck", "-f", "-p", dev).CombinedOutput(); err != nil {
+	// resize2fs insists on a freshly checked filesystem, hence -f. Exit
+	// code 1 means e2fsck fixed something, which is fine to go on with.
+	args := []string{"-p", dev}
+	if grow {
+		args = []string{"-f", "-p", dev}
+	}
+	if out, err := d.exec.Command("e2fsck", args...).CombinedOutput(); err != nil {
 		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
-			return fmt.Errorf("e2fsck %s before growing: %v: %s", dev, err, out)
+			return fmt.Errorf("%w: e2fsck %s found errors it cannot fix without an operator: %v: %s", errPrecondition, dev, err, out)
 		}
+	}
+	if !grow {
+		return nil
 	}
 	if out, err := d.exec.Command("resize2fs", dev).CombinedOutput(); err != nil {
 		return fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)

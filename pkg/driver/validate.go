@@ -72,6 +72,9 @@ func checkCapability(c *csi.VolumeCapability, defaultFs string) (pool.Mode, stri
 				return "", "", invalid("mount flag %q is malformed", f)
 			}
 		}
+		if _, _, err := parseMountOptions(m.GetMountFlags()); err != nil {
+			return "", "", err
+		}
 		return pool.ModeFilesystem, fsType, nil
 	default:
 		return "", "", invalid("volume capability has neither block nor mount access type")

@@ -42,6 +42,7 @@ type fioRun struct {
 	CPUus   float64 `json:"cpu_us_per_io"`     // all CPUs, user+system+irq
 	CtxSw   float64 `json:"ctxsw_per_io"`      // context switches, whole machine
 	Interru float64 `json:"interrupts_per_io"` // interrupts, whole machine
+	IPIs    float64 `json:"ipis_per_io"`       // function-call IPIs (remote wakeups and completions)
 }
 
 // target is where fio runs: a file on the pool's filesystem, a file in a
@@ -181,6 +182,7 @@ func medianRun(runs []fioRun) fioRun {
 		CPUus:   pick(func(r fioRun) float64 { return r.CPUus }),
 		CtxSw:   pick(func(r fioRun) float64 { return r.CtxSw }),
 		Interru: pick(func(r fioRun) float64 { return r.Interru }),
+		IPIs:    pick(func(r fioRun) float64 { return r.IPIs }),
 	}
 }
 
@@ -191,7 +193,7 @@ func (b *bench) fio(ctx context.Context, path string, c fioCase, timed bool) (fi
 	args := []string{"--name=" + strings.ReplaceAll(name, " ", "_"), "--filename=" + path,
 		"--size=" + strconv.FormatInt(b.fioSize, 10), "--direct=1", "--ioengine=libaio",
 		"--rw=" + c.RW, "--bs=" + c.BS, "--iodepth=" + strconv.Itoa(c.Depth),
-		"--randrepeat=0", "--norandommap", "--percentile_list=50:99:99.9", "--output-format=json"}
+		"--randrepeat=0", "--norandommap", "--lat_percentiles=1", "--percentile_list=50:99:99.9", "--output-format=json"}
 	if timed {
 		args = append(args, "--time_based", "--runtime="+secs(b.runtime), "--ramp_time="+secs(b.ramp))
 	}
@@ -215,6 +217,7 @@ func (b *bench) fio(ctx context.Context, path string, c fioCase, timed bool) (fi
 		run.CPUus = (after.cpu - before.cpu) / total
 		run.CtxSw = (after.ctxt - before.ctxt) / total
 		run.Interru = (after.intr - before.intr) / total
+		run.IPIs = (after.ipi - before.ipi) / total
 	}
 	return run, nil
 }
@@ -222,7 +225,7 @@ func (b *bench) fio(ctx context.Context, path string, c fioCase, timed bool) (fi
 func secs(d time.Duration) string { return strconv.FormatFloat(d.Seconds(), 'f', -1, 64) + "s" }
 
 // parseFio reads fio's JSON: the value (IOPS, or MB/s if unit says so), the
-// completion latency percentiles and the number of I/Os.
+// total latency percentiles and the number of I/Os.
 func parseFio(out []byte, unit string) (fioRun, int64, error) {
 	// fio may print notes before the JSON document.
 	if i := strings.IndexByte(string(out), '{'); i > 0 {
@@ -233,9 +236,11 @@ func parseFio(out []byte, unit string) (fioRun, int64, error) {
 		BW      float64 `json:"bw_bytes"`
 		IOPS    float64 `json:"iops"`
 		TotalIO int64   `json:"total_ios"`
-		Clat    struct {
+		// Total latency, submission included: with libaio a raw file's
+		// submission does the device's work, a loop device's only queues.
+		Lat struct {
 			Percentile map[string]float64 `json:"percentile"`
-		} `json:"clat_ns"`
+		} `json:"lat_ns"`
 	}
 	var doc struct {
 		Jobs []struct {
@@ -254,7 +259,7 @@ func parseFio(out []byte, unit string) (fioRun, int64, error) {
 	if d.IOBytes == 0 {
 		d = doc.Jobs[0].Write
 	}
-	p := d.Clat.Percentile
+	p := d.Lat.Percentile
 	run := fioRun{P50us: p["50.000000"] / 1e3, P99us: p["99.000000"] / 1e3, P999us: p["99.900000"] / 1e3}
 	run.Value = d.IOPS
 	if unit == "MB/s" {
@@ -264,12 +269,27 @@ func parseFio(out []byte, unit string) (fioRun, int64, error) {
 }
 
 // procStat holds the machine-wide counters of /proc/stat.
-type procStat struct{ cpu, ctxt, intr float64 }
+type procStat struct{ cpu, ctxt, intr, ipi float64 }
 
-// readProcStat reads busy CPU time (µs, all CPUs), context switches and
-// interrupts.
+// readProcStat reads busy CPU time (µs, all CPUs), context switches,
+// interrupts and function-call IPIs (/proc/interrupts, CAL on x86).
 func readProcStat() procStat {
 	var s procStat
+	if data, err := os.ReadFile("/proc/interrupts"); err == nil {
+		for _, line := range strings.Split(string(data), "\n") {
+			f := strings.Fields(line)
+			if len(f) == 0 || (f[0] != "CAL:" && f[0] != "IPI1:") {
+				continue
+			}
+			for _, v := range f[1:] {
+				n, err := strconv.ParseFloat(v, 64)
+				if err != nil {
+					break
+				}
+				s.ipi += n
+			}
+		}
+	}
 	data, err := os.ReadFile("/proc/stat")
 	if err != nil {
 		return s
