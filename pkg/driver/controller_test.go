@@ -9,6 +9,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -19,6 +20,17 @@ func (f *fakeDevices) Find(file string) (string, error) { return f.attached[file
 func (f *fakeDevices) Attach(file string) (string, error) {
 	f.attached[file] = "/dev/loop-fake"
 	return f.attached[file], nil
+}
+func (f *fakeDevices) AttachLimited(file string, limit *loopdev.Limit) (string, error) {
+	if dev := f.attached[file]; dev != "" {
+		return dev, nil
+	}
+	if limit != nil {
+		if err := limit.Check(len(f.attached)); err != nil {
+			return "", err
+		}
+	}
+	return f.Attach(file)
 }
 func (f *fakeDevices) Detach(file string) error { delete(f.attached, file); return nil }
 func (f *fakeDevices) Attached(...string) (map[string]string, error) {

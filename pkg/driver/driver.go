@@ -11,6 +11,7 @@ import (
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -26,7 +27,7 @@ const (
 // devices is what the node service needs from loop devices.
 type devices interface {
 	Find(file string) (string, error)
-	Attach(file string) (string, error)
+	AttachLimited(file string, limit *loopdev.Limit) (string, error)
 	Detach(file string) error
 	Attached(dirs ...string) (map[string]string, error)
 }

@@ -32,6 +32,8 @@ func toStatus(err error) error {
 	switch {
 	case errors.Is(err, pool.ErrInvalid), errors.Is(err, errUnsupported):
 		code = codes.InvalidArgument
+	case errors.Is(err, pool.ErrInProgress):
+		code = codes.Aborted
 	case errors.Is(err, pool.ErrNotFound):
 		code = codes.NotFound
 	case errors.Is(err, pool.ErrAlreadyExists):

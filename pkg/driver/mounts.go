@@ -1,6 +1,8 @@
 package driver
 
 import (
+	"errors"
+	"io/fs"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -52,6 +54,12 @@ func (dm deviceMounts) all() ([]string, error) {
 
 // mountAt returns the topmost mount at path, or nil.
 func mountAt(path string) (*mountinfo.Info, error) {
+	// Reading the mount table costs time in proportion to the node's mounts;
+	// whether path is a mount point at all costs one openat2.
+	mounted, err := mountinfo.Mounted(path)
+	if errors.Is(err, fs.ErrNotExist) || (err == nil && !mounted) {
+		return nil, nil
+	}
 	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
 	if err != nil || len(infos) == 0 {
 		return nil, err

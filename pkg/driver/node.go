@@ -11,6 +11,7 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -122,25 +123,23 @@ func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 // attach returns the loop device of an image, attaching it if needed while
 // keeping the node under its volume limit.
 func (d *Driver) attach(image string) (string, error) {
-	if dev, err := d.devices.Find(image); err != nil || dev != "" {
-		return dev, err
-	}
 	dirs := make([]string, 0, len(d.poolNames))
 	for _, name := range d.poolNames {
 		dirs = append(dirs, d.pools[name].Dir())
 	}
-	att, err := d.devices.Attached(dirs...)
+	dev, err := d.devices.AttachLimited(image, &loopdev.Limit{Dirs: dirs, Check: func(n int) error {
+		if int64(n) >= d.maxVolumes {
+			return fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, n, d.maxVolumes)
+		}
+		return nil
+	}})
 	if err != nil {
-		return "", err
-	}
-	if n := int64(len(att)); n >= d.maxVolumes {
-		return "", fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, n, d.maxVolumes)
-	}
-	dev, err := d.devices.Attach(image)
-	if err != nil {
+		if errors.Is(err, errTooMany) {
+			return "", err
+		}
 		return "", fmt.Errorf("attaching %s: %w", image, err)
 	}
-	klog.V(2).InfoS("Image attached", "image", image, "device", dev)
+	klog.V(4).InfoS("Image attached", "image", image, "device", dev)
 	return dev, nil
 }
 

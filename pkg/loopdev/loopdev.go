@@ -84,6 +84,14 @@ func (m *Manager) find(id fileID) (string, error) {
 	return m.byID[id], nil
 }
 
+// Limit caps how many files of some directories may be attached.
+type Limit struct {
+	Dirs []string
+	// Check gets how many files of Dirs are attached and refuses one more
+	// with an error.
+	Check func(attached int) error
+}
+
 // Attached returns the files in dirs that are attached, with their devices,
 // from one scan of the loop devices.
 func (m *Manager) Attached(dirs ...string) (map[string]string, error) {
@@ -92,6 +100,11 @@ func (m *Manager) Attached(dirs ...string) (map[string]string, error) {
 	if err := m.scan(); err != nil {
 		return nil, err
 	}
+	return m.attachedIn(dirs)
+}
+
+// attachedIn looks up the files of dirs in the cache.
+func (m *Manager) attachedIn(dirs []string) (map[string]string, error) {
 	out := map[string]string{}
 	for _, dir := range dirs {
 		entries, err := os.ReadDir(dir)
@@ -150,6 +163,13 @@ func backingID(dev string) (fileID, bool) {
 // Attach binds file to a free loop device, or returns the device it is already
 // bound to.
 func (m *Manager) Attach(file string) (string, error) {
+	return m.AttachLimited(file, nil)
+}
+
+// AttachLimited is Attach with a limit: when file is not attached yet, limit
+// (if not nil) gets the attached files of the directories it names and may
+// refuse. It scans the loop devices once, however many there are.
+func (m *Manager) AttachLimited(file string, limit *Limit) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	img, err := os.OpenFile(file, os.O_RDWR, 0)
@@ -164,6 +184,16 @@ func (m *Manager) Attach(file string) (string, error) {
 	id := fileID{uint64(st.Dev), st.Ino}
 	if dev, err := m.find(id); err != nil || dev != "" {
 		return dev, err
+	}
+	// find has just rescanned: the cache is the kernel's view.
+	if limit != nil {
+		att, err := m.attachedIn(limit.Dirs)
+		if err != nil {
+			return "", err
+		}
+		if err := limit.Check(len(att)); err != nil {
+			return "", err
+		}
 	}
 	ctl, err := os.OpenFile(filepath.Join(m.devDir, "loop-control"), os.O_RDWR, 0)
 	if err != nil {

@@ -37,6 +37,18 @@ func (p *Pool) available() (int64, error) {
 // blocks (holes punched by discards from inside the volume), minus the
 // reserve. Holes can appear at any time, so this is measured, not cached.
 func (p *Pool) capacity() (Capacity, error) {
+	// Images being allocated count with the part not allocated yet. They are
+	// looked at before the filesystem's free space: blocks allocated between
+	// the two looks are then counted twice, never not at all.
+	var unbacked int64
+	for key, size := range p.creating {
+		var st unix.Stat_t
+		if err := unix.Stat(p.ImagePath(key), &st); err != nil {
+			unbacked += size
+		} else {
+			unbacked += max(size-st.Blocks*512, 0)
+		}
+	}
 	var sfs unix.Statfs_t
 	if err := p.statfs(p.dir, &sfs); err != nil {
 		return Capacity{}, err
@@ -46,7 +58,6 @@ func (p *Pool) capacity() (Capacity, error) {
 		return Capacity{}, err
 	}
 	var c Capacity
-	var unbacked int64
 	for _, e := range entries {
 		n := e.Name()
 		if key, ok := strings.CutSuffix(n, metaSuffix); ok && keyRE.MatchString(key) {
@@ -54,7 +65,7 @@ func (p *Pool) capacity() (Capacity, error) {
 			continue
 		}
 		key, ok := strings.CutSuffix(n, imageSuffix)
-		if !ok || !keyRE.MatchString(key) {
+		if _, busy := p.creating[key]; !ok || !keyRE.MatchString(key) || busy {
 			continue
 		}
 		var st unix.Stat_t

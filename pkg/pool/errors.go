@@ -13,6 +13,9 @@ var (
 	ErrNoSpace = errors.New("not enough space in pool")
 	// ErrInvalid: a malformed ID, name or argument.
 	ErrInvalid = errors.New("invalid argument")
+	// ErrInProgress: another create, delete or expansion of the volume is
+	// under way.
+	ErrInProgress = errors.New("operation on the volume in progress")
 	// ErrOutOfRange: a capacity range that cannot be met.
 	ErrOutOfRange = errors.New("capacity range cannot be satisfied")
 )

@@ -33,7 +33,12 @@ type Pool struct {
 
 	lock *os.File // flock held while the pool is open
 
+	// mu guards the directory's listing and the two fields below. The slow
+	// part of a create (fallocate, fsyncs) runs outside it.
 	mu sync.Mutex
+	// creating holds the keys and sizes of creates whose images are still
+	// being allocated.
+	creating map[string]int64
 	// statfs is replaceable so capacity accounting can be unit tested.
 	statfs func(path string, buf *unix.Statfs_t) error
 }
@@ -63,7 +68,7 @@ func Open(name, dir string, reserve int64) (*Pool, error) {
 	if err != nil {
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
-	p := &Pool{name: name, dir: real, reserve: reserve, lock: lock, statfs: unix.Statfs}
+	p := &Pool{name: name, dir: real, reserve: reserve, lock: lock, statfs: unix.Statfs, creating: map[string]int64{}}
 	if err := p.collectGarbage(); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
@@ -201,30 +206,15 @@ func (p *Pool) Create(s Spec) (v *Volume, created bool, err error) {
 		return nil, false, fmt.Errorf("%w: size must be positive", ErrInvalid)
 	}
 	key := KeyForName(s.Name)
-	p.mu.Lock()
-	defer p.mu.Unlock()
-
-	existing, err := p.Get(key)
-	if err == nil {
-		return existing, false, existing.compatible(s)
+	if v, err := p.claim(key, s); v != nil || err != nil {
+		return v, false, err
 	}
-	if !errors.Is(err, ErrNotFound) {
-		return nil, false, err
-	}
-
+	defer func() {
+		p.mu.Lock()
+		delete(p.creating, key)
+		p.mu.Unlock()
+	}()
 	img := p.ImagePath(key)
-	// An image without metadata is the remains of an interrupted create of
-	// this very name: start over.
-	if err := os.Remove(img); err != nil && !errors.Is(err, fs.ErrNotExist) {
-		return nil, false, err
-	}
-	avail, err := p.available()
-	if err != nil {
-		return nil, false, err
-	}
-	if s.SizeBytes > avail {
-		return nil, false, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, avail)
-	}
 	if err := allocate(img, 0, s.SizeBytes, true); err != nil {
 		os.Remove(img)
 		return nil, false, err
@@ -245,6 +235,37 @@ func (p *Pool) Create(s Spec) (v *Volume, created bool, err error) {
 	return v, true, nil
 }
 
+// claim returns the existing volume of key if there is one, or else sets
+// aside s.SizeBytes of the pool for its create, all under the pool's lock.
+func (p *Pool) claim(key string, s Spec) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, fmt.Errorf("%w: volume %s is being created", ErrInProgress, s.Name)
+	}
+	existing, err := p.Get(key)
+	if err == nil {
+		return existing, existing.compatible(s)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	// An image without metadata is the remains of an interrupted create of
+	// this very name: start over.
+	if err := os.Remove(p.ImagePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return nil, err
+	}
+	avail, err := p.available()
+	if err != nil {
+		return nil, err
+	}
+	if s.SizeBytes > avail {
+		return nil, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, avail)
+	}
+	p.creating[key] = s.SizeBytes
+	return nil, nil
+}
+
 // Delete removes a volume. Deleting a missing volume succeeds. The caller
 // makes sure the volume is not in use.
 func (p *Pool) Delete(key string) error {
@@ -253,6 +274,9 @@ func (p *Pool) Delete(key string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
 	// Metadata goes first: once it is gone the volume no longer exists, and a
 	// crash before the image is removed leaves an orphan that Open collects.
 	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
@@ -269,6 +293,9 @@ func (p *Pool) Delete(key string) error {
 func (p *Pool) Expand(key string, size int64) (*Volume, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
 	v, err := p.Get(key)
 	if err != nil {
 		return nil, err

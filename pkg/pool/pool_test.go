@@ -223,3 +223,30 @@ func TestOpenRejectsBadPools(t *testing.T) {
 		t.Error("Open on a regular file succeeded")
 	}
 }
+
+// While a create of a volume is allocating its image (outside the pool's
+// lock), nothing else may touch that volume, and its size is already
+// taken from what the pool offers.
+func TestCreateInProgress(t *testing.T) {
+	p := newTestPool(t, 0)
+	p.statfs = fakeFS(1<<30, 10<<20)
+	key := KeyForName("busy")
+	p.mu.Lock()
+	p.creating[key] = 4 << 20
+	p.mu.Unlock()
+	if _, _, err := p.Create(spec("busy", 4<<20)); !errors.Is(err, ErrInProgress) {
+		t.Errorf("second create: %v, want ErrInProgress", err)
+	}
+	if err := p.Delete(key); !errors.Is(err, ErrInProgress) {
+		t.Errorf("delete: %v, want ErrInProgress", err)
+	}
+	if _, err := p.Expand(key, 8<<20); !errors.Is(err, ErrInProgress) {
+		t.Errorf("expand: %v, want ErrInProgress", err)
+	}
+	if c, err := p.Capacity(); err != nil || c.Available != 6<<20 {
+		t.Errorf("available %d (%v), want 6 MiB", c.Available, err)
+	}
+	if _, _, err := p.Create(spec("other", 8<<20)); !errors.Is(err, ErrNoSpace) {
+		t.Errorf("create beyond what is left: %v, want ErrNoSpace", err)
+	}
+}
