@@ -2,6 +2,7 @@ package driver
 
 import (
 	"errors"
+	"fmt"
 	"io/fs"
 	"path/filepath"
 	"slices"
@@ -17,30 +18,57 @@ import (
 type deviceMounts struct {
 	dev          string
 	major, minor int
+	rdev         uint64
 }
 
 func newDeviceMounts(dev string) deviceMounts {
 	dm := deviceMounts{dev: dev, major: -1, minor: -1}
 	var st unix.Stat_t
 	if err := unix.Stat(dev, &st); err == nil {
-		dm.major, dm.minor = int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev))
+		dm.major, dm.minor, dm.rdev = int(unix.Major(st.Rdev)), int(unix.Minor(st.Rdev)), st.Rdev
 	}
 	return dm
 }
 
-func (dm deviceMounts) owns(m *mountinfo.Info) bool {
+// mountPoint is what the driver needs to know of a mount.
+type mountPoint struct {
+	source       string // "" when not read from the mount table
+	major, minor int    // the device of the mounted filesystem
+	rdev         uint64 // a bind-mounted device node's device, or 0
+	devName      string // a bind from devtmpfs: its root ("/loop3")
+	readOnly     bool
+}
+
+func fromInfo(m *mountinfo.Info) *mountPoint {
+	mp := &mountPoint{source: m.Source, major: m.Major, minor: m.Minor,
+		readOnly: slices.Contains(strings.Split(m.Options, ","), "ro")}
+	if m.FSType == "devtmpfs" {
+		mp.devName = m.Root
+	}
+	return mp
+}
+
+func (mp *mountPoint) String() string {
+	if mp.source != "" {
+		return mp.source
+	}
+	return fmt.Sprintf("device %d:%d", mp.major, mp.minor)
+}
+
+func (dm deviceMounts) owns(m *mountPoint) bool {
 	if dm.dev == "" {
 		return false
 	}
-	return m.Source == dm.dev ||
-		(m.Major == dm.major && m.Minor == dm.minor) ||
-		(m.FSType == "devtmpfs" && m.Root == "/"+filepath.Base(dm.dev))
+	return (m.source != "" && m.source == dm.dev) ||
+		(m.major == dm.major && m.minor == dm.minor) ||
+		(m.rdev != 0 && m.rdev == dm.rdev) ||
+		(m.devName != "" && m.devName == "/"+filepath.Base(dm.dev))
 }
 
 // all lists the mount points of the device.
 func (dm deviceMounts) all() ([]string, error) {
 	infos, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return !dm.owns(m), false
+		return !dm.owns(fromInfo(m)), false
 	})
 	if err != nil {
 		return nil, err
@@ -53,20 +81,27 @@ func (dm deviceMounts) all() ([]string, error) {
 }
 
 // mountAt returns the topmost mount at path, or nil.
-func mountAt(path string) (*mountinfo.Info, error) {
+func mountAt(path string) (*mountPoint, error) {
 	// Reading the mount table costs time in proportion to the node's mounts;
-	// whether path is a mount point at all costs one openat2.
+	// whether path is a mount point at all costs one openat2, and for all but
+	// btrfs (whose mounts report an anonymous device number) stat and statfs
+	// tell the rest.
 	mounted, err := mountinfo.Mounted(path)
 	if errors.Is(err, fs.ErrNotExist) || (err == nil && !mounted) {
 		return nil, nil
+	}
+	var st unix.Stat_t
+	var sfs unix.Statfs_t
+	if err == nil && unix.Stat(path, &st) == nil && unix.Statfs(path, &sfs) == nil && sfs.Type != unix.BTRFS_SUPER_MAGIC {
+		mp := &mountPoint{major: int(unix.Major(st.Dev)), minor: int(unix.Minor(st.Dev)), readOnly: sfs.Flags&unix.ST_RDONLY != 0}
+		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
+			mp.rdev = st.Rdev
+		}
+		return mp, nil
 	}
 	infos, err := mountinfo.GetMounts(mountinfo.SingleEntryFilter(path))
 	if err != nil || len(infos) == 0 {
 		return nil, err
 	}
-	return infos[len(infos)-1], nil
-}
-
-func readOnly(m *mountinfo.Info) bool {
-	return slices.Contains(strings.Split(m.Options, ","), "ro")
+	return fromInfo(infos[len(infos)-1]), nil
 }

@@ -149,7 +149,7 @@ func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []st
 		return err
 	}
 	if m != nil && !newDeviceMounts(dev).owns(m) {
-		return fmt.Errorf("%w: staging path %s already holds another mount (%s)", errPrecondition, staging, m.Source)
+		return fmt.Errorf("%w: staging path %s already holds another mount (%s)", errPrecondition, staging, m)
 	}
 	if m == nil {
 		format, err := d.mounter.GetDiskFormat(dev)
@@ -267,7 +267,7 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 		return err
 	}
 	if existing != nil {
-		if !dm.owns(existing) || readOnly(existing) != req.GetReadonly() {
+		if !dm.owns(existing) || existing.readOnly != req.GetReadonly() {
 			return fmt.Errorf("%w: target %s already holds a different mount", pool.ErrAlreadyExists, target)
 		}
 		return nil

@@ -42,14 +42,16 @@ func statID(file string) (fileID, error) {
 
 // Manager attaches and detaches loop devices. Its cache maps backing files to
 // devices; every hit is verified with the kernel, and a miss rescans all loop
-// devices, so the kernel stays the source of truth (restarts and detaches done
-// by others are seen).
+// devices unless the file is provably open nowhere else (then no device can
+// hold it), so the kernel stays the source of truth: restarts, and devices
+// attached or detached by others, are seen.
 type Manager struct {
 	sysBlock string // /sys/block
 	devDir   string // /dev
 
-	mu   sync.Mutex
-	byID map[fileID]string
+	mu      sync.Mutex
+	byID    map[fileID]string
+	scanned bool // byID was built by a scan once, then kept up to date
 }
 
 // New returns a manager for the host's loop devices.
@@ -61,27 +63,51 @@ func New() *Manager {
 func (m *Manager) Find(file string) (string, error) {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	id, err := statID(file)
+	f, err := os.Open(file)
 	if errors.Is(err, os.ErrNotExist) {
 		return "", nil
 	}
 	if err != nil {
 		return "", err
 	}
-	return m.find(id)
+	defer f.Close()
+	return m.find(f)
 }
 
-func (m *Manager) find(id fileID) (string, error) {
+// find looks up the device of the open file f.
+func (m *Manager) find(f *os.File) (string, error) {
+	var st unix.Stat_t
+	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return "", err
+	}
+	id := fileID{uint64(st.Dev), st.Ino}
 	if dev, ok := m.byID[id]; ok {
 		if got, ok := backingID(dev); ok && got == id {
 			return dev, nil
 		}
 		delete(m.byID, id)
 	}
+	// Scanning costs an open and an ioctl per bound loop device. A device
+	// holds its backing file open; a file that nobody else has open is
+	// attached nowhere. The kernel grants a write lease only to a file's
+	// sole opener, which makes the lease a cheap test.
+	if m.scanned && soleOpener(f) {
+		return "", nil
+	}
 	if err := m.scan(); err != nil {
 		return "", err
 	}
 	return m.byID[id], nil
+}
+
+// soleOpener reports whether f is the only open file of its inode.
+func soleOpener(f *os.File) bool {
+	fd := int(f.Fd())
+	if _, err := unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_WRLCK); err != nil {
+		return false // someone has it open, or leases are off here
+	}
+	unix.FcntlInt(uintptr(fd), unix.F_SETLEASE, unix.F_UNLCK)
+	return true
 }
 
 // Limit caps how many files of some directories may be attached.
@@ -143,6 +169,7 @@ func (m *Manager) scan() error {
 		}
 	}
 	m.byID = found
+	m.scanned = true
 	return nil
 }
 
@@ -182,10 +209,11 @@ func (m *Manager) AttachLimited(file string, limit *Limit) (string, error) {
 		return "", err
 	}
 	id := fileID{uint64(st.Dev), st.Ino}
-	if dev, err := m.find(id); err != nil || dev != "" {
+	if dev, err := m.find(img); err != nil || dev != "" {
 		return dev, err
 	}
-	// find has just rescanned: the cache is the kernel's view.
+	// The cache holds every device bound since the last scan (find made
+	// sure there was one); stale entries can only count too many.
 	if limit != nil {
 		att, err := m.attachedIn(limit.Dirs)
 		if err != nil {
@@ -256,14 +284,21 @@ func (m *Manager) tune(dev string) {
 func (m *Manager) Detach(file string) error {
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	id, err := statID(file)
+	img, err := os.Open(file)
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
 	if err != nil {
 		return err
 	}
-	dev, err := m.find(id)
+	var st unix.Stat_t
+	if err := unix.Fstat(int(img.Fd()), &st); err != nil {
+		img.Close()
+		return err
+	}
+	id := fileID{uint64(st.Dev), st.Ino}
+	dev, err := m.find(img)
+	img.Close()
 	if err != nil || dev == "" {
 		return err
 	}

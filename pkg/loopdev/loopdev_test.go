@@ -70,3 +70,47 @@ func TestAttachFindRefreshDetach(t *testing.T) {
 		t.Fatalf("still attached at %s", found)
 	}
 }
+
+// A manager that has scanned once answers a miss without scanning again when
+// the file is open nowhere else, and still sees a device that something else
+// bound to one of its files after that scan.
+func TestFindAfterScanSeesOthersDevices(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices")
+	}
+	dir := t.TempDir()
+	a, b := filepath.Join(dir, "a.img"), filepath.Join(dir, "b.img")
+	for _, f := range []string{a, b} {
+		if err := os.WriteFile(f, make([]byte, 1<<20), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := New()
+	if _, err := m.Attached(dir); err != nil { // the first scan
+		t.Fatal(err)
+	}
+	f, err := os.Open(a)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !soleOpener(f) {
+		t.Fatal("a file open only here is not reported as such")
+	}
+	f.Close()
+	if dev, err := m.Find(a); err != nil || dev != "" {
+		t.Fatalf("Find of a file no device holds: %q %v", dev, err)
+	}
+	// Bound behind the manager's back, as losetup would.
+	out, err := exec.Command("losetup", "--find", "--show", b).Output()
+	if err != nil {
+		t.Fatal(err)
+	}
+	other := strings.TrimSpace(string(out))
+	t.Cleanup(func() { exec.Command("losetup", "-d", other).Run() })
+	if dev, err := m.Find(b); err != nil || dev != other {
+		t.Fatalf("Find of a file bound by someone else: %q %v, want %s", dev, err, other)
+	}
+	if dev, err := m.Attach(b); err != nil || dev != other {
+		t.Fatalf("Attach of a file bound by someone else: %q %v, want %s", dev, err, other)
+	}
+}

@@ -2,7 +2,6 @@ package pool
 
 import (
 	"os"
-	"path/filepath"
 	"strings"
 
 	"golang.org/x/sys/unix"
@@ -53,13 +52,20 @@ func (p *Pool) capacity() (Capacity, error) {
 	if err := p.statfs(p.dir, &sfs); err != nil {
 		return Capacity{}, err
 	}
-	entries, err := os.ReadDir(p.dir)
+	// One open directory, names unsorted, stats relative to it: this runs
+	// at every create and capacity poll, over every volume of the pool.
+	d, err := os.Open(p.dir)
 	if err != nil {
 		return Capacity{}, err
 	}
+	defer d.Close()
+	names, err := d.Readdirnames(-1)
+	if err != nil {
+		return Capacity{}, err
+	}
+	dfd := int(d.Fd())
 	var c Capacity
-	for _, e := range entries {
-		n := e.Name()
+	for _, n := range names {
 		if key, ok := strings.CutSuffix(n, metaSuffix); ok && keyRE.MatchString(key) {
 			c.Volumes++
 			continue
@@ -69,7 +75,7 @@ func (p *Pool) capacity() (Capacity, error) {
 			continue
 		}
 		var st unix.Stat_t
-		if err := unix.Stat(filepath.Join(p.dir, n), &st); err != nil {
+		if err := unix.Fstatat(dfd, n, &st, unix.AT_SYMLINK_NOFOLLOW); err != nil {
 			continue // removed meanwhile
 		}
 		c.Allocated += st.Size

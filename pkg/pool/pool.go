@@ -39,6 +39,11 @@ type Pool struct {
 	// creating holds the keys and sizes of creates whose images are still
 	// being allocated.
 	creating map[string]int64
+	// vols mirrors the metadata files, which are written first and read
+	// only at Open; bad holds the keys whose file could not be read.
+	vmu  sync.RWMutex
+	vols map[string]*Volume
+	bad  map[string]error
 	// statfs is replaceable so capacity accounting can be unit tested.
 	statfs func(path string, buf *unix.Statfs_t) error
 }
@@ -73,7 +78,47 @@ func Open(name, dir string, reserve int64) (*Pool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
+	if err := p.load(); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
 	return p, nil
+}
+
+// load reads every volume's metadata.
+func (p *Pool) load() error {
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return err
+	}
+	p.vols, p.bad = map[string]*Volume{}, map[string]error{}
+	for _, e := range entries {
+		key, ok := strings.CutSuffix(e.Name(), metaSuffix)
+		if !ok || !keyRE.MatchString(key) {
+			continue
+		}
+		v, err := readVolume(filepath.Join(p.dir, e.Name()))
+		if err != nil {
+			klog.ErrorS(err, "Unreadable volume metadata", "pool", p.name, "file", e.Name())
+			p.bad[key] = err
+			continue
+		}
+		p.vols[key] = v
+	}
+	return nil
+}
+
+// remember records what was just written to (or, with v nil, removed from)
+// the metadata file of key.
+func (p *Pool) remember(key string, v *Volume) {
+	p.vmu.Lock()
+	defer p.vmu.Unlock()
+	delete(p.bad, key)
+	if v == nil {
+		delete(p.vols, key)
+	} else {
+		p.vols[key] = v.clone()
+	}
 }
 
 // lockDir takes an exclusive lock on the pool directory, so two flashpv
@@ -155,11 +200,16 @@ func (p *Pool) Get(key string) (*Volume, error) {
 	if !keyRE.MatchString(key) {
 		return nil, fmt.Errorf("%w: malformed volume key", ErrInvalid)
 	}
-	v, err := readVolume(p.metaPath(key))
-	if errors.Is(err, fs.ErrNotExist) {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	if err := p.bad[key]; err != nil {
+		return nil, err
+	}
+	v, ok := p.vols[key]
+	if !ok {
 		return nil, fmt.Errorf("%w: %s", ErrNotFound, VolumeID{p.name, key})
 	}
-	return v, err
+	return v.clone(), nil
 }
 
 // GetByName returns the volume with the given CSI name.
@@ -173,24 +223,14 @@ func (p *Pool) GetByName(name string) (*Volume, error) {
 
 // List returns every volume of the pool, ordered by ID.
 func (p *Pool) List() ([]*Volume, error) {
-	entries, err := os.ReadDir(p.dir)
-	if err != nil {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
+	for _, err := range p.bad {
 		return nil, err
 	}
-	var vols []*Volume
-	for _, e := range entries {
-		key, ok := strings.CutSuffix(e.Name(), metaSuffix)
-		if !ok || !keyRE.MatchString(key) {
-			continue
-		}
-		v, err := readVolume(filepath.Join(p.dir, e.Name()))
-		if errors.Is(err, fs.ErrNotExist) {
-			continue // deleted while listing
-		}
-		if err != nil {
-			return nil, err
-		}
-		vols = append(vols, v)
+	vols := make([]*Volume, 0, len(p.vols))
+	for _, v := range p.vols {
+		vols = append(vols, v.clone())
 	}
 	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
 	return vols, nil
@@ -282,6 +322,7 @@ func (p *Pool) Delete(key string) error {
 	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
+	p.remember(key, nil)
 	if err := os.Remove(p.ImagePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -334,7 +375,11 @@ func (p *Pool) writeVolume(v *Volume, key string) error {
 	if err != nil {
 		return err
 	}
-	return writeFileAtomic(p.metaPath(key), data)
+	if err := writeFileAtomic(p.metaPath(key), data); err != nil {
+		return err
+	}
+	p.remember(key, v)
+	return nil
 }
 
 // allocate reserves [off, off+n) of an image with fallocate, so the blocks

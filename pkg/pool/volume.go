@@ -65,6 +65,12 @@ func (v *Volume) compatible(s Spec) error {
 	return nil
 }
 
+func (v *Volume) clone() *Volume {
+	c := *v
+	c.Parameters = maps.Clone(v.Parameters)
+	return &c
+}
+
 func readVolume(path string) (*Volume, error) {
 	data, err := os.ReadFile(path)
 	if err != nil {
