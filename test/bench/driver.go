@@ -357,6 +357,12 @@ func (d *driverProc) listAll(ctx context.Context) (int, error) {
 	}
 }
 
+// listPage asks for the first n volumes.
+func (d *driverProc) listPage(ctx context.Context, n int32) error {
+	_, err := d.ctl.ListVolumes(ctx, &csi.ListVolumesRequest{MaxEntries: n})
+	return err
+}
+
 // volumeStats calls NodeGetVolumeStats on a published volume, recording its
 // latency when r is not nil.
 func (d *driverProc) volumeStats(ctx context.Context, r *recorder, v *vol) error {
