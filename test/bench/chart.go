@@ -13,7 +13,8 @@ import (
 	"golang.org/x/image/math/fixed"
 )
 
-// writeChart draws the volume ÷ raw throughput ratios as grouped bars, one
+// writeChart draws the volume ÷ raw throughput ratios (ASCII only: the
+// built-in font has no ÷) as grouped bars, one
 // group per case, with whiskers from the lowest to the highest round and
 // lines at 1.0 and at the 0.95 target.
 func writeChart(path string, data []dataResult) error {
@@ -42,7 +43,6 @@ func writeChart(path string, data []dataResult) error {
 	}
 	hline(img, left, w-right, y(1), grey)
 	dashed(img, left, w-right, y(0.95), red)
-	label(img, w-right-110, y(0.95)-4, "target 0.95", red)
 	vline(img, left, top, h-bt, black)
 	hline(img, left, w-right, h-bt, black)
 
@@ -64,12 +64,15 @@ func writeChart(path string, data []dataResult) error {
 		}
 		label(img, x0, h-bt+16, d.Case.Name, black)
 	}
-	label(img, left, 20, "flashpv volume ÷ raw file on the pool's filesystem (median of rounds, whiskers: lowest-highest)", black)
+	label(img, left, 20, "flashpv volume / raw file on the pool's filesystem, throughput (median of rounds; whiskers: lowest, highest)", black)
 	for j, t := range volumeTargets {
 		x := left + 20 + j*90
 		fill(img, image.Rect(x, h-22, x+12, h-10), colors[t])
 		label(img, x+16, h-11, t, black)
 	}
+	x := left + 20 + len(volumeTargets)*90
+	dashed(img, x, x+24, h-16, red)
+	label(img, x+30, h-11, "target 0.95", red)
 	f, err := os.Create(path)
 	if err != nil {
 		return err
