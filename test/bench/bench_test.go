@@ -69,7 +69,7 @@ func TestReportFiles(t *testing.T) {
 	r := &report{Data: []dataResult{d}, Control: []controlResult{{Concurrency: 1, Volumes: 2, RPC: map[string]latencyStats{"CreateVolume": {2, 4.5, 6}}}},
 		Scale: &scaleResult{Volumes: 1000, Small: 10, AtSmall: map[string]latencyStats{"CreateVolume": {1, 2, 2}}, AtScale: map[string]latencyStats{"CreateVolume": {1, 3, 3}}}}
 	dir := t.TempDir()
-	if err := r.write(dir); err != nil {
+	if err := r.write(dir, false); err != nil {
 		t.Fatal(err)
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))

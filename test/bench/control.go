@@ -22,7 +22,7 @@ var controlRPCs = []string{"CreateVolume", "NodeStageVolume", "NodePublishVolume
 
 // runControl drives whole volume lifecycles at each concurrency: N volumes
 // of 1 GiB ext4 created, staged and published, then torn down; and N
-// published volumes of the expansion filesystem grown online by 1 GiB.
+// published volumes of the expansion filesystem grown online to 1.5 GiB.
 func (b *bench) runControl(ctx context.Context) ([]controlResult, error) {
 	d, _, err := startDriver(ctx, b.driverConfig(1000))
 	if err != nil {
@@ -30,9 +30,18 @@ func (b *bench) runControl(ctx context.Context) ([]controlResult, error) {
 	}
 	defer d.stop()
 	const size = 1 << 30
+	avail, err := d.available(ctx)
+	if err != nil {
+		return nil, err
+	}
 	var out []controlResult
 	for _, c := range b.concurrency {
 		n := max(b.volumes, c)
+		// Expanded volumes take 1.5 GiB each; leave the pool a tenth.
+		if fit := int(avail * 9 / 10 / (size + size/2)); n > fit {
+			log.Printf("control: the pool holds %d volumes of 1.5 GiB, not %d", fit, n)
+			n = fit
+		}
 		r := newRecorder()
 		vols := make([]*vol, n)
 		for i := range vols {
@@ -54,7 +63,7 @@ func (b *bench) runControl(ctx context.Context) ([]controlResult, error) {
 		if _, err := parallel(n, c, func(i int) error { return d.up(ctx, setup, vols[i], size) }); err != nil {
 			return nil, err
 		}
-		if _, err := parallel(n, c, func(i int) error { return d.expand(ctx, r, vols[i], 2*size) }); err != nil {
+		if _, err := parallel(n, c, func(i int) error { return d.expand(ctx, r, vols[i], size+size/2) }); err != nil {
 			return nil, err
 		}
 		if _, err := parallel(n, c, func(i int) error { return d.down(ctx, setup, vols[i]) }); err != nil {

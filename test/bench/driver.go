@@ -376,6 +376,12 @@ func (d *driverProc) volumeStats(ctx context.Context, r *recorder, v *vol) error
 	return r.time("NodeGetVolumeStats", call)
 }
 
+// available is what GetCapacity offers for ext4 volumes.
+func (d *driverProc) available(ctx context.Context) (int64, error) {
+	resp, err := d.ctl.GetCapacity(ctx, &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{mountCap("ext4")}})
+	return resp.GetAvailableCapacity(), err
+}
+
 func (d *driverProc) capacity(ctx context.Context) error {
 	_, err := d.ctl.GetCapacity(ctx, &csi.GetCapacityRequest{VolumeCapabilities: []*csi.VolumeCapability{mountCap("ext4")}})
 	return err

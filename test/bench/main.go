@@ -152,9 +152,13 @@ func (b *bench) run(phases string) error {
 			return fmt.Errorf("%s: %w", phase, err)
 		}
 		b.sweep()
+		// Keep what is measured so far, should a later phase fail.
+		rep.Seconds = time.Since(start).Seconds()
+		if err := rep.write(b.out, false); err != nil {
+			return err
+		}
 	}
-	rep.Seconds = time.Since(start).Seconds()
-	return rep.write(b.out)
+	return rep.write(b.out, true)
 }
 
 // sweep undoes what a failed phase left: mounts below the bench's kubelet
