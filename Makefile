@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity verify deps clean cluster-up cluster-down demo e2e bench
+.PHONY: all build image test test-unit test-integration sanity verify deps clean cluster-up cluster-down demo e2e bench conformance
 
 all: build
 
@@ -66,6 +66,13 @@ e2e: deps
 	FLASHPV_RESTART=1 hack/cluster/deploy.sh
 	mkdir -p _output
 	$(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+
+# Kubernetes' own storage e2e suite (External.Storage of e2e.test v1.37.2)
+# against the local cluster (brought up and flashpv deployed if needed), the
+# driver as test/e2e/testdriver.yaml declares it. Results in
+# _output/conformance. CONFORMANCE_PROCS=1 runs it serially (default 2).
+conformance: deps
+	hack/cluster/conformance.sh
 
 clean:
 	rm -rf bin _output/bin

@@ -2,19 +2,27 @@
 # Builds (once) every binary the local cluster runs: Kubernetes from the module
 # k8s.io/kubernetes, etcd, csi-provisioner, csi-resizer, and flashpv. A binary is
 # rebuilt only when its tools module or flashpv's sources change.
+#   build.sh            the cluster's binaries
+#   build.sh e2e.test   only what `make conformance` adds, from the same tools
+#                       module (hack/tools/kubernetes) at the cluster's version:
+#                       e2e.test (go test -c k8s.io/kubernetes/test/e2e), agnhost
+#                       (k8s.io/kubernetes/test/images/agnhost, for the e2e
+#                       images) and the ginkgo CLI (parallel runs)
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$BIN"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
 
 # build DIR LDFLAGS OUT=PKG...: go build in a tools module, skipped when the
 # stamp (module files, packages, flags) is unchanged and the binaries exist.
-# One go build for several commands shares the work between them.
+# One go build for several commands shares the work between them. The stamp
+# is $BIN/.DIR.stamp, or $BIN/.$STAMP.stamp when STAMP is set (a second group
+# of commands from the same module).
 build() {
 	local dir=$1 ldflags=$2; shift 2
-	local stamp missing="" spec
+	local stamp missing="" spec stampfile=$BIN/.${STAMP:-$dir}.stamp
 	stamp=$(cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "$* $ldflags") | sha256sum | cut -c1-16)
 	for spec in "$@"; do [ -x "$BIN/${spec%%=*}" ] || missing=1; done
-	if [ -z "$missing" ] && [ "$(cat "$BIN/.$dir.stamp" 2>/dev/null)" = "$stamp" ]; then
+	if [ -z "$missing" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
 		return
 	fi
 	log "building ${*%%=*} (cached after the first time)"
@@ -27,10 +35,35 @@ build() {
 		mv "$tmp/$name" "$BIN/${spec%%=*}"
 	done
 	rm -rf "$tmp"
-	echo "$stamp" >"$BIN/.$dir.stamp"
+	echo "$stamp" >"$stampfile"
+}
+
+# build_test DIR LDFLAGS OUT PKG: go test -c of PKG in a tools module, cached
+# like build (its own stamp, $BIN/.OUT.stamp).
+build_test() {
+	local dir=$1 ldflags=$2 out=$3 pkg=$4 stamp
+	stamp=$(cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "test $pkg $ldflags") | sha256sum | cut -c1-16)
+	if [ -x "$BIN/$out" ] && [ "$(cat "$BIN/.$out.stamp" 2>/dev/null)" = "$stamp" ]; then
+		return
+	fi
+	log "building $out (cached after the first time)"
+	(cd "$REPO/hack/tools/$dir" && go test -c -trimpath -ldflags "-s -w $ldflags" -o "$BIN/$out.tmp" "$pkg")
+	mv "$BIN/$out.tmp" "$BIN/$out"
+	echo "$stamp" >"$BIN/.$out.stamp"
 }
 
 kv="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean"
+case "${1:-}" in
+"") ;;
+e2e.test)
+	build_test kubernetes "$kv" e2e.test k8s.io/kubernetes/test/e2e
+	STAMP=kubernetes-e2e build kubernetes "" agnhost=k8s.io/kubernetes/test/images/agnhost \
+		ginkgo=github.com/onsi/ginkgo/v2/ginkgo
+	log "e2e.test, agnhost and ginkgo ready in $BIN"
+	exit 0
+	;;
+*) die "unknown target $1 (usage: build.sh [e2e.test])" ;;
+esac
 k8s=()
 for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
 	k8s+=("$c=k8s.io/kubernetes/cmd/$c")

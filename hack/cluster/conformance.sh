@@ -1,0 +1,141 @@
+#!/usr/bin/env bash
+# Kubernetes' own storage conformance for flashpv: the External.Storage tests of
+# e2e.test (k8s.io/kubernetes v1.37.2, the cluster's version) against the local
+# one-node cluster, with the driver as test/e2e/testdriver.yaml declares it.
+# Brings the cluster up and deploys flashpv as `make e2e` does, and leaves both
+# running (`make cluster-down`). Root, from anywhere; runs from the repository.
+#
+# Results in _output/conformance: e2e.log (everything), junit_01.xml,
+# summary.txt (counts and time), flashpv.log and kubelet.log.
+#   CONFORMANCE_PROCS=N   parallel ginkgo processes (default 2: most of a test
+#                         is waiting for pods and volumes, not CPU); 1 runs
+#                         e2e.test alone, without the ginkgo CLI
+#   CONFORMANCE_TIMEOUT   the whole suite's timeout (default 3h)
+#   CONFORMANCE_FOCUS     narrows the run (a regex ANDed with External.Storage)
+source "$(dirname "$0")/lib.sh"
+[ "$(id -u)" = 0 ] || die "run as root"
+HERE=$(cd "$(dirname "$0")" && pwd)
+cd "$REPO"
+PROCS=${CONFORMANCE_PROCS:-2}
+TIMEOUT=${CONFORMANCE_TIMEOUT:-3h}
+REPORT=$REPO/_output/conformance
+
+# The build first: it wants both cores, the cluster would take them.
+"$HERE/build.sh" e2e.test
+"$HERE/up.sh"
+FLASHPV_RESTART=1 "$HERE/deploy.sh"
+# The e2e suite's images, under the names test/e2e/repo-list.yaml gives them.
+"$HERE/images.sh" e2e
+for t in "$STATE"/images/e2e-*.tar; do
+	ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$t" >/dev/null
+done
+log "e2e images imported"
+
+# What is not run, and why. Everything else the suite defines for the driver's
+# declared capabilities runs; suites and patterns for undeclared capabilities
+# (snapshots, clones, volume attributes classes, RWX, ROX, mount options,
+# inline CSI volumes, volume limits, ReadWriteOncePod, SELinux mounts, stress
+# and performance options) and tests that need a second node or topology skip
+# themselves and are counted as skipped in the summary.
+skips=(
+	# Restart or stop the kubelet, or cut a node's network, through SSH and
+	# systemd (with -provider=skeleton most skip themselves for want of an SSH
+	# key): this cluster's kubelet is a process of up.sh and no SSH reaches the
+	# node.
+	'\[Disruptive\]'
+	# The "immediate binding" topology pattern: flashpv's provisioner runs on
+	# every node with --node-deployment-immediate-binding=false, so only
+	# WaitForFirstConsumer claims are provisioned (an Immediate claim has no
+	# node yet; every node's provisioner would race for it). The same tests run
+	# with the delayed-binding pattern.
+	'\[Testpattern: Dynamic PV \(immediate binding\)\] topology'
+	# Deploys hello-populator and volume-data-source-validator from
+	# registry.k8s.io/sig-storage, the validator with imagePullPolicy Always:
+	# this cluster has no registry and no image of either. (It tests
+	# Kubernetes' volume populator machinery; flashpv takes no part beyond
+	# provisioning, which every other test covers.)
+	'should provision storage with any volume data source'
+)
+# Limits of the machine rather than of the cluster or the driver, probed here.
+# Growing a mounted ext4 needs CAP_SYS_RESOURCE (README, Limits); without it
+# the filesystem grows only at the next stage, and this test waits 10 minutes
+# for an online growth of an ext4 (the class's default fsType) that cannot come.
+# shellcheck disable=SC2016 # $k and $v are the container shell's
+capeff=$(kubectl -n flashpv exec daemonset/flashpv-node -c flashpv -- \
+	sh -c 'while read -r k v; do [ "$k" = CapEff: ] && echo "$v"; done </proc/1/status' 2>/dev/null || true)
+if [ -z "$capeff" ]; then
+	log "could not read flashpv's capabilities; the online growth of ext4 runs"
+elif [ $((0x$capeff >> 24 & 1)) = 0 ]; then
+	log "flashpv's container lacks CAP_SYS_RESOURCE (CapEff $capeff): skipping the online growth of ext4"
+	skips+=('\[Testpattern: Generic Ephemeral-volume \(default fs\) \(late-binding\)\] ephemeral should support expansion of pvcs created for ephemeral pvcs')
+fi
+# The suite's host commands run in a privileged pod as
+# `nsenter --mount=/rootfs/proc/1/ns/mnt -- sh -c ...`; where even root may not
+# open PID 1's namespaces (a sandboxed machine), every such test fails.
+if ! nsenter --mount=/proc/1/ns/mnt -- true 2>/dev/null; then
+	log "PID 1's mount namespace is closed to root here: skipping the tests that run host commands through it"
+	skips+=('volumeMode should not mount / map unused volumes in a pod')
+fi
+skip=$(IFS='|'; echo "${skips[*]}")
+focus='External.Storage'
+[ -z "${CONFORMANCE_FOCUS:-}" ] || focus="External.Storage.*($CONFORMANCE_FOCUS)"
+
+rm -rf "$REPORT"
+mkdir -p "$REPORT"
+export KUBE_TEST_REPO_LIST=$REPO/test/e2e/repo-list.yaml
+e2e_args=(
+	-kubeconfig="$KUBECONFIG"
+	# No cloud: "skeleton" (the default) makes provider- and SSH-bound tests
+	# skip themselves.
+	-provider=skeleton
+	-storage.testdriver="$REPO/test/e2e/testdriver.yaml"
+	# testdriver.yaml's StorageClass.FromFile is relative to this.
+	-repo-root="$REPO"
+	-kubectl-path="$BIN/kubectl"
+	-report-dir="$REPORT"
+)
+ginkgo_args=(
+	--focus="$focus"
+	--skip="$skip"
+	--timeout="$TIMEOUT"
+	--poll-progress-after=5m
+	--poll-progress-interval=1m
+	--no-color
+	--v
+)
+log "running External.Storage ($PROCS processes, timeout $TIMEOUT); log in $REPORT/e2e.log"
+start=$SECONDS
+set +e
+if [ "$PROCS" -gt 1 ]; then
+	# GO111MODULE=off: the CLI compares its version with `go list -m
+	# github.com/onsi/ginkgo/v2` run beside the binary, which finds flashpv's
+	# own go.mod, not the tools module e2e.test and ginkgo were built from
+	# (both v2.32.0); off, that check is skipped instead of warning wrongly.
+	GO111MODULE=off "$BIN/ginkgo" --procs="$PROCS" "${ginkgo_args[@]}" "$BIN/e2e.test" -- "${e2e_args[@]}"
+else
+	"$BIN/e2e.test" "${ginkgo_args[@]/#--/-ginkgo.}" "${e2e_args[@]}"
+fi 2>&1 | tee "$REPORT/e2e.log" |
+	grep --line-buffered -E '^(External Storage|• |S \[SKIPPED\]|\[FAIL\]|Ran [0-9]+ of|(SUCCESS|FAIL)!)'
+rc=${PIPESTATUS[0]}
+set -e
+took="$(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s"
+
+# The driver's side of the story, failed or not.
+kubectl -n flashpv logs daemonset/flashpv-node --all-containers --prefix --tail=-1 >"$REPORT/flashpv.log" 2>&1 || true
+cp "$STATE/logs/kubelet.log" "$REPORT/kubelet.log" 2>/dev/null || true
+
+# Ginkgo's "Skipped" also counts the thousands of specs outside the focus;
+# the specs the focus and skip list selected that skipped themselves (an
+# undeclared capability, one node) are the selected ones that neither passed
+# nor failed.
+selected=$(sed -n 's/^Will run \([0-9]*\) of .*/\1/p' "$REPORT/e2e.log" | head -n1)
+counts=$(sed -n 's/^\(SUCCESS\|FAIL\)!.* -- \([0-9]*\) Passed | \([0-9]*\) Failed.*/\2 \3/p' "$REPORT/e2e.log" | tail -n1)
+passed=${counts% *} failed=${counts#* }
+if [ -n "$selected" ] && [ -n "$counts" ]; then
+	echo "External.Storage: $selected selected, $passed passed, $failed failed, $((selected - passed - failed)) skipped themselves; ${#skips[@]} skip patterns; $PROCS processes; $took" |
+		tee "$REPORT/summary.txt"
+else
+	log "no ginkgo summary in $REPORT/e2e.log"
+fi
+log "External.Storage finished in $took, exit $rc; results in $REPORT"
+exit "$rc"
