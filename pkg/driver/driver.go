@@ -63,9 +63,11 @@ type Driver struct {
 	devices devices
 	mounter *mount.SafeFormatAndMount
 	resizer *mount.ResizeFs
-	exec    utilexec.Interface
-	locks   *keyLocks
-	metrics *metrics
+	// growMountedExt4: this process may grow a mounted ext4.
+	growMountedExt4 bool
+	exec            utilexec.Interface
+	locks           *keyLocks
+	metrics         *metrics
 }
 
 // New checks cfg and returns a Driver.
@@ -77,18 +79,19 @@ func New(cfg Config) (*Driver, error) {
 		return nil, fmt.Errorf("at least one pool is required")
 	}
 	d := &Driver{
-		nodeID:        cfg.NodeID,
-		version:       cfg.Version,
-		pools:         map[string]*pool.Pool{},
-		defaultPool:   cfg.DefaultPool,
-		kubeletDir:    cfg.KubeletDir,
-		maxVolumes:    cfg.MaxVolumes,
-		defaultFsType: cfg.DefaultFsType,
-		devices:       cfg.Devices,
-		mounter:       mount.NewSafeFormatAndMount(cfg.Mounter, cfg.Exec),
-		resizer:       mount.NewResizeFs(cfg.Exec),
-		exec:          cfg.Exec,
-		locks:         newKeyLocks(),
+		nodeID:          cfg.NodeID,
+		version:         cfg.Version,
+		pools:           map[string]*pool.Pool{},
+		defaultPool:     cfg.DefaultPool,
+		kubeletDir:      cfg.KubeletDir,
+		maxVolumes:      cfg.MaxVolumes,
+		defaultFsType:   cfg.DefaultFsType,
+		devices:         cfg.Devices,
+		mounter:         mount.NewSafeFormatAndMount(cfg.Mounter, cfg.Exec),
+		resizer:         mount.NewResizeFs(cfg.Exec),
+		growMountedExt4: CanGrowMountedExt4(),
+		exec:            cfg.Exec,
+		locks:           newKeyLocks(),
 	}
 	if d.defaultFsType == "" {
 		d.defaultFsType = DefaultFsType

@@ -1,45 +1,59 @@
 package driver
 
 import (
+	"encoding/binary"
+	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 	utilexec "k8s.io/utils/exec"
 
 	"github.com/flashpv/flashpv/pkg/loopdev"
 )
 
-// extSize reads an ext4 filesystem's size and block size from its superblock
-// (works mounted or not).
-func extSize(exec utilexec.Interface, dev string) (size, block int64, err error) {
-	out, err := exec.Command("dumpe2fs", "-h", dev).Output()
+// extSize reads an ext4 filesystem's size and block size from its
+// superblock, mounted or not (the filesystem writes its superblock through
+// the device's page cache, which a buffered read shares).
+func extSize(dev string) (size, block int64, err error) {
+	f, err := os.Open(dev)
 	if err != nil {
-		return 0, 0, fmt.Errorf("dumpe2fs %s: %w", dev, err)
+		return 0, 0, err
 	}
-	var count int64
-	for _, line := range strings.Split(string(out), "\n") {
-		k, v, ok := strings.Cut(line, ":")
-		if !ok {
-			continue
-		}
-		switch strings.TrimSpace(k) {
-		case "Block count":
-			count, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		case "Block size":
-			block, _ = strconv.ParseInt(strings.TrimSpace(v), 10, 64)
-		}
+	defer f.Close()
+	sb := make([]byte, 1024)
+	if _, err := f.ReadAt(sb, 1024); err != nil {
+		return 0, 0, fmt.Errorf("reading the superblock of %s: %w", dev, err)
 	}
-	if count == 0 || block == 0 {
-		return 0, 0, fmt.Errorf("dumpe2fs %s: no block count or size in its output", dev)
+	return parseExtSuperblock(sb)
+}
+
+// parseExtSuperblock decodes the block count and size of an ext2/3/4
+// superblock (struct ext4_super_block, little endian).
+func parseExtSuperblock(sb []byte) (size, block int64, err error) {
+	le32 := func(off int) uint64 { return uint64(binary.LittleEndian.Uint32(sb[off:])) }
+	if len(sb) < 1024 || binary.LittleEndian.Uint16(sb[0x38:]) != 0xEF53 {
+		return 0, 0, errors.New("no ext4 superblock")
 	}
-	return count * block, block, nil
+	logBlock := le32(0x18)
+	if logBlock > 6 { // 64 KiB is the largest block ext4 has
+		return 0, 0, fmt.Errorf("ext4 superblock with block size 2^%d KiB", logBlock)
+	}
+	block = 1024 << logBlock
+	count := le32(0x04)
+	const incompat64bit = 0x80
+	if le32(0x60)&incompat64bit != 0 {
+		count |= le32(0x150) << 32
+	}
+	return int64(count) * block, block, nil
 }
 
 // extNeedsGrow reports whether the ext4 filesystem on dev is smaller than dev.
-func extNeedsGrow(exec utilexec.Interface, dev string) (bool, error) {
-	fsSize, block, err := extSize(exec, dev)
+func extNeedsGrow(dev string) (bool, error) {
+	fsSize, block, err := extSize(dev)
 	if err != nil {
 		return false, err
 	}
@@ -55,7 +69,7 @@ func extNeedsGrow(exec utilexec.Interface, dev string) (bool, error) {
 // needs no CAP_SYS_RESOURCE (online growth does) and is what finishes an
 // expansion done while the volume was not staged.
 func (d *Driver) checkExt(dev string) error {
-	grow, err := extNeedsGrow(d.exec, dev)
+	grow, err := extNeedsGrow(dev)
 	if err != nil {
 		return err
 	}
@@ -83,7 +97,7 @@ func (d *Driver) checkExt(dev string) error {
 // growFilesystem grows a mounted filesystem to its device, when it is smaller.
 func (d *Driver) growFilesystem(dev, mountPath, fsType string) error {
 	if fsType == "ext4" {
-		need, err := extNeedsGrow(d.exec, dev)
+		need, err := extNeedsGrow(dev)
 		if err != nil || !need {
 			return err
 		}
@@ -109,4 +123,53 @@ func (d *Driver) growFilesystem(dev, mountPath, fsType string) error {
 	}
 	klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)
 	return nil
+}
+
+// CanGrowMountedExt4 reports whether this process may grow a mounted ext4:
+// the kernel wants CAP_SYS_RESOURCE in the effective set for it.
+func CanGrowMountedExt4() bool {
+	data, err := os.ReadFile("/proc/self/status")
+	if err != nil {
+		return false
+	}
+	for _, line := range strings.Split(string(data), "\n") {
+		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
+			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
+		}
+	}
+	return false
+}
+
+// growExtBeforePublish grows a staged ext4 that its device has outgrown
+// (an expansion while the volume stayed staged, its pod restarting on the
+// same node) when this process cannot grow a mounted ext4: as long as no
+// pod has it published, the staging mount can come down for an offline
+// growth and go back up.
+func (d *Driver) growExtBeforePublish(dm deviceMounts, staging string, flags []string) error {
+	if d.growMountedExt4 {
+		return nil // NodeExpandVolume grows it online
+	}
+	need, err := extNeedsGrow(dm.dev)
+	if err != nil || !need {
+		return err
+	}
+	mounts, err := dm.all()
+	if err != nil {
+		return err
+	}
+	if len(mounts) != 1 || mounts[0] != staging {
+		return nil // published elsewhere: it grows at the next stage
+	}
+	if err := unmount(staging); err != nil {
+		return err
+	}
+	growErr := d.checkExt(dm.dev)
+	if err := mountFilesystem(dm.dev, staging, "ext4", flags); err != nil {
+		return errors.Join(growErr, err)
+	}
+	if growErr == nil {
+		klog.V(2).InfoS("Filesystem grown offline before publishing", "device", dm.dev, "staging", staging)
+	}
+	return growErr
 }

@@ -290,6 +290,11 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 		if sm == nil || !dm.owns(sm) {
 			return fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, nv.vol.ID, staging)
 		}
+		if nv.vol.FsType == "ext4" {
+			if err := s.d.growExtBeforePublish(dm, staging, req.GetVolumeCapability().GetMount().GetMountFlags()); err != nil {
+				return err
+			}
+		}
 		source = staging
 		opts = append(opts, req.GetVolumeCapability().GetMount().GetMountFlags()...)
 		if err := os.MkdirAll(target, 0o750); err != nil {

@@ -209,19 +209,5 @@ func Sweep(kubeletDir string, poolDirs ...string) []error {
 }
 
 // HasCapSysResource reports whether this process may grow a mounted ext4
-// (the kernel demands CAP_SYS_RESOURCE for it).
-func HasCapSysResource() bool {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			var caps uint64
-			fmt.Sscanf(strings.TrimSpace(v), "%x", &caps)
-			const capSysResource = 24
-			return caps&(1<<capSysResource) != 0
-		}
-	}
-	return false
-}
+// (the kernel wants CAP_SYS_RESOURCE for it).
+func HasCapSysResource() bool { return driver.CanGrowMountedExt4() }
