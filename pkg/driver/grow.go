@@ -101,11 +101,10 @@ func (d *Driver) growFilesystem(dev, mountPath, fsType string) error {
 		if err != nil || !need {
 			return err
 		}
-		out, err := d.exec.Command("resize2fs", dev).CombinedOutput()
-		if err != nil {
-			if strings.Contains(string(out), "Permission denied") {
-				return fmt.Errorf("%w: growing mounted ext4 on %s needs CAP_SYS_RESOURCE, which this process lacks; the volume has grown and its filesystem will grow when it is next staged", errPrecondition, dev)
-			}
+		if !d.growMountedExt4 {
+			return fmt.Errorf("%w: growing mounted ext4 on %s needs CAP_SYS_RESOURCE, which this process lacks; the volume has grown and its filesystem will grow offline when its pod next starts", errPrecondition, dev)
+		}
+		if out, err := d.exec.Command("resize2fs", dev).CombinedOutput(); err != nil {
 			return fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)
 		}
 		klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)

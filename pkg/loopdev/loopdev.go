@@ -74,13 +74,21 @@ func (m *Manager) Find(file string) (string, error) {
 	return m.find(f)
 }
 
-// find looks up the device of the open file f.
-func (m *Manager) find(f *os.File) (string, error) {
+// idOf is statID of an open file.
+func idOf(f *os.File) (fileID, error) {
 	var st unix.Stat_t
 	if err := unix.Fstat(int(f.Fd()), &st); err != nil {
+		return fileID{}, err
+	}
+	return fileID{uint64(st.Dev), st.Ino}, nil
+}
+
+// find looks up the device of the open file f.
+func (m *Manager) find(f *os.File) (string, error) {
+	id, err := idOf(f)
+	if err != nil {
 		return "", err
 	}
-	id := fileID{uint64(st.Dev), st.Ino}
 	if dev, ok := m.byID[id]; ok {
 		if got, ok := backingID(dev); ok && got == id {
 			return dev, nil
@@ -204,11 +212,10 @@ func (m *Manager) AttachLimited(file string, limit *Limit) (string, error) {
 		return "", err
 	}
 	defer img.Close()
-	var st unix.Stat_t
-	if err := unix.Fstat(int(img.Fd()), &st); err != nil {
+	id, err := idOf(img)
+	if err != nil {
 		return "", err
 	}
-	id := fileID{uint64(st.Dev), st.Ino}
 	if dev, err := m.find(img); err != nil || dev != "" {
 		return dev, err
 	}
@@ -291,14 +298,12 @@ func (m *Manager) Detach(file string) error {
 	if err != nil {
 		return err
 	}
-	var st unix.Stat_t
-	if err := unix.Fstat(int(img.Fd()), &st); err != nil {
-		img.Close()
+	defer img.Close()
+	id, err := idOf(img)
+	if err != nil {
 		return err
 	}
-	id := fileID{uint64(st.Dev), st.Ino}
 	dev, err := m.find(img)
-	img.Close()
 	if err != nil || dev == "" {
 		return err
 	}

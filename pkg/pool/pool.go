@@ -33,8 +33,9 @@ type Pool struct {
 
 	lock *os.File // flock held while the pool is open
 
-	// mu guards the directory's listing and the two fields below. The slow
-	// part of a create (fallocate, fsyncs) runs outside it.
+	// mu makes a capacity check and the reservation that follows one step,
+	// and guards creating. The slow part of a create (fallocate, fsyncs)
+	// runs outside it.
 	mu sync.Mutex
 	// creating holds the keys and sizes of creates whose images are still
 	// being allocated.

@@ -29,6 +29,7 @@ import (
 	"time"
 
 	"github.com/flashpv/flashpv/pkg/config"
+	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -89,7 +90,7 @@ func main() {
 	}
 	if b.expandFs == "" {
 		b.expandFs = "xfs"
-		if harness.HasCapSysResource() {
+		if driver.CanGrowMountedExt4() {
 			b.expandFs = "ext4"
 		}
 	}

@@ -14,6 +14,7 @@ import (
 	"strings"
 	"testing"
 
+	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
@@ -208,6 +209,18 @@ func Sweep(kubeletDir string, poolDirs ...string) []error {
 	return errs
 }
 
-// HasCapSysResource reports whether this process may grow a mounted ext4
-// (the kernel wants CAP_SYS_RESOURCE for it).
-func HasCapSysResource() bool { return driver.CanGrowMountedExt4() }
+// MountCap is a single-node writer capability for a filesystem volume.
+func MountCap(fsType string) *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+// BlockCap is a single-node writer capability for a Block volume.
+func BlockCap() *csi.VolumeCapability {
+	return &csi.VolumeCapability{
+		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
+		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}

@@ -35,19 +35,8 @@ func (c *client) refresh() {
 
 var ctx = context.Background()
 
-func mountCap(fsType string) *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Mount{Mount: &csi.VolumeCapability_MountVolume{FsType: fsType}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
-
-func blockCap() *csi.VolumeCapability {
-	return &csi.VolumeCapability{
-		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
-		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
-	}
-}
+// The capabilities the harness builds.
+var mountCap, blockCap = harness.MountCap, harness.BlockCap
 
 func (c *client) create(name string, size int64, vc *csi.VolumeCapability) *csi.Volume {
 	c.t.Helper()

@@ -13,6 +13,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
+	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -67,7 +68,7 @@ func TestSanity(t *testing.T) {
 	// Growing a mounted ext4 needs CAP_SYS_RESOURCE in the kernel; without it
 	// the sanity expansion case cannot pass, and integration tests cover
 	// ext4 growth offline and the clear error online.
-	if harness.HasCapSysResource() {
+	if driver.CanGrowMountedExt4() {
 		runs = append(runs, run{"mount", "ext4", 16 << 20, 32 << 20})
 	} else {
 		t.Log("no CAP_SYS_RESOURCE here: the ext4 mount pass is left out (online ext4 growth needs it)")
