@@ -11,6 +11,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -317,11 +318,22 @@ func (m *Manager) Detach(file string) error {
 		return fmt.Errorf("LOOP_CLR_FD %s: %w", dev, err)
 	}
 	delete(m.byID, id)
-	if got, ok := backingID(dev); ok && got == id {
-		return fmt.Errorf("%w: %s stays attached until its last user closes it", ErrBusy, dev)
+	// Programs that look at every loop device (udev's probes, blkid, another
+	// flashpv's scan) hold one open for a moment; the kernel then finishes
+	// the detach when they close it. Only a device still held after that
+	// grace is busy.
+	for deadline := time.Now().Add(detachGrace); ; time.Sleep(10 * time.Millisecond) {
+		if got, ok := backingID(dev); !ok || got != id {
+			return nil
+		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("%w: %s stays attached until its last user closes it", ErrBusy, dev)
+		}
 	}
-	return nil
 }
+
+// detachGrace is how long Detach waits for brief openers of a device.
+const detachGrace = time.Second
 
 // ErrBusy means a detach was deferred by the kernel.
 var ErrBusy = errors.New("loop device busy")

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 )
 
 func TestAttachFindRefreshDetach(t *testing.T) {
@@ -112,5 +113,34 @@ func TestFindAfterScanSeesOthersDevices(t *testing.T) {
 	}
 	if dev, err := m.Attach(b); err != nil || dev != other {
 		t.Fatalf("Attach of a file bound by someone else: %q %v, want %s", dev, err, other)
+	}
+}
+
+// A device that something opens only for a moment (a probe, a scan) at the
+// time of the detach is detached once that closes, not reported busy.
+func TestDetachWaitsForBriefOpeners(t *testing.T) {
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for loop devices")
+	}
+	img := filepath.Join(t.TempDir(), "vol.img")
+	if err := os.WriteFile(img, make([]byte, 1<<20), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	m := New()
+	dev, err := m.Attach(img)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { New().Detach(img) })
+	probe, err := os.Open(dev)
+	if err != nil {
+		t.Fatal(err)
+	}
+	go func() { time.Sleep(100 * time.Millisecond); probe.Close() }()
+	if err := m.Detach(img); err != nil {
+		t.Fatalf("Detach with a brief opener: %v", err)
+	}
+	if found, _ := New().Find(img); found != "" {
+		t.Fatalf("still attached to %s", found)
 	}
 }
