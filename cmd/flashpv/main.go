@@ -5,6 +5,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -52,10 +53,15 @@ func main() {
 }
 
 func run(opts config.Options) error {
-	var pools []*pool.Pool
+	var pools []pool.Pool
 	for _, spec := range opts.Pools {
-		p, err := pool.Open(spec.Name, spec.Path, spec.Reserve)
-		if err != nil {
+		p, err := pool.Open(spec)
+		if errors.Is(err, pool.ErrUnusable) {
+			// Storage not set up for its kind: report it (log, /healthz,
+			// storage health, metrics) and serve the other pools.
+			klog.ErrorS(err, "Pool is unusable and will not be used", "pool", spec.Name, "kind", spec.Kind)
+			p = pool.NewUnusable(spec.Name, spec.Kind, err)
+		} else if err != nil {
 			return err
 		}
 		defer p.Close()

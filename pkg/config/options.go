@@ -16,12 +16,11 @@ import (
 // DefaultPoolName names the pool used when no --pool is given.
 const DefaultPoolName = "default"
 
-// PoolSpec is one --pool flag: NAME=PATH[,reserve=SIZE].
-type PoolSpec struct {
-	Name    string
-	Path    string
-	Reserve int64
-}
+// PoolSpec is one --pool flag; see ParsePoolSpec.
+type PoolSpec = pool.Config
+
+// poolSyntax is the --pool syntax, for help and errors.
+const poolSyntax = "NAME=[image:]PATH | NAME=quota:PATH | NAME=lvm:VG[,thin=THINPOOL[,overprovision=RATIO]][,stripes=N[,stripesize=SIZE]], each with [,reserve=SIZE]"
 
 // Options are everything main needs to wire the driver.
 type Options struct {
@@ -48,7 +47,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.KubeletDir, "kubelet-dir", "/var/lib/kubelet", "only staging and target paths below this directory are accepted")
 	fs.Int64Var(&o.MaxVolumes, "max-volumes", 1000, "volumes this node can have staged at once (NodeGetInfo max_volumes_per_node)")
 	fs.StringVar(&o.FsType, "default-fstype", "ext4", "filesystem for Mount volumes whose StorageClass names none: ext4, xfs or btrfs")
-	fs.Func("pool", "a pool: NAME=PATH[,reserve=SIZE] (repeatable; SIZE like 10Gi, 500M or bytes)", func(s string) error {
+	fs.Func("pool", "a pool: "+poolSyntax+" (repeatable; SIZE like 10Gi, 500M or bytes)", func(s string) error {
 		p, err := ParsePoolSpec(s)
 		if err != nil {
 			return err
@@ -56,7 +55,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 		o.Pools = append(o.Pools, p)
 		return nil
 	})
-	fs.StringVar(&o.PoolsFile, "pools-file", "", "a file of pools, one NAME=PATH[,reserve=SIZE] per line (# starts a comment); adds to --pool")
+	fs.StringVar(&o.PoolsFile, "pools-file", "", "a file of pools, one --pool value per line (# starts a comment); adds to --pool")
 	fs.StringVar(&o.HealthAddress, "health-address", ":9808", "address of /healthz and /metrics (empty: off)")
 	fs.StringVar(&o.RegistrationPath, "kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it; when set, flashpv registers itself with the kubelet")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
@@ -94,7 +93,7 @@ func (o *Options) Validate() error {
 		if !filepath.IsAbs(o.StateDir) {
 			errs = append(errs, fmt.Errorf("--state-dir %q is not absolute", o.StateDir))
 		}
-		o.Pools = []PoolSpec{{Name: DefaultPoolName, Path: filepath.Join(o.StateDir, "pools", DefaultPoolName)}}
+		o.Pools = []PoolSpec{{Name: DefaultPoolName, Kind: pool.KindImage, Path: filepath.Join(o.StateDir, "pools", DefaultPoolName)}}
 	}
 	names := map[string]bool{}
 	for i, p := range o.Pools {
@@ -103,7 +102,7 @@ func (o *Options) Validate() error {
 		}
 		names[p.Name] = true
 		for _, q := range o.Pools[:i] {
-			if nested(p.Path, q.Path) {
+			if p.Path != "" && q.Path != "" && nested(p.Path, q.Path) {
 				errs = append(errs, fmt.Errorf("pools %q and %q overlap (%s, %s)", q.Name, p.Name, q.Path, p.Path))
 			}
 		}
@@ -119,32 +118,79 @@ func nested(a, b string) bool {
 	return strings.HasPrefix(a, b) || strings.HasPrefix(b, a)
 }
 
-// ParsePoolSpec parses NAME=PATH[,reserve=SIZE].
+// ParsePoolSpec parses a pool: NAME=[image:]PATH, NAME=quota:PATH or
+// NAME=lvm:VG, then options: reserve=SIZE for every kind; thin=THINPOOL,
+// overprovision=RATIO, stripes=N and stripesize=SIZE for lvm.
 func ParsePoolSpec(s string) (PoolSpec, error) {
 	name, rest, ok := strings.Cut(s, "=")
 	if !ok {
-		return PoolSpec{}, fmt.Errorf("pool %q: want NAME=PATH[,reserve=SIZE]", s)
+		return PoolSpec{}, fmt.Errorf("pool %q: want %s", s, poolSyntax)
 	}
 	if !pool.ValidPoolName(name) {
 		return PoolSpec{}, fmt.Errorf("pool name %q: lower-case letters, digits and '-', at most 32", name)
 	}
 	parts := strings.Split(rest, ",")
-	spec := PoolSpec{Name: name, Path: parts[0]}
-	if !filepath.IsAbs(spec.Path) || filepath.Clean(spec.Path) != spec.Path {
-		return PoolSpec{}, fmt.Errorf("pool %s: path %q must be absolute and clean", name, spec.Path)
+	spec := PoolSpec{Name: name, Kind: pool.KindImage}
+	where := parts[0]
+	if kind, arg, ok := strings.Cut(where, ":"); ok {
+		spec.Kind, where = pool.Kind(kind), arg
+	}
+	switch spec.Kind {
+	case pool.KindImage, pool.KindQuota:
+		spec.Path = where
+		if !filepath.IsAbs(spec.Path) || filepath.Clean(spec.Path) != spec.Path {
+			return PoolSpec{}, fmt.Errorf("pool %s: path %q must be absolute and clean", name, spec.Path)
+		}
+	case pool.KindLVM:
+		spec.VG = where
+		if where == "" {
+			return PoolSpec{}, fmt.Errorf("pool %s: lvm needs a volume group: NAME=lvm:VG", name)
+		}
+	default:
+		return PoolSpec{}, fmt.Errorf("pool %s: unknown kind %q (image, lvm or quota)", name, spec.Kind)
 	}
 	for _, opt := range parts[1:] {
 		k, v, _ := strings.Cut(opt, "=")
+		lvmOnly := k == "thin" || k == "overprovision" || k == "stripes" || k == "stripesize"
+		if lvmOnly && spec.Kind != pool.KindLVM {
+			return PoolSpec{}, fmt.Errorf("pool %s: option %q is for lvm pools", name, k)
+		}
+		var err error
 		switch k {
 		case "reserve":
-			n, err := ParseSize(v)
-			if err != nil {
-				return PoolSpec{}, fmt.Errorf("pool %s: reserve: %w", name, err)
+			spec.Reserve, err = ParseSize(v)
+		case "thin":
+			spec.ThinPool = v
+			if v == "" {
+				err = errors.New("empty thin pool name")
 			}
-			spec.Reserve = n
+		case "overprovision":
+			spec.Overprovision, err = strconv.ParseFloat(v, 64)
+			if err == nil && (spec.Overprovision < 1 || spec.Overprovision > 1000) {
+				err = errors.New("want a ratio from 1 to 1000")
+			}
+		case "stripes":
+			spec.Stripes, err = strconv.Atoi(v)
+			if err == nil && (spec.Stripes < 1 || spec.Stripes > 128) {
+				err = errors.New("want 1 to 128")
+			}
+		case "stripesize":
+			spec.StripeSize, err = ParseSize(v)
 		default:
 			return PoolSpec{}, fmt.Errorf("pool %s: unknown option %q", name, k)
 		}
+		if err != nil {
+			return PoolSpec{}, fmt.Errorf("pool %s: %s: %w", name, k, err)
+		}
+	}
+	if spec.Overprovision != 0 && spec.ThinPool == "" {
+		return PoolSpec{}, fmt.Errorf("pool %s: overprovision needs thin=THINPOOL", name)
+	}
+	if spec.Stripes > 1 && spec.ThinPool != "" {
+		return PoolSpec{}, fmt.Errorf("pool %s: stripes apply to thick volumes, not thin ones", name)
+	}
+	if spec.StripeSize != 0 && spec.Stripes < 2 {
+		return PoolSpec{}, fmt.Errorf("pool %s: stripesize needs stripes=N with N > 1", name)
 	}
 	return spec, nil
 }

@@ -6,6 +6,8 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flashpv/flashpv/pkg/pool"
 )
 
 func TestParseSize(t *testing.T) {
@@ -27,10 +29,23 @@ func TestParseSize(t *testing.T) {
 
 func TestParsePoolSpec(t *testing.T) {
 	p, err := ParsePoolSpec("fast=/mnt/nvme0/flashpv,reserve=10Gi")
-	if err != nil || p != (PoolSpec{Name: "fast", Path: "/mnt/nvme0/flashpv", Reserve: 10 << 30}) {
+	if err != nil || p != (PoolSpec{Name: "fast", Kind: pool.KindImage, Path: "/mnt/nvme0/flashpv", Reserve: 10 << 30}) {
 		t.Fatalf("%+v %v", p, err)
 	}
-	for _, bad := range []string{"fast", "Fast=/x", "fast=rel", "fast=/x/../y", "fast=/x,reserve=lots", "fast=/x,color=red", "=/x"} {
+	for in, want := range map[string]PoolSpec{
+		"db=lvm:vg0,reserve=1Gi":              {Name: "db", Kind: pool.KindLVM, VG: "vg0", Reserve: 1 << 30},
+		"t=lvm:vg0,thin=tp,overprovision=2.5": {Name: "t", Kind: pool.KindLVM, VG: "vg0", ThinPool: "tp", Overprovision: 2.5},
+		"s=lvm:vg0,stripes=2,stripesize=64Ki": {Name: "s", Kind: pool.KindLVM, VG: "vg0", Stripes: 2, StripeSize: 64 << 10},
+		"q=quota:/mnt/xfs/flashpv":            {Name: "q", Kind: pool.KindQuota, Path: "/mnt/xfs/flashpv"},
+		"i=image:/mnt/x":                      {Name: "i", Kind: pool.KindImage, Path: "/mnt/x"},
+	} {
+		if got, err := ParsePoolSpec(in); err != nil || got != want {
+			t.Errorf("ParsePoolSpec(%q) = %+v, %v", in, got, err)
+		}
+	}
+	for _, bad := range []string{"fast", "Fast=/x", "fast=rel", "fast=/x/../y", "fast=/x,reserve=lots", "fast=/x,color=red", "=/x",
+		"a=zfs:/x", "a=lvm:", "a=quota:rel", "a=/x,thin=tp", "a=lvm:vg,overprovision=3", "a=lvm:vg,thin=tp,overprovision=0.5",
+		"a=lvm:vg,thin=tp,stripes=2", "a=lvm:vg,stripes=0", "a=lvm:vg,stripesize=64Ki", "a=quota:/x,stripes=2"} {
 		if _, err := ParsePoolSpec(bad); err == nil {
 			t.Errorf("ParsePoolSpec(%q) succeeded", bad)
 		}

@@ -52,11 +52,12 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 	if err := s.d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
-	minSize := int64(MinVolumeSize)
-	if mode == pool.ModeFilesystem {
-		minSize = minFsSize[fsType]
+	if p.Kind() == pool.KindQuota {
+		if fsType, err = quotaFsType(p, mode, req.GetVolumeCapabilities()); err != nil {
+			return nil, err
+		}
 	}
-	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize)
+	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize(p, mode, fsType))
 	if err != nil {
 		return nil, err
 	}
@@ -88,8 +89,31 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 	return s.d.csiVolume(p, v), nil
 }
 
+// quotaFsType checks that capabilities fit a quota pool, whose volumes are
+// directories of its XFS: Filesystem only, and xfs if an fsType is named.
+func quotaFsType(p pool.Pool, mode pool.Mode, caps []*csi.VolumeCapability) (string, error) {
+	if mode == pool.ModeBlock {
+		return "", invalid("pool %s is a quota pool: it has Filesystem volumes only, not Block", p.Name())
+	}
+	for _, c := range caps {
+		if fs := c.GetMount().GetFsType(); fs != "" && fs != "xfs" {
+			return "", invalid("pool %s is a quota pool on XFS: fsType %q cannot be given", p.Name(), fs)
+		}
+	}
+	return "xfs", nil
+}
+
+// minSize is the smallest volume a pool can make: a filesystem's own
+// minimum, except in quota pools, whose volumes need no mkfs.
+func minSize(p pool.Pool, mode pool.Mode, fsType string) int64 {
+	if mode == pool.ModeFilesystem && p.Kind() != pool.KindQuota {
+		return minFsSize[fsType]
+	}
+	return MinVolumeSize
+}
+
 // poolFor returns the pool a StorageClass's parameters select.
-func (d *Driver) poolFor(params map[string]string) (*pool.Pool, error) {
+func (d *Driver) poolFor(params map[string]string) (pool.Pool, error) {
 	name, ok := params[ParamPool]
 	if !ok {
 		name = d.defaultPool
@@ -119,7 +143,7 @@ func (d *Driver) isThisNode(t *csi.Topology) bool {
 	return t.GetSegments()[TopologyKey] == d.nodeID
 }
 
-func (d *Driver) csiVolume(p *pool.Pool, v *pool.Volume) *csi.Volume {
+func (d *Driver) csiVolume(p pool.Pool, v *pool.Volume) *csi.Volume {
 	return &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.SizeBytes,
@@ -154,12 +178,8 @@ func (s *Controller) deleteVolume(volumeID string) error {
 	if err != nil {
 		return err
 	}
-	dev, err := s.d.devices.Find(imageOf(p, v))
-	if err != nil {
+	if err := s.d.checkUnused(p, v); err != nil {
 		return err
-	}
-	if dev != "" {
-		return fmt.Errorf("%w: volume %s is still staged on this node (%s); unstage it first", errPrecondition, volumeID, dev)
 	}
 	if err := p.Delete(v.Key()); err != nil {
 		return err
@@ -177,16 +197,17 @@ func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	minSize := int64(MinVolumeSize)
-	if len(req.GetVolumeCapabilities()) > 0 {
-		mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), s.d.defaultFsType)
+	smallest := int64(MinVolumeSize)
+	if caps := req.GetVolumeCapabilities(); len(caps) > 0 {
+		mode, fsType, err := checkCapabilities(caps, s.d.defaultFsType)
+		if err == nil && p.Kind() == pool.KindQuota {
+			fsType, err = quotaFsType(p, mode, caps)
+		}
 		if err != nil {
 			// No volume with these capabilities can be made here.
 			return &csi.GetCapacityResponse{}, nil
 		}
-		if mode == pool.ModeFilesystem {
-			minSize = minFsSize[fsType]
-		}
+		smallest = minSize(p, mode, fsType)
 	}
 	if t := req.GetAccessibleTopology(); t != nil && !s.d.isThisNode(t) {
 		return &csi.GetCapacityResponse{}, nil
@@ -198,7 +219,7 @@ func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	return &csi.GetCapacityResponse{
 		AvailableCapacity: c.Available,
 		MaximumVolumeSize: wrapperspb.Int64(c.Available / mib * mib),
-		MinimumVolumeSize: wrapperspb.Int64(minSize),
+		MinimumVolumeSize: wrapperspb.Int64(smallest),
 	}, nil
 }
 
@@ -215,7 +236,7 @@ func (s *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 }
 
 type poolVolume struct {
-	pool *pool.Pool
+	pool pool.Pool
 	vol  *pool.Volume
 }
 

@@ -39,12 +39,12 @@ func (f *fakeDevices) Attached(...string) (map[string]string, error) {
 
 func newTestController(t *testing.T) (*Controller, *fakeDevices) {
 	t.Helper()
-	p, err := pool.Open("default", t.TempDir(), 0)
+	p, err := pool.OpenImage("default", t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
 	devs := &fakeDevices{attached: map[string]string{}}
-	d, err := New(Config{NodeID: "n1", Pools: []*pool.Pool{p}, KubeletDir: "/var/lib/kubelet", MaxVolumes: 10, Devices: devs})
+	d, err := New(Config{NodeID: "n1", Pools: []pool.Pool{p}, KubeletDir: "/var/lib/kubelet", MaxVolumes: 10, Devices: devs})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -122,7 +122,7 @@ func TestDeleteRefusesStagedVolume(t *testing.T) {
 	}
 	id := resp.GetVolume().GetVolumeId()
 	p, v, _ := c.d.lookup(id)
-	devs.Attach(imageOf(p, v))
+	devs.Attach(p.(*pool.ImagePool).ImagePath(v.Key()))
 	_, err = c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("delete of a staged volume: %v", err)
@@ -130,7 +130,7 @@ func TestDeleteRefusesStagedVolume(t *testing.T) {
 	if _, err := c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatalf("volume gone after a refused delete: %v", err)
 	}
-	devs.Detach(imageOf(p, v))
+	devs.Detach(p.(*pool.ImagePool).ImagePath(v.Key()))
 	if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatal(err)
 	}

@@ -36,7 +36,7 @@ type devices interface {
 type Config struct {
 	NodeID      string
 	Version     string
-	Pools       []*pool.Pool
+	Pools       []pool.Pool
 	DefaultPool string // name of the pool used without a `pool` parameter
 	KubeletDir  string // staging and target paths must lie below it
 	MaxVolumes  int64
@@ -53,7 +53,7 @@ type Config struct {
 type Driver struct {
 	nodeID        string
 	version       string
-	pools         map[string]*pool.Pool
+	pools         map[string]pool.Pool
 	poolNames     []string
 	defaultPool   string
 	kubeletDir    string
@@ -81,7 +81,7 @@ func New(cfg Config) (*Driver, error) {
 	d := &Driver{
 		nodeID:          cfg.NodeID,
 		version:         cfg.Version,
-		pools:           map[string]*pool.Pool{},
+		pools:           map[string]pool.Pool{},
 		defaultPool:     cfg.DefaultPool,
 		kubeletDir:      cfg.KubeletDir,
 		maxVolumes:      cfg.MaxVolumes,
@@ -119,7 +119,7 @@ func New(cfg Config) (*Driver, error) {
 }
 
 // lookup resolves a volume ID to its pool and metadata.
-func (d *Driver) lookup(volumeID string) (*pool.Pool, *pool.Volume, error) {
+func (d *Driver) lookup(volumeID string) (pool.Pool, *pool.Volume, error) {
 	id, err := pool.ParseVolumeID(volumeID)
 	if err != nil {
 		return nil, nil, err
@@ -134,9 +134,6 @@ func (d *Driver) lookup(volumeID string) (*pool.Pool, *pool.Volume, error) {
 	}
 	return p, v, nil
 }
-
-// imageOf is the image file of a volume.
-func imageOf(p *pool.Pool, v *pool.Volume) string { return p.ImagePath(v.Key()) }
 
 func (d *Driver) topology() *csi.Topology {
 	return &csi.Topology{Segments: map[string]string{TopologyKey: d.nodeID}}

@@ -44,7 +44,9 @@ func toStatus(err error) error {
 		code = codes.OutOfRange
 	case errors.Is(err, errAborted):
 		code = codes.Aborted
-	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy):
+	case errors.Is(err, pool.ErrUnusable):
+		code = codes.Unavailable
+	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy), errors.Is(err, pool.ErrInUse):
 		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled

@@ -3,7 +3,6 @@ package driver
 import (
 	"context"
 	"fmt"
-	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
@@ -14,37 +13,35 @@ func healthEntry(t csi.VolumeHealthErrorType, reason, format string, args ...any
 	return &csi.VolumeHealth_VolumeHealthEntry{Status: t, Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
-// imageHealth checks what can be seen from the pool alone: the image exists
-// and holds the whole volume.
-func (d *Driver) imageHealth(p *pool.Pool, v *pool.Volume) *csi.VolumeHealth {
+// volumeHealth checks what can be seen from the pool alone: the volume's
+// storage exists and holds the whole volume.
+func (d *Driver) volumeHealth(p pool.Pool, v *pool.Volume) *csi.VolumeHealth {
 	h := &csi.VolumeHealth{VolumeId: v.ID}
-	st, err := os.Stat(imageOf(p, v))
-	switch {
-	case os.IsNotExist(err):
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_DATA_LOSS, "ImageMissing", "the image of volume %s is gone from pool %s", v.ID, p.Name()))
-	case err != nil:
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, "ImageUnreadable", "%v", err))
-	case st.Size() < v.SizeBytes:
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_DATA_LOSS, "ImageTruncated", "the image has %d of %d bytes", st.Size(), v.SizeBytes))
+	for _, pr := range p.Check(v) {
+		t := csi.VolumeHealthErrorType_INACCESSIBLE
+		if pr.DataLoss {
+			t = csi.VolumeHealthErrorType_DATA_LOSS
+		}
+		h.HealthStatuses = append(h.HealthStatuses, healthEntry(t, pr.Reason, "%s", pr.Message))
 	}
 	return h
 }
 
-// attachmentHealth checks the node's view: the loop device is attached and
-// the volume is mounted where the CO says it staged and published it.
+// attachmentHealth checks the node's view: the volume's device is there
+// and the volume is mounted where the CO says it staged and published it.
 func (d *Driver) attachmentHealth(nv *nodeVolume, staging, publish string) []*csi.VolumeHealth_VolumeHealthEntry {
 	if staging == "" && publish == "" {
 		return nil
 	}
-	dev, err := d.devices.Find(nv.image)
+	dev, err := d.find(nv)
 	if err != nil {
 		return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceUnknown", "%v", err)}
 	}
 	if dev == "" {
-		return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceDetached", "the loop device of volume %s is not attached", nv.vol.ID)}
+		return []*csi.VolumeHealth_VolumeHealthEntry{healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, "DeviceDetached", "the device of volume %s is not attached", nv.vol.ID)}
 	}
 	var out []*csi.VolumeHealth_VolumeHealthEntry
-	dm := newDeviceMounts(dev)
+	dm := d.mountsOf(nv, dev)
 	check := func(path, reason string) {
 		if path == "" || (nv.vol.Mode == pool.ModeBlock && reason == "StagingMountMissing") {
 			return
@@ -67,7 +64,7 @@ func (s *Controller) ControllerGetVolumeHealth(ctx context.Context, req *csi.Con
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: s.d.imageHealth(p, v)}, nil
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: s.d.volumeHealth(p, v)}, nil
 }
 
 func (s *Controller) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
@@ -77,7 +74,7 @@ func (s *Controller) ControllerListVolumeHealth(ctx context.Context, req *csi.Co
 	}
 	resp := &csi.ControllerListVolumeHealthResponse{NextToken: next}
 	for _, e := range page {
-		resp.Entries = append(resp.Entries, s.d.imageHealth(e.pool, e.vol))
+		resp.Entries = append(resp.Entries, s.d.volumeHealth(e.pool, e.vol))
 	}
 	return resp, nil
 }

@@ -2,9 +2,9 @@ package driver
 
 import (
 	"context"
-	"os"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"github.com/flashpv/flashpv/pkg/pool"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
@@ -33,10 +33,16 @@ func (s *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabili
 	}}, nil
 }
 
-// Probe reports ready when every pool directory can be read.
+// Probe reports ready when every usable pool answers. Unusable pools are
+// reported by NodeGetStorageHealth and /healthz instead: the driver serves
+// the others.
 func (s *Identity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
 	for _, name := range s.d.poolNames {
-		if _, err := os.ReadDir(s.d.pools[name].Dir()); err != nil {
+		p := s.d.pools[name]
+		if _, unusable := p.(*pool.Unusable); unusable {
+			continue
+		}
+		if err := p.Probe(); err != nil {
 			return nil, status.Errorf(codes.FailedPrecondition, "pool %s: %v", name, err)
 		}
 	}

@@ -88,7 +88,7 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		}
 		abnormal := 0
 		for _, v := range vols {
-			if len(c.d.imageHealth(p, v).GetHealthStatuses()) > 0 {
+			if len(c.d.volumeHealth(p, v).GetHealthStatuses()) > 0 {
 				abnormal++
 			}
 		}

@@ -19,6 +19,20 @@ type deviceMounts struct {
 	dev          string
 	major, minor int
 	rdev         uint64
+	// dir: dev is a directory (a quota volume); its mounts are binds of
+	// it, found by the filesystem's device number and the inode.
+	dir bool
+	ino uint64
+}
+
+// newDirMounts finds the bind mounts of a directory.
+func newDirMounts(dir string) deviceMounts {
+	dm := deviceMounts{dev: dir, major: -1, minor: -1, dir: true}
+	var st unix.Stat_t
+	if err := unix.Stat(dir, &st); err == nil {
+		dm.major, dm.minor, dm.ino = int(unix.Major(st.Dev)), int(unix.Minor(st.Dev)), st.Ino
+	}
+	return dm
 }
 
 func newDeviceMounts(dev string) deviceMounts {
@@ -36,6 +50,7 @@ type mountPoint struct {
 	major, minor int    // the device of the mounted filesystem
 	rdev         uint64 // a bind-mounted device node's device, or 0
 	devName      string // a bind from devtmpfs: its root ("/loop3")
+	ino          uint64 // the inode at the mount point, when known
 	readOnly     bool
 }
 
@@ -59,6 +74,9 @@ func (dm deviceMounts) owns(m *mountPoint) bool {
 	if dm.dev == "" {
 		return false
 	}
+	if dm.dir {
+		return m.major == dm.major && m.minor == dm.minor && m.ino == dm.ino && m.ino != 0
+	}
 	return (m.source != "" && m.source == dm.dev) ||
 		(m.major == dm.major && m.minor == dm.minor) ||
 		(m.rdev != 0 && m.rdev == dm.rdev) ||
@@ -68,7 +86,14 @@ func (dm deviceMounts) owns(m *mountPoint) bool {
 // all lists the mount points of the device.
 func (dm deviceMounts) all() ([]string, error) {
 	infos, err := mountinfo.GetMounts(func(m *mountinfo.Info) (skip, stop bool) {
-		return !dm.owns(fromInfo(m)), false
+		mp := fromInfo(m)
+		if dm.dir && m.Major == dm.major && m.Minor == dm.minor {
+			var st unix.Stat_t
+			if unix.Stat(m.Mountpoint, &st) == nil {
+				mp.ino = st.Ino
+			}
+		}
+		return !dm.owns(mp), false
 	})
 	if err != nil {
 		return nil, err
@@ -93,7 +118,7 @@ func mountAt(path string) (*mountPoint, error) {
 	var st unix.Stat_t
 	var sfs unix.Statfs_t
 	if err == nil && unix.Stat(path, &st) == nil && unix.Statfs(path, &sfs) == nil && sfs.Type != unix.BTRFS_SUPER_MAGIC {
-		mp := &mountPoint{major: int(unix.Major(st.Dev)), minor: int(unix.Minor(st.Dev)), readOnly: sfs.Flags&unix.ST_RDONLY != 0}
+		mp := &mountPoint{major: int(unix.Major(st.Dev)), minor: int(unix.Minor(st.Dev)), ino: st.Ino, readOnly: sfs.Flags&unix.ST_RDONLY != 0}
 		if st.Mode&unix.S_IFMT == unix.S_IFBLK {
 			mp.rdev = st.Rdev
 		}
@@ -103,5 +128,9 @@ func mountAt(path string) (*mountPoint, error) {
 	if err != nil || len(infos) == 0 {
 		return nil, err
 	}
-	return fromInfo(infos[len(infos)-1]), nil
+	mp := fromInfo(infos[len(infos)-1])
+	if unix.Stat(path, &st) == nil {
+		mp.ino = st.Ino
+	}
+	return mp, nil
 }

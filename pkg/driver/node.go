@@ -40,9 +40,8 @@ func mkfsArgs(fsType, dev string) []string {
 
 // nodeVolume is a known volume, locked against concurrent operations.
 type nodeVolume struct {
-	pool    *pool.Pool
+	pool    pool.Pool
 	vol     *pool.Volume
-	image   string
 	release func()
 }
 
@@ -72,7 +71,7 @@ func (d *Driver) openNodeVolume(volumeID string, paths ...pathArg) (*nodeVolume,
 		release()
 		return nil, err
 	}
-	return &nodeVolume{pool: p, vol: v, image: imageOf(p, v), release: release}, nil
+	return &nodeVolume{pool: p, vol: v, release: release}, nil
 }
 
 // checkMatches refuses a capability that does not fit the volume.
@@ -110,22 +109,28 @@ func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
 		return err
 	}
-	dev, err := s.d.attach(nv.image)
+	src, err := s.d.attach(nv)
 	if err != nil {
 		return err
 	}
-	if nv.vol.Mode == pool.ModeBlock {
+	flags := req.GetVolumeCapability().GetMount().GetMountFlags()
+	switch {
+	case nv.vol.Mode == pool.ModeBlock:
 		return nil
+	case nv.pool.Kind() == pool.KindQuota:
+		return stageDirectory(nv.vol, src, staging, flags)
 	}
-	return s.d.stageFilesystem(nv.vol, dev, staging, req.GetVolumeCapability().GetMount().GetMountFlags())
+	return s.d.stageFilesystem(nv.vol, src, staging, flags)
 }
 
-// attach returns the loop device of an image, attaching it if needed while
-// keeping the node under its volume limit.
-func (d *Driver) attach(image string) (string, error) {
-	dirs := make([]string, 0, len(d.poolNames))
+// attachImage returns the loop device of an image, attaching it if needed
+// while keeping the node under its volume limit.
+func (d *Driver) attachImage(image string) (string, error) {
+	var dirs []string
 	for _, name := range d.poolNames {
-		dirs = append(dirs, d.pools[name].Dir())
+		if ip, ok := d.pools[name].(*pool.ImagePool); ok {
+			dirs = append(dirs, ip.Dir())
+		}
 	}
 	dev, err := d.devices.AttachLimited(image, &loopdev.Limit{Dirs: dirs, Check: func(n int) error {
 		if int64(n) >= d.maxVolumes {
@@ -202,11 +207,11 @@ func (s *Node) unstage(req *csi.NodeUnstageVolumeRequest) error {
 		return err
 	}
 	defer nv.release()
-	dev, err := s.d.devices.Find(nv.image)
+	dev, err := s.d.find(nv)
 	if err != nil {
 		return err
 	}
-	dm := newDeviceMounts(dev)
+	dm := s.d.mountsOf(nv, dev)
 	m, err := mountAt(staging)
 	if err != nil {
 		return err
@@ -227,10 +232,10 @@ func (s *Node) unstage(req *csi.NodeUnstageVolumeRequest) error {
 	} else if len(left) > 0 {
 		return fmt.Errorf("%w: volume %s is still published at %v", errPrecondition, nv.vol.ID, left)
 	}
-	if err := s.d.devices.Detach(nv.image); err != nil {
+	if err := s.d.detach(nv); err != nil {
 		return err
 	}
-	klog.V(2).InfoS("Volume unstaged", "volumeID", nv.vol.ID, "device", dev)
+	klog.V(2).InfoS("Volume unstaged", "volumeID", nv.vol.ID, "source", dev)
 	return nil
 }
 
@@ -254,14 +259,14 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
 		return err
 	}
-	dev, err := s.d.devices.Find(nv.image)
+	dev, err := s.d.find(nv)
 	if err != nil {
 		return err
 	}
 	if dev == "" {
 		return fmt.Errorf("%w: volume %s is not staged", errPrecondition, nv.vol.ID)
 	}
-	dm := newDeviceMounts(dev)
+	dm := s.d.mountsOf(nv, dev)
 	existing, err := mountAt(target)
 	if err != nil {
 		return err
@@ -290,7 +295,7 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 		if sm == nil || !dm.owns(sm) {
 			return fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, nv.vol.ID, staging)
 		}
-		if nv.vol.FsType == "ext4" {
+		if nv.vol.FsType == "ext4" && nv.pool.Kind() != pool.KindQuota {
 			if err := s.d.growExtBeforePublish(dm, staging, req.GetVolumeCapability().GetMount().GetMountFlags()); err != nil {
 				return err
 			}
@@ -356,11 +361,11 @@ func (s *Node) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
 		return err
 	}
 	if m != nil {
-		dev, err := s.d.devices.Find(nv.image)
+		dev, err := s.d.find(nv)
 		if err != nil {
 			return err
 		}
-		if !newDeviceMounts(dev).owns(m) {
+		if !s.d.mountsOf(nv, dev).owns(m) {
 			return fmt.Errorf("%w: target %s holds a mount that is not volume %s", errPrecondition, target, nv.vol.ID)
 		}
 		if err := unmount(target); err != nil {

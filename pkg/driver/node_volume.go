@@ -64,14 +64,21 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 	if err != nil {
 		return 0, err
 	}
-	dev, err := s.d.devices.Find(nv.image)
+	if nv.pool.Kind() == pool.KindQuota {
+		// The new limit is the new size, at once.
+		klog.InfoS("Volume expanded", "volumeID", v.ID, "bytes", v.SizeBytes)
+		return v.SizeBytes, nil
+	}
+	dev, err := s.d.find(nv)
 	if err != nil || dev == "" {
-		// Not staged here: the image has grown; NodeStageVolume grows the
-		// filesystem when the volume is next mounted.
+		// Not staged here: the storage has grown; NodeStageVolume grows
+		// the filesystem when the volume is next mounted.
 		return v.SizeBytes, err
 	}
-	if err := loopdev.Refresh(dev); err != nil {
-		return 0, err
+	if nv.pool.Kind() == pool.KindImage {
+		if err := loopdev.Refresh(dev); err != nil {
+			return 0, err
+		}
 	}
 	if v.Mode == pool.ModeFilesystem {
 		mp, err := s.d.mountedAt(dev, req.GetVolumePath(), req.GetStagingTargetPath())
@@ -131,7 +138,7 @@ func (s *Node) stats(req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStat
 		return nil, err
 	}
 	defer nv.release()
-	dev, err := s.d.devices.Find(nv.image)
+	dev, err := s.d.find(nv)
 	if err != nil {
 		return nil, err
 	}
@@ -139,7 +146,7 @@ func (s *Node) stats(req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStat
 	if err != nil {
 		return nil, err
 	}
-	if dev == "" || m == nil || !newDeviceMounts(dev).owns(m) {
+	if dev == "" || m == nil || !s.d.mountsOf(nv, dev).owns(m) {
 		return nil, fmt.Errorf("%w: volume %s is not published at %s", pool.ErrNotFound, nv.vol.ID, path)
 	}
 	if nv.vol.Mode == pool.ModeBlock {
@@ -154,8 +161,18 @@ func (s *Node) stats(req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStat
 		return nil, fmt.Errorf("statfs %s: %w", path, err)
 	}
 	bs := int64(st.Bsize)
+	bytes := &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs}
+	if qp, ok := nv.pool.(*pool.QuotaPool); ok {
+		// The volume is its project: its limit and what it uses.
+		q, err := qp.Usage(nv.vol)
+		if err != nil {
+			return nil, err
+		}
+		bytes.Total, bytes.Used = nv.vol.SizeBytes, q.BlockUsed
+		bytes.Available = min(max(nv.vol.SizeBytes-q.BlockUsed, 0), bytes.Available)
+	}
 	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
-		{Unit: csi.VolumeUsage_BYTES, Total: int64(st.Blocks) * bs, Available: int64(st.Bavail) * bs, Used: int64(st.Blocks-st.Bfree) * bs},
+		bytes,
 		{Unit: csi.VolumeUsage_INODES, Total: int64(st.Files), Available: int64(st.Ffree), Used: int64(st.Files - st.Ffree)},
 	}}, nil
 }
@@ -196,7 +213,7 @@ func (s *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 		return nil, toStatus(err)
 	}
 	defer nv.release()
-	h := s.d.imageHealth(nv.pool, nv.vol)
+	h := s.d.volumeHealth(nv.pool, nv.vol)
 	h.HealthStatuses = append(h.HealthStatuses, s.d.attachmentHealth(nv, req.GetStagingTargetPath(), req.GetVolumePublishPath())...)
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }

@@ -24,7 +24,7 @@ import (
 // every pool can be read and written, and the kubelet did not refuse it.
 type Checker struct {
 	CSISocket    string
-	Pools        []*pool.Pool
+	Pools        []pool.Pool
 	Registration interface{ Healthy() error } // nil when not registering
 	Timeout      time.Duration
 }
@@ -42,6 +42,9 @@ func (c *Checker) Check(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("CSI socket %s: %w", c.CSISocket, err))
 	}
 	for _, p := range c.Pools {
+		if _, unusable := p.(*pool.Unusable); unusable {
+			continue // see Warnings: restarting would not fix it
+		}
 		if err := p.Probe(); err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name(), err))
 		}
@@ -70,7 +73,21 @@ func probeCSI(ctx context.Context, socket string) error {
 	return nil
 }
 
+// Warnings lists what is wrong but would not be fixed by a restart: pools
+// whose storage is not set up for their kind.
+func (c *Checker) Warnings() []string {
+	var out []string
+	for _, p := range c.Pools {
+		if _, unusable := p.(*pool.Unusable); unusable {
+			out = append(out, p.Probe().Error())
+		}
+	}
+	return out
+}
+
 // Handler serves /healthz (200 "ok", or 503 with the reasons) and /metrics.
+// Unusable pools are listed as warnings under a 200: the process is fine,
+// and failing its liveness probe would only restart it over and over.
 func Handler(c *Checker, g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -80,6 +97,9 @@ func Handler(c *Checker, g prometheus.Gatherer) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
+		for _, warn := range c.Warnings() {
+			fmt.Fprintln(w, "warning:", warn)
+		}
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux

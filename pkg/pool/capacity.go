@@ -20,13 +20,13 @@ type Capacity struct {
 }
 
 // Capacity reports the pool's space.
-func (p *Pool) Capacity() (Capacity, error) {
+func (p *ImagePool) Capacity() (Capacity, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.capacity()
 }
 
-func (p *Pool) available() (int64, error) {
+func (p *ImagePool) available() (int64, error) {
 	c, err := p.capacity()
 	return c.Available, err
 }
@@ -35,7 +35,7 @@ func (p *Pool) available() (int64, error) {
 // space, minus the part of every image that is reserved but not backed by
 // blocks (holes punched by discards from inside the volume), minus the
 // reserve. Holes can appear at any time, so this is measured, not cached.
-func (p *Pool) capacity() (Capacity, error) {
+func (p *ImagePool) capacity() (Capacity, error) {
 	// Images being allocated count with the part not allocated yet. They are
 	// looked at before the filesystem's free space: blocks allocated between
 	// the two looks are then counted twice, never not at all.

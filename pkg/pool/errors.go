@@ -19,3 +19,6 @@ var (
 	// ErrOutOfRange: a capacity range that cannot be met.
 	ErrOutOfRange = errors.New("capacity range cannot be satisfied")
 )
+
+// ErrInUse: the volume's storage is mounted or open.
+var ErrInUse = errors.New("volume in use")

@@ -8,7 +8,6 @@ import (
 	"io/fs"
 	"os"
 	"path/filepath"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -24,10 +23,10 @@ const (
 	tmpSuffix   = ".tmp"
 )
 
-// Pool is one `image` pool. Its mutex makes capacity checks and reservations
-// atomic: two creates can never both see the same free bytes.
-type Pool struct {
-	name    string
+// ImagePool is one `image` pool. Its mutex makes capacity checks and
+// reservations atomic: two creates can never both see the same free bytes.
+type ImagePool struct {
+	mirror
 	dir     string
 	reserve int64
 
@@ -40,86 +39,76 @@ type Pool struct {
 	// creating holds the keys and sizes of creates whose images are still
 	// being allocated.
 	creating map[string]int64
-	// vols mirrors the metadata files, which are written first and read
-	// only at Open; bad holds the keys whose file could not be read.
-	vmu  sync.RWMutex
-	vols map[string]*Volume
-	bad  map[string]error
 	// statfs is replaceable so capacity accounting can be unit tested.
 	statfs func(path string, buf *unix.Statfs_t) error
 }
 
-// Open prepares the pool directory (creating it if needed) and removes what an
-// interrupted create or delete left behind.
-func Open(name, dir string, reserve int64) (*Pool, error) {
+// OpenImage prepares an image pool's directory (creating it if needed) and
+// removes what an interrupted create or delete left behind.
+func OpenImage(name, dir string, reserve int64) (*ImagePool, error) {
 	if !ValidPoolName(name) {
 		return nil, fmt.Errorf("%w: pool name %q must be a DNS label of at most 32 characters", ErrInvalid, name)
-	}
-	if !filepath.IsAbs(dir) {
-		return nil, fmt.Errorf("%w: pool %s: path %q is not absolute", ErrInvalid, name, dir)
 	}
 	if reserve < 0 {
 		return nil, fmt.Errorf("%w: pool %s: negative reserve", ErrInvalid, name)
 	}
-	if err := os.MkdirAll(dir, 0o700); err != nil {
-		return nil, fmt.Errorf("pool %s: %w", name, err)
-	}
-	// Loop devices report the resolved path of their backing file, so the pool
-	// works with resolved paths throughout.
-	real, err := filepath.EvalSymlinks(dir)
+	real, lock, err := openDir(name, dir)
 	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", name, err)
+		return nil, err
 	}
-	lock, err := lockDir(real)
-	if err != nil {
-		return nil, fmt.Errorf("pool %s: %w", name, err)
-	}
-	p := &Pool{name: name, dir: real, reserve: reserve, lock: lock, statfs: unix.Statfs, creating: map[string]int64{}}
+	p := &ImagePool{mirror: newMirror(name), dir: real, reserve: reserve, lock: lock, statfs: unix.Statfs, creating: map[string]int64{}}
 	if err := p.collectGarbage(); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
-	if err := p.load(); err != nil {
+	if err := loadDir(&p.mirror, real); err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
 	return p, nil
 }
 
-// load reads every volume's metadata.
-func (p *Pool) load() error {
-	entries, err := os.ReadDir(p.dir)
+// openDir creates a pool directory if needed, resolves it and locks it.
+func openDir(name, dir string) (string, *os.File, error) {
+	if !filepath.IsAbs(dir) {
+		return "", nil, fmt.Errorf("%w: pool %s: path %q is not absolute", ErrInvalid, name, dir)
+	}
+	if err := os.MkdirAll(dir, 0o700); err != nil {
+		return "", nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	// Loop devices report the resolved path of their backing file, so the pool
+	// works with resolved paths throughout.
+	real, err := filepath.EvalSymlinks(dir)
+	if err != nil {
+		return "", nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	lock, err := lockDir(real)
+	if err != nil {
+		return "", nil, fmt.Errorf("pool %s: %w", name, err)
+	}
+	return real, lock, nil
+}
+
+// loadDir reads every volume's metadata file in dir into m.
+func loadDir(m *mirror, dir string) error {
+	entries, err := os.ReadDir(dir)
 	if err != nil {
 		return err
 	}
-	p.vols, p.bad = map[string]*Volume{}, map[string]error{}
 	for _, e := range entries {
 		key, ok := strings.CutSuffix(e.Name(), metaSuffix)
 		if !ok || !keyRE.MatchString(key) {
 			continue
 		}
-		v, err := readVolume(filepath.Join(p.dir, e.Name()))
+		v, err := readVolume(filepath.Join(dir, e.Name()))
 		if err != nil {
-			klog.ErrorS(err, "Unreadable volume metadata", "pool", p.name, "file", e.Name())
-			p.bad[key] = err
+			klog.ErrorS(err, "Unreadable volume metadata", "pool", m.name, "file", e.Name())
+			m.bad[key] = err
 			continue
 		}
-		p.vols[key] = v
+		m.vols[key] = v
 	}
 	return nil
-}
-
-// remember records what was just written to (or, with v nil, removed from)
-// the metadata file of key.
-func (p *Pool) remember(key string, v *Volume) {
-	p.vmu.Lock()
-	defer p.vmu.Unlock()
-	delete(p.bad, key)
-	if v == nil {
-		delete(p.vols, key)
-	} else {
-		p.vols[key] = v.clone()
-	}
 }
 
 // lockDir takes an exclusive lock on the pool directory, so two flashpv
@@ -140,11 +129,13 @@ func lockDir(dir string) (*os.File, error) {
 }
 
 // Probe checks that the pool directory can be listed and written.
-func (p *Pool) Probe() error {
-	if _, err := os.ReadDir(p.dir); err != nil {
+func (p *ImagePool) Probe() error { return probeDir(p.dir) }
+
+func probeDir(dir string) error {
+	if _, err := os.ReadDir(dir); err != nil {
 		return err
 	}
-	f, err := os.CreateTemp(p.dir, ".probe-*")
+	f, err := os.CreateTemp(dir, ".probe-*")
 	if err != nil {
 		return err
 	}
@@ -153,21 +144,21 @@ func (p *Pool) Probe() error {
 }
 
 // Close releases the pool's directory lock.
-func (p *Pool) Close() error { return p.lock.Close() }
+func (p *ImagePool) Close() error { return p.lock.Close() }
 
-func (p *Pool) Name() string { return p.name }
-func (p *Pool) Dir() string  { return p.dir }
+func (p *ImagePool) Kind() Kind  { return KindImage }
+func (p *ImagePool) Dir() string { return p.dir }
 
 // ImagePath is the image file of the volume with the given key.
-func (p *Pool) ImagePath(key string) string { return filepath.Join(p.dir, key+imageSuffix) }
+func (p *ImagePool) ImagePath(key string) string { return filepath.Join(p.dir, key+imageSuffix) }
 
-func (p *Pool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
+func (p *ImagePool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
 
 // collectGarbage removes temp files and images whose metadata is missing: they
 // can only come from a create or delete that crashed half way (a volume is
 // never staged without its metadata). Only files named the way this package
 // names them are touched.
-func (p *Pool) collectGarbage() error {
+func (p *ImagePool) collectGarbage() error {
 	entries, err := os.ReadDir(p.dir)
 	if err != nil {
 		return err
@@ -196,50 +187,9 @@ func (p *Pool) collectGarbage() error {
 	return nil
 }
 
-// Get returns the volume with the given key.
-func (p *Pool) Get(key string) (*Volume, error) {
-	if !keyRE.MatchString(key) {
-		return nil, fmt.Errorf("%w: malformed volume key", ErrInvalid)
-	}
-	p.vmu.RLock()
-	defer p.vmu.RUnlock()
-	if err := p.bad[key]; err != nil {
-		return nil, err
-	}
-	v, ok := p.vols[key]
-	if !ok {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, VolumeID{p.name, key})
-	}
-	return v.clone(), nil
-}
-
-// GetByName returns the volume with the given CSI name.
-func (p *Pool) GetByName(name string) (*Volume, error) {
-	v, err := p.Get(KeyForName(name))
-	if err == nil && v.Name != name {
-		return nil, fmt.Errorf("%w: %s", ErrNotFound, name)
-	}
-	return v, err
-}
-
-// List returns every volume of the pool, ordered by ID.
-func (p *Pool) List() ([]*Volume, error) {
-	p.vmu.RLock()
-	defer p.vmu.RUnlock()
-	for _, err := range p.bad {
-		return nil, err
-	}
-	vols := make([]*Volume, 0, len(p.vols))
-	for _, v := range p.vols {
-		vols = append(vols, v.clone())
-	}
-	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
-	return vols, nil
-}
-
 // Create allocates a volume, or returns the existing one of the same name when
 // it is compatible with spec. created tells which.
-func (p *Pool) Create(s Spec) (v *Volume, created bool, err error) {
+func (p *ImagePool) Create(s Spec) (v *Volume, created bool, err error) {
 	if err := ValidateName(s.Name); err != nil {
 		return nil, false, err
 	}
@@ -278,7 +228,7 @@ func (p *Pool) Create(s Spec) (v *Volume, created bool, err error) {
 
 // claim returns the existing volume of key if there is one, or else sets
 // aside s.SizeBytes of the pool for its create, all under the pool's lock.
-func (p *Pool) claim(key string, s Spec) (*Volume, error) {
+func (p *ImagePool) claim(key string, s Spec) (*Volume, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.creating[key]; ok {
@@ -309,7 +259,7 @@ func (p *Pool) claim(key string, s Spec) (*Volume, error) {
 
 // Delete removes a volume. Deleting a missing volume succeeds. The caller
 // makes sure the volume is not in use.
-func (p *Pool) Delete(key string) error {
+func (p *ImagePool) Delete(key string) error {
 	if !keyRE.MatchString(key) {
 		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
 	}
@@ -332,7 +282,7 @@ func (p *Pool) Delete(key string) error {
 
 // Expand grows a volume's image to size bytes. Asking for no more than the
 // current size changes nothing and returns the volume as it is.
-func (p *Pool) Expand(key string, size int64) (*Volume, error) {
+func (p *ImagePool) Expand(key string, size int64) (*Volume, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	if _, ok := p.creating[key]; ok {
@@ -371,15 +321,20 @@ func (p *Pool) Expand(key string, size int64) (*Volume, error) {
 	return v, nil
 }
 
-func (p *Pool) writeVolume(v *Volume, key string) error {
+func (p *ImagePool) writeVolume(v *Volume, key string) error {
+	return writeVolume(&p.mirror, p.metaPath(key), key, v)
+}
+
+// writeVolume stores v's metadata file atomically, then remembers it.
+func writeVolume(m *mirror, path, key string, v *Volume) error {
 	data, err := encodeVolume(v)
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(p.metaPath(key), data); err != nil {
+	if err := writeFileAtomic(path, data); err != nil {
 		return err
 	}
-	p.remember(key, v)
+	m.remember(key, v)
 	return nil
 }
 
@@ -402,4 +357,18 @@ func allocate(path string, off, n int64, create bool) error {
 		return fmt.Errorf("fallocate %s: %w", path, err)
 	}
 	return f.Sync()
+}
+
+// Check finds an image that is gone or shorter than its volume.
+func (p *ImagePool) Check(v *Volume) []Problem {
+	st, err := os.Stat(p.ImagePath(v.Key()))
+	switch {
+	case errors.Is(err, fs.ErrNotExist):
+		return []Problem{{DataLoss: true, Reason: "ImageMissing", Message: fmt.Sprintf("the image of volume %s is gone from pool %s", v.ID, p.name)}}
+	case err != nil:
+		return []Problem{{Reason: "ImageUnreadable", Message: err.Error()}}
+	case st.Size() < v.SizeBytes:
+		return []Problem{{DataLoss: true, Reason: "ImageTruncated", Message: fmt.Sprintf("the image has %d of %d bytes", st.Size(), v.SizeBytes)}}
+	}
+	return nil
 }

@@ -60,9 +60,9 @@ func fakeFS(total, free int64) func(string, *unix.Statfs_t) error {
 	}
 }
 
-func newTestPool(t *testing.T, reserve int64) *Pool {
+func newTestPool(t *testing.T, reserve int64) *ImagePool {
 	t.Helper()
-	p, err := Open("test", t.TempDir(), reserve)
+	p, err := OpenImage("test", t.TempDir(), reserve)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -199,27 +199,27 @@ func TestOpenRejectsBadPools(t *testing.T) {
 	for _, tc := range []struct{ name, dir string }{
 		{"Bad", t.TempDir()}, {"ok", "relative/dir"}, {"", t.TempDir()},
 	} {
-		if _, err := Open(tc.name, tc.dir, 0); err == nil {
-			t.Errorf("Open(%q, %q) succeeded", tc.name, tc.dir)
+		if _, err := OpenImage(tc.name, tc.dir, 0); err == nil {
+			t.Errorf("OpenImage(%q, %q) succeeded", tc.name, tc.dir)
 		}
 	}
 	dir := t.TempDir()
-	p, err := Open("one", dir, 0)
+	p, err := OpenImage("one", dir, 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if _, err := Open("two", dir, 0); err == nil {
+	if _, err := OpenImage("two", dir, 0); err == nil {
 		t.Error("a second pool opened the same directory")
 	}
 	p.Close()
-	if p2, err := Open("two", dir, 0); err != nil {
+	if p2, err := OpenImage("two", dir, 0); err != nil {
 		t.Errorf("reopening after Close: %v", err)
 	} else {
 		p2.Close()
 	}
 	file := filepath.Join(t.TempDir(), "file")
 	os.WriteFile(file, nil, 0o600)
-	if _, err := Open("ok", file, 0); err == nil {
+	if _, err := OpenImage("ok", file, 0); err == nil {
 		t.Error("Open on a regular file succeeded")
 	}
 }

@@ -28,6 +28,8 @@ type Volume struct {
 	FsType     string            `json:"fsType,omitempty"`
 	Parameters map[string]string `json:"parameters,omitempty"`
 	Created    time.Time         `json:"created"`
+	// ProjectID is the XFS project of a quota pool's volume.
+	ProjectID uint32 `json:"projectID,omitempty"`
 }
 
 // Key is the volume's file key in its pool (the part of its ID after the pool).

@@ -232,8 +232,10 @@ func TestExampleOverlay(t *testing.T) {
 			t.Errorf("pool host path %s", v.HostPath.Path)
 		}
 	}
-	if n := len(ds.Spec.Template.Spec.Volumes); n != 7 {
-		t.Errorf("%d volumes after the overlay, want the base's 7", n)
+	var base appsv1.DaemonSet
+	render(t, "../../deploy/kubernetes").decode(t, "DaemonSet", "flashpv-node", &base)
+	if n, want := len(ds.Spec.Template.Spec.Volumes), len(base.Spec.Template.Spec.Volumes); n != want {
+		t.Errorf("%d volumes after the overlay, want the base's %d", n, want)
 	}
 	var cm corev1.ConfigMap
 	r.decode(t, "ConfigMap", "flashpv-pools", &cm)

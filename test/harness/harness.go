@@ -13,6 +13,7 @@ import (
 	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
@@ -21,6 +22,7 @@ import (
 	"k8s.io/mount-utils"
 	utilexec "k8s.io/utils/exec"
 
+	"github.com/flashpv/flashpv/pkg/config"
 	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
@@ -65,21 +67,117 @@ func PoolFS(t testing.TB, size string) string {
 	return mnt
 }
 
+// Backend is the pool kind the backend-agnostic tests run against, from
+// FLASHPV_TEST_BACKEND: image (the default), lvm-thick, lvm-thin or quota.
+// The last three need device-mapper or XFS quotas, so `make test-vm` runs
+// them inside a VM.
+func Backend() string {
+	if b := os.Getenv("FLASHPV_TEST_BACKEND"); b != "" {
+		return b
+	}
+	return "image"
+}
+
+// RequireBackend skips a test written for some backends only.
+func RequireBackend(t testing.TB, backends ...string) {
+	t.Helper()
+	if !slices.Contains(backends, Backend()) {
+		t.Skipf("tests the %v backends; this run is %s", backends, Backend())
+	}
+}
+
+// Supports tells whether the backend has Block volumes (quota pools do not).
+func SupportsBlock() bool { return Backend() != "quota" }
+
+// NewPool makes a pool of about the given size for Backend() and returns its
+// --pool value without the name: a directory on its own filesystem (image),
+// quota:DIR on an XFS mounted with prjquota, or lvm:VG[,thin=POOL] on a
+// volume group made on a loop device. Everything goes at cleanup.
+func NewPool(t testing.TB, size string) string {
+	t.Helper()
+	switch Backend() {
+	case "image":
+		return PoolFS(t, size)
+	case "quota":
+		return "quota:" + xfsQuotaFS(t, size) + "/pool"
+	case "lvm-thick":
+		return "lvm:" + volumeGroup(t, size, false)
+	case "lvm-thin":
+		return "lvm:" + volumeGroup(t, size, true) + ",thin=thin"
+	}
+	t.Fatalf("FLASHPV_TEST_BACKEND=%q: want image, lvm-thick, lvm-thin or quota", Backend())
+	return ""
+}
+
+// loopFile attaches a new sparse file of size as a loop device.
+func loopFile(t testing.TB, size string) string {
+	t.Helper()
+	img := filepath.Join(t.TempDir(), "disk.img")
+	Run(t, "truncate", "-s", size, img)
+	dev := Run(t, "losetup", "--find", "--show", img)
+	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
+	return dev
+}
+
+// xfsQuotaFS makes an XFS of size (at least the 300 MiB mkfs.xfs wants)
+// mounted with prjquota and returns the mount point.
+func xfsQuotaFS(t testing.TB, size string) string {
+	t.Helper()
+	if n, err := config.ParseSize(size); err == nil && n < 320<<20 {
+		size = "320M"
+	}
+	dev := loopFile(t, size)
+	Run(t, "mkfs.xfs", "-q", "-f", dev)
+	mnt := filepath.Join(t.TempDir(), "xfs")
+	if err := os.Mkdir(mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	Run(t, "mount", "-o", "prjquota", dev, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	return mnt
+}
+
+// volumeGroup makes a VG on a loop device; with thin, a thin pool "thin" of
+// about size in it (the VG is a little bigger for the pool's metadata).
+func volumeGroup(t testing.TB, size string, thin bool) string {
+	t.Helper()
+	n, err := config.ParseSize(size)
+	if err != nil {
+		t.Fatal(err)
+	}
+	disk := n
+	if thin {
+		disk += 64 << 20
+	}
+	dev := loopFile(t, fmt.Sprint(disk))
+	vg := fmt.Sprintf("fpvtest%x", time.Now().UnixNano()&0xffffffffff)
+	Run(t, "lvm", "pvcreate", "-q", "-y", dev)
+	Run(t, "lvm", "vgcreate", "-q", "-y", "-s", "4m", vg, dev)
+	t.Cleanup(func() {
+		exec.Command("lvm", "vgremove", "-q", "-ff", "-y", vg).Run()
+		exec.Command("lvm", "pvremove", "-q", "-ff", "-y", dev).Run()
+	})
+	if thin {
+		Run(t, "lvm", "lvcreate", "-q", "-y", "--type", "thin-pool", "-L", fmt.Sprintf("%db", n/(4<<20)*(4<<20)), "-n", "thin", vg)
+	}
+	return vg
+}
+
 // Env is a running driver.
 type Env struct {
 	Root       string // temp dir holding everything
 	KubeletDir string
 	Socket     string
-	Pools      map[string]string // name -> directory
+	Pools      map[string]string // name -> --pool value without the name
 	Conn       *grpc.ClientConn
-	Open       []*pool.Pool // the running driver's pools
+	Open       []pool.Pool // the running driver's pools
 	stop       func()
 }
 
 // Options shape an Env.
 type Options struct {
 	NodeID     string
-	Pools      map[string]string // name -> dir; default: one pool "default" on a 1 GiB PoolFS
+	Pools      map[string]string // name -> --pool value; default: one pool "default" of NewPool(1G)
 	Reserve    int64
 	MaxVolumes int64
 	FsType     string
@@ -94,7 +192,7 @@ func Start(t testing.TB, o Options) *Env {
 	root := t.TempDir()
 	e := &Env{Root: root, KubeletDir: filepath.Join(root, "kubelet"), Socket: filepath.Join(root, "csi.sock"), Pools: o.Pools}
 	if e.Pools == nil {
-		e.Pools = map[string]string{"default": PoolFS(t, "1G")}
+		e.Pools = map[string]string{"default": NewPool(t, "1G")}
 	}
 	if err := os.MkdirAll(e.KubeletDir, 0o750); err != nil {
 		t.Fatal(err)
@@ -112,9 +210,14 @@ func (e *Env) start(t testing.TB, o Options) {
 	if o.MaxVolumes == 0 {
 		o.MaxVolumes = 100
 	}
-	var pools []*pool.Pool
+	var pools []pool.Pool
 	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
-		p, err := pool.Open(name, e.Pools[name], o.Reserve)
+		spec, err := config.ParsePoolSpec(name + "=" + e.Pools[name])
+		if err != nil {
+			t.Fatal(err)
+		}
+		spec.Reserve = o.Reserve
+		p, err := pool.Open(spec)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -173,7 +276,13 @@ func (e *Env) cleanup(t testing.TB) {
 	if e.stop != nil {
 		e.stop()
 	}
-	for _, err := range Sweep(e.KubeletDir, slices.Collect(maps.Values(e.Pools))...) {
+	var dirs []string
+	for _, where := range e.Pools {
+		if !strings.Contains(where, ":") {
+			dirs = append(dirs, where)
+		}
+	}
+	for _, err := range Sweep(e.KubeletDir, dirs...) {
 		t.Logf("cleanup: %v", err)
 	}
 }

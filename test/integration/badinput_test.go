@@ -23,19 +23,19 @@ func TestHostileInput(t *testing.T) {
 	if err := os.Symlink(outside, filepath.Join(env.KubeletDir, "escape")); err != nil {
 		t.Fatal(err)
 	}
-	vol := c.create("pvc-real", 16<<20, mountCap("ext4"))
+	vol := c.create("pvc-real", 16<<20, fsCap())
 	id := vol.GetVolumeId()
 	okStaging, okTarget := c.paths("pvc-real")
 
 	badIDs := []string{"../../etc", "/etc/passwd", "default/../x", "default." + strings.Repeat("a", 32) + "\x00", "default.ABCDEF", strings.Repeat("x", 5000), "nopool." + keyOf("x"), "default.." + keyOf("x")}
 	for _, bad := range badIDs {
-		_, err := c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, VolumeCapability: mountCap("ext4")})
+		_, err := c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, VolumeCapability: fsCap()})
 		want := codes.InvalidArgument
 		if strings.HasPrefix(bad, "nopool.") {
 			want = codes.NotFound
 		}
 		wantCode(t, err, want, "NodeStageVolume id "+truncate(bad))
-		_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, TargetPath: okTarget, VolumeCapability: mountCap("ext4")})
+		_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, TargetPath: okTarget, VolumeCapability: fsCap()})
 		wantCode(t, err, want, "NodePublishVolume id "+truncate(bad))
 		_, err = c.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: bad})
 		wantCode(t, err, want, "ControllerGetVolume id "+truncate(bad))
@@ -47,12 +47,12 @@ func TestHostileInput(t *testing.T) {
 
 	badNames := []string{"", strings.Repeat("n", 129), "a\x00b"}
 	for _, bad := range badNames {
-		_, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: bad, VolumeCapabilities: []*csi.VolumeCapability{blockCap()}})
+		_, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: bad, VolumeCapabilities: []*csi.VolumeCapability{anyCap()}})
 		wantCode(t, err, codes.InvalidArgument, "CreateVolume name "+truncate(bad))
 	}
 	// Names that look like paths are just names: they are hashed, never used
 	// as paths.
-	pathy := c.create("../../../../tmp/evil", 8<<20, blockCap())
+	pathy := c.create("../../../../tmp/evil", 8<<20, anyCap())
 	if strings.Contains(pathy.GetVolumeId(), "/") {
 		t.Fatalf("volume ID %q contains a slash", pathy.GetVolumeId())
 	}
@@ -68,9 +68,9 @@ func TestHostileInput(t *testing.T) {
 		"kubelet dir peer": env.KubeletDir + "-other/x",
 	}
 	for what, bad := range badPaths {
-		_, err := c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: bad, VolumeCapability: mountCap("ext4")})
+		_, err := c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: bad, VolumeCapability: fsCap()})
 		wantCode(t, err, codes.InvalidArgument, "NodeStageVolume staging "+what)
-		_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: okStaging, TargetPath: bad, VolumeCapability: mountCap("ext4")})
+		_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: id, StagingTargetPath: okStaging, TargetPath: bad, VolumeCapability: fsCap()})
 		wantCode(t, err, codes.InvalidArgument, "NodePublishVolume target "+what)
 		_, err = c.nd.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: bad})
 		wantCode(t, err, codes.InvalidArgument, "NodeUnpublishVolume target "+what)
@@ -79,16 +79,16 @@ func TestHostileInput(t *testing.T) {
 	}
 
 	// Unsupported capabilities and parameters.
-	multi := mountCap("ext4")
+	multi := fsCap()
 	multi.AccessMode.Mode = csi.VolumeCapability_AccessMode_MULTI_NODE_MULTI_WRITER
 	for what, req := range map[string]*csi.CreateVolumeRequest{
 		"multi-node":    {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{multi}},
 		"no caps":       {Name: "x"},
 		"fsType ntfs":   {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{mountCap("ntfs")}},
-		"unknown pool":  {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{blockCap()}, Parameters: map[string]string{"pool": "nope"}},
-		"unknown param": {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{blockCap()}, Parameters: map[string]string{"poool": "default"}},
-		"mixed caps":    {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{blockCap(), mountCap("ext4")}},
-		"req > limit":   {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{blockCap()}, CapacityRange: &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 5 << 20}},
+		"unknown pool":  {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{anyCap()}, Parameters: map[string]string{"pool": "nope"}},
+		"unknown param": {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{anyCap()}, Parameters: map[string]string{"poool": "default"}},
+		"mixed caps":    {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{anyCap(), fsCap()}},
+		"req > limit":   {Name: "x", VolumeCapabilities: []*csi.VolumeCapability{anyCap()}, CapacityRange: &csi.CapacityRange{RequiredBytes: 10 << 20, LimitBytes: 5 << 20}},
 	} {
 		_, err := c.ctl.CreateVolume(ctx, req)
 		wantCode(t, err, codes.InvalidArgument, "CreateVolume "+what)
@@ -97,7 +97,7 @@ func TestHostileInput(t *testing.T) {
 	wantCode(t, err, codes.OutOfRange, "xfs volume limited below 300 MiB")
 
 	// Staging a Mount volume as Block (and the reverse) is refused.
-	_, err = c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: okStaging, VolumeCapability: blockCap()})
+	_, err = c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: okStaging, VolumeCapability: anyCap()})
 	wantCode(t, err, codes.InvalidArgument, "staging a Mount volume as Block")
 
 	entries, _ := os.ReadDir(outside)
@@ -116,10 +116,11 @@ func truncate(s string) string {
 // TestNeverReformats: an image that already holds another filesystem is
 // refused, and the filesystem stays intact.
 func TestNeverReformats(t *testing.T) {
+	harness.RequireBackend(t, "image", "lvm-thick", "lvm-thin")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	id := c.create("pvc-foreign", 300<<20, mountCap("xfs")).GetVolumeId()
-	img := c.imagePath(id)
+	img := c.storagePath(id)
 	sh(t, "mkfs.ext4 -q -F -L foreigndata "+img)
 	staging, _ := c.paths("pvc-foreign")
 	os.MkdirAll(staging, 0o750)
@@ -135,6 +136,7 @@ func TestNeverReformats(t *testing.T) {
 // of a node (counted over all its pools), the single-writer rule and
 // incompatible republication.
 func TestStateAndIdempotency(t *testing.T) {
+	harness.RequireBackend(t, "image") // the volume limit counts loop devices
 	env := harness.Start(t, harness.Options{MaxVolumes: 2, Pools: map[string]string{
 		"default": harness.PoolFS(t, "256M"), "fast": harness.PoolFS(t, "256M"),
 	}})
@@ -186,6 +188,7 @@ func TestStateAndIdempotency(t *testing.T) {
 // TestCrashLeftovers puts the pool in the states a crash between two steps
 // leaves and checks a restarted driver recovers.
 func TestCrashLeftovers(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	dir := env.Pools["default"]

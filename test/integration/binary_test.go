@@ -31,6 +31,7 @@ func buildBinary(t *testing.T) string {
 // serving, and a graceful stop on SIGTERM.
 func TestBinary(t *testing.T) {
 	harness.RequireRoot(t)
+	harness.RequireBackend(t, "image")
 	bin := buildBinary(t)
 	if out, err := exec.Command(bin, "--version").Output(); err != nil || !strings.HasPrefix(string(out), "flashpv ") {
 		t.Fatalf("--version: %q %v", out, err)

@@ -24,7 +24,7 @@ func capacity(t *testing.T, c *client, top *csi.Topology) int64 {
 
 // TestConcurrentCreatesNeverOvercommit races many creates against a small pool.
 func TestConcurrentCreatesNeverOvercommit(t *testing.T) {
-	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.PoolFS(t, "256M")}, Reserve: 16 << 20})
+	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.NewPool(t, "256M")}, Reserve: 16 << 20})
 	c := newClient(t, env)
 	avail := capacity(t, c, nil)
 	const size = 24 << 20
@@ -38,7 +38,7 @@ func TestConcurrentCreatesNeverOvercommit(t *testing.T) {
 			defer wg.Done()
 			_, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 				Name: fmt.Sprintf("pvc-race-%d", i), CapacityRange: &csi.CapacityRange{RequiredBytes: size},
-				VolumeCapabilities: []*csi.VolumeCapability{blockCap()},
+				VolumeCapabilities: []*csi.VolumeCapability{anyCap()},
 			})
 			mu.Lock()
 			defer mu.Unlock()
@@ -70,6 +70,7 @@ func TestConcurrentCreatesNeverOvercommit(t *testing.T) {
 // TestHolesStayReserved punches holes into a volume from inside (discard) and
 // checks the pool does not hand the space to anyone else.
 func TestHolesStayReserved(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.PoolFS(t, "256M")}})
 	c := newClient(t, env)
 	id := c.create("pvc-holes", 64<<20, blockCap()).GetVolumeId()
@@ -99,7 +100,7 @@ func statBlocks(t *testing.T, path string) int64 {
 
 // TestTopologyAndCapacity: other nodes' topology gets nothing here.
 func TestTopologyAndCapacity(t *testing.T) {
-	env := harness.Start(t, harness.Options{NodeID: "node-a", Pools: map[string]string{"default": harness.PoolFS(t, "2G")}})
+	env := harness.Start(t, harness.Options{NodeID: "node-a", Pools: map[string]string{"default": harness.NewPool(t, "2G")}})
 	c := newClient(t, env)
 	here := &csi.Topology{Segments: map[string]string{"flashpv.dev/node": "node-a"}}
 	there := &csi.Topology{Segments: map[string]string{"flashpv.dev/node": "node-b"}}
@@ -110,12 +111,12 @@ func TestTopologyAndCapacity(t *testing.T) {
 		t.Error("no capacity for this node")
 	}
 	_, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
-		Name: "pvc-elsewhere", VolumeCapabilities: []*csi.VolumeCapability{blockCap()},
+		Name: "pvc-elsewhere", VolumeCapabilities: []*csi.VolumeCapability{anyCap()},
 		AccessibilityRequirements: &csi.TopologyRequirement{Requisite: []*csi.Topology{there}, Preferred: []*csi.Topology{there}},
 	})
 	wantCode(t, err, codes.ResourceExhausted, "create for another node")
 	resp, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
-		Name: "pvc-here", VolumeCapabilities: []*csi.VolumeCapability{blockCap()},
+		Name: "pvc-here", VolumeCapabilities: []*csi.VolumeCapability{anyCap()},
 		AccessibilityRequirements: &csi.TopologyRequirement{Requisite: []*csi.Topology{there, here}},
 	})
 	if err != nil || resp.GetVolume().GetCapacityBytes() != 1<<30 {
@@ -123,10 +124,10 @@ func TestTopologyAndCapacity(t *testing.T) {
 	}
 	// Too big for the pool.
 	_, err = c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
-		Name: "pvc-huge", CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 40}, VolumeCapabilities: []*csi.VolumeCapability{blockCap()},
+		Name: "pvc-huge", CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 40}, VolumeCapabilities: []*csi.VolumeCapability{anyCap()},
 	})
 	wantCode(t, err, codes.ResourceExhausted, "create larger than the pool")
-	if _, err := os.Stat(c.imagePath("default." + keyOf("pvc-huge"))); !os.IsNotExist(err) {
-		t.Error("a refused create left an image behind")
+	if _, err := os.Stat(c.storagePath("default." + keyOf("pvc-huge"))); !os.IsNotExist(err) {
+		t.Error("a refused create left storage behind")
 	}
 }

@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
 
@@ -25,6 +26,9 @@ func TestOnlineExpansion(t *testing.T) {
 		{"btrfs", 256 << 20, 400 << 20},
 		{"ext4", 64 << 20, 128 << 20},
 	} {
+		if !slices.Contains(fsTypes(), tc.fsType) {
+			continue
+		}
 		t.Run(tc.fsType, func(t *testing.T) {
 			env := harness.Start(t, harness.Options{})
 			c := newClient(t, env)
@@ -79,6 +83,9 @@ func TestOfflineExpansionFinishesAtStage(t *testing.T) {
 		fsType     string
 		size, grow int64
 	}{{"ext4", 32 << 20, 96 << 20}, {"xfs", 300 << 20, 400 << 20}} {
+		if !slices.Contains(fsTypes(), tc.fsType) {
+			continue
+		}
 		t.Run(tc.fsType, func(t *testing.T) {
 			env := harness.Start(t, harness.Options{})
 			c := newClient(t, env)
@@ -103,6 +110,7 @@ func TestOfflineExpansionFinishesAtStage(t *testing.T) {
 
 // TestBlockExpansionInUse grows a Block volume while a reader holds it open.
 func TestBlockExpansionInUse(t *testing.T) {
+	harness.RequireBackend(t, "image", "lvm-thick", "lvm-thin")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	id := c.create("pvc-block-grow", 16<<20, blockCap()).GetVolumeId()
@@ -140,6 +148,7 @@ func TestBlockExpansionInUse(t *testing.T) {
 // TestExpansionNeedsRoom refuses growth beyond the pool and leaves the volume
 // as it was.
 func TestExpansionNeedsRoom(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.PoolFS(t, "128M")}})
 	c := newClient(t, env)
 	id := c.create("pvc-big", 32<<20, blockCap()).GetVolumeId()
@@ -154,6 +163,7 @@ func TestExpansionNeedsRoom(t *testing.T) {
 // device keeps it attached; unstage says so instead of pretending, and the
 // device goes once the last user closes it.
 func TestUnstageWhileDeviceOpen(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	id := c.create("pvc-held", 16<<20, blockCap()).GetVolumeId()

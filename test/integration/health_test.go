@@ -39,6 +39,7 @@ func (e errString) Error() string { return string(e) }
 // TestHealthz checks /healthz against a healthy driver, a pool directory that
 // vanished, a pool that turned read-only, a dead socket and a kubelet refusal.
 func TestHealthz(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	poolFS := harness.PoolFS(t, "256M")
 	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": poolFS + "/pool"}})
 	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open}
@@ -90,6 +91,7 @@ func TestHealthz(t *testing.T) {
 // TestMetricsFollowVolumes checks that pool and call metrics move when
 // volumes are created, fail and are deleted.
 func TestMetricsFollowVolumes(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	reg := prometheus.NewRegistry()
 	env := harness.Start(t, harness.Options{Metrics: reg, Pools: map[string]string{"default": harness.PoolFS(t, "256M")}})
 	c := newClient(t, env)

@@ -96,10 +96,54 @@ func (c *client) expand(id, path string, size int64) (int64, error) {
 	return resp.GetCapacityBytes(), err
 }
 
-// imagePath is where the volume's image lives in the default pool.
+// imagePath is where the volume's image lives in the default (image) pool.
 func (c *client) imagePath(id string) string {
 	_, key, _ := strings.Cut(id, ".")
 	return filepath.Join(c.env.Pools["default"], key+".img")
+}
+
+// storagePath is where a volume of the default pool keeps its data, whatever
+// the backend: its image, its LV's device link or its directory.
+func (c *client) storagePath(id string) string {
+	_, key, _ := strings.Cut(id, ".")
+	where := c.env.Pools["default"]
+	if vg, ok := strings.CutPrefix(where, "lvm:"); ok {
+		vg, _, _ = strings.Cut(vg, ",")
+		return filepath.Join("/dev", vg, "flashpv-default-"+key)
+	}
+	if dir, ok := strings.CutPrefix(where, "quota:"); ok {
+		return filepath.Join(dir, key)
+	}
+	return c.imagePath(id)
+}
+
+// anyCap is a capability every backend has: Block, or a filesystem in
+// quota pools (which have no Block volumes).
+func anyCap() *csi.VolumeCapability {
+	if harness.SupportsBlock() {
+		return blockCap()
+	}
+	return mountCap("")
+}
+
+// fsCap is the backend's usual filesystem: ext4, or the XFS of a quota pool.
+func fsCap() *csi.VolumeCapability {
+	if harness.Backend() == "quota" {
+		return mountCap("")
+	}
+	return mountCap("ext4")
+}
+
+// fsTypes are the filesystems volumes of the backend can have.
+func fsTypes() []string {
+	if harness.Backend() == "quota" {
+		return []string{"xfs"}
+	}
+	types := []string{"xfs", "ext4"}
+	if _, err := exec.LookPath("mkfs.btrfs"); err == nil {
+		types = append(types, "btrfs")
+	}
+	return types
 }
 
 func wantCode(t *testing.T, err error, code codes.Code, what string) {

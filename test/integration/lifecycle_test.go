@@ -6,6 +6,7 @@ import (
 	"bytes"
 	"os"
 	"path/filepath"
+	"slices"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -28,6 +29,9 @@ func TestLifecycleAcrossRestart(t *testing.T) {
 		{"btrfs", mountCap("btrfs"), 256 << 20},
 		{"block", blockCap(), 8 << 20},
 	} {
+		if tc.name == "block" && !harness.SupportsBlock() || tc.name != "block" && !slices.Contains(fsTypes(), tc.name) {
+			continue
+		}
 		t.Run(tc.name, func(t *testing.T) {
 			env := harness.Start(t, harness.Options{})
 			c := newClient(t, env)
@@ -39,9 +43,9 @@ func TestLifecycleAcrossRestart(t *testing.T) {
 			if seg := vol.GetAccessibleTopology()[0].GetSegments()["flashpv.dev/node"]; seg != "node-1" {
 				t.Fatalf("topology %q, want node-1", seg)
 			}
-			img := c.imagePath(id)
-			if st, err := os.Stat(img); err != nil || st.Size() != tc.size {
-				t.Fatalf("image %s: %v", img, err)
+			img := c.storagePath(id)
+			if st, err := os.Stat(img); err != nil || harness.Backend() == "image" && st.Size() != tc.size {
+				t.Fatalf("storage %s: %v", img, err)
 			}
 			staging, target := c.stagePublish(id, "pvc-"+tc.name, tc.vc)
 
@@ -108,7 +112,7 @@ func TestLifecycleAcrossRestart(t *testing.T) {
 			if _, err := os.Stat(target); !os.IsNotExist(err) {
 				t.Errorf("target %s still exists after unpublish", target)
 			}
-			if dev, _ := loopdev.New().Find(img); dev != "" {
+			if dev, _ := loopdev.New().Find(img); harness.Backend() == "image" && dev != "" {
 				t.Errorf("loop device %s still attached after unstage", dev)
 			}
 			c.delete(id)
@@ -123,6 +127,7 @@ func TestLifecycleAcrossRestart(t *testing.T) {
 // TestHealthReportsProblems breaks a staged volume in the ways a node can and
 // checks NodeGetVolumeHealth says so.
 func TestHealthReportsProblems(t *testing.T) {
+	harness.RequireBackend(t, "image")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	vol := c.create("pvc-health", 16<<20, mountCap("ext4"))

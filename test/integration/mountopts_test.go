@@ -20,6 +20,7 @@ import (
 // options included) and the bind mount of each publication (the per-mount
 // ones), and a read-only publication is read-only.
 func TestMountOptions(t *testing.T) {
+	harness.RequireBackend(t, "image", "lvm-thick", "lvm-thin")
 	env := harness.Start(t, harness.Options{})
 	c := newClient(t, env)
 	vc := mountCap("ext4")

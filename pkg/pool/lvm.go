@@ -1,0 +1,520 @@
+package pool
+
+import (
+	"context"
+	"encoding/base64"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/lvm"
+)
+
+const (
+	// lvTagPool marks the LVs a pool made; nothing without it is touched.
+	lvTagPool = "flashpv.dev/pool="
+	// lvTagMeta prefixes the tags that carry a volume's metadata, JSON in
+	// base64url, split to fit LVM's 1024-byte tag limit.
+	lvTagMeta  = "flashpv.dev/m"
+	lvTagChunk = 900
+	// thinFullPercent is when a thin pool's data is reported as a problem.
+	thinFullPercent = 95
+)
+
+// LVMPool is one `lvm` pool: every volume is a logical volume of an existing
+// volume group, thick or in a thin pool. The metadata lives in the LV's
+// tags, so it is in the VG's own metadata and moves with it.
+type LVMPool struct {
+	mirror
+	cfg    Config
+	lvm    *lvm.Runner
+	extent int64
+
+	// mu makes a capacity check and the create or growth that follows one
+	// step; LVM itself serialises the metadata updates.
+	mu       sync.Mutex
+	creating map[string]int64
+}
+
+// OpenLVM opens an lvm pool. A missing volume group or thin pool gives an
+// error wrapping ErrUnusable.
+func OpenLVM(c Config) (*LVMPool, error) {
+	if c.Overprovision == 0 {
+		c.Overprovision = 1
+	}
+	switch {
+	case !lvm.ValidName(c.VG):
+		return nil, fmt.Errorf("%w: pool %s: bad volume group name %q", ErrInvalid, c.Name, c.VG)
+	case c.ThinPool != "" && !lvm.ValidName(c.ThinPool):
+		return nil, fmt.Errorf("%w: pool %s: bad thin pool name %q", ErrInvalid, c.Name, c.ThinPool)
+	case c.Overprovision < 1:
+		return nil, fmt.Errorf("%w: pool %s: overprovision must be at least 1", ErrInvalid, c.Name)
+	case c.ThinPool == "" && c.Overprovision != 1:
+		return nil, fmt.Errorf("%w: pool %s: overprovision needs a thin pool", ErrInvalid, c.Name)
+	case c.ThinPool != "" && c.Stripes > 1:
+		return nil, fmt.Errorf("%w: pool %s: stripes apply to thick volumes; stripe the thin pool instead", ErrInvalid, c.Name)
+	case c.Stripes < 0 || c.StripeSize < 0:
+		return nil, fmt.Errorf("%w: pool %s: negative stripes", ErrInvalid, c.Name)
+	}
+	p := &LVMPool{mirror: newMirror(c.Name), cfg: c, lvm: lvm.New(), creating: map[string]int64{}}
+	ctx, cancel := p.ctx()
+	defer cancel()
+	vg, err := p.lvm.VG(ctx, c.VG)
+	if errors.Is(err, lvm.ErrNotFound) {
+		return nil, fmt.Errorf("%w: pool %s: volume group %s not found", ErrUnusable, c.Name, c.VG)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("%w: pool %s: %v", ErrUnusable, c.Name, err)
+	}
+	if c.Stripes > vg.PVCount {
+		return nil, fmt.Errorf("%w: pool %s: %d stripes but volume group %s has %d physical volumes", ErrUnusable, c.Name, c.Stripes, c.VG, vg.PVCount)
+	}
+	p.extent = vg.ExtentSize
+	lvs, err := p.lvm.LVs(ctx, c.VG)
+	if err != nil {
+		return nil, fmt.Errorf("pool %s: %w", c.Name, err)
+	}
+	if c.ThinPool != "" {
+		if tp := findLV(lvs, c.ThinPool); tp == nil || !tp.IsThinPool() {
+			return nil, fmt.Errorf("%w: pool %s: %s/%s is not a thin pool", ErrUnusable, c.Name, c.VG, c.ThinPool)
+		}
+	}
+	for _, l := range lvs {
+		key, ok := p.keyOf(l)
+		if !ok {
+			continue
+		}
+		v, err := p.decode(l)
+		if err != nil {
+			klog.ErrorS(err, "Unreadable volume metadata", "pool", c.Name, "lv", l.Name)
+			p.bad[key] = err
+			continue
+		}
+		p.vols[key] = v
+	}
+	return p, nil
+}
+
+func (p *LVMPool) ctx() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), 5*time.Minute)
+}
+
+func (p *LVMPool) Kind() Kind   { return KindLVM }
+func (p *LVMPool) Close() error { return nil }
+
+// Thin tells whether the pool's volumes are thin LVs.
+func (p *LVMPool) Thin() bool { return p.cfg.ThinPool != "" }
+
+// lvName is the LV of a key: the pool's name keeps two pools of one VG
+// apart, and only [a-z0-9-] is used, which LVM always accepts.
+func (p *LVMPool) lvName(key string) string { return "flashpv-" + p.name + "-" + key }
+
+// keyOf tells whether an LV is one of this pool's volumes.
+func (p *LVMPool) keyOf(l lvm.LV) (string, bool) {
+	key, ok := strings.CutPrefix(l.Name, "flashpv-"+p.name+"-")
+	if !ok || !keyRE.MatchString(key) {
+		return "", false
+	}
+	for _, t := range l.Tags {
+		if t == lvTagPool+p.name {
+			return key, true
+		}
+	}
+	return "", false
+}
+
+func findLV(lvs []lvm.LV, name string) *lvm.LV {
+	for i := range lvs {
+		if lvs[i].Name == name {
+			return &lvs[i]
+		}
+	}
+	return nil
+}
+
+// tags encodes a volume's metadata as LV tags.
+func (p *LVMPool) tags(v *Volume) ([]string, error) {
+	data, err := json.Marshal(v)
+	if err != nil {
+		return nil, err
+	}
+	enc := base64.RawURLEncoding.EncodeToString(data)
+	tags := []string{lvTagPool + p.name}
+	for i := 0; len(enc) > 0; i++ {
+		n := min(len(enc), lvTagChunk)
+		tags = append(tags, lvTagMeta+strconv.Itoa(i)+"="+enc[:n])
+		enc = enc[n:]
+	}
+	return tags, nil
+}
+
+// decode reads a volume back from its LV: metadata from the tags, the size
+// from the LV itself.
+func (p *LVMPool) decode(l lvm.LV) (*Volume, error) {
+	chunks := map[int]string{}
+	for _, t := range l.Tags {
+		rest, ok := strings.CutPrefix(t, lvTagMeta)
+		if !ok {
+			continue
+		}
+		i, chunk, ok := strings.Cut(rest, "=")
+		n, err := strconv.Atoi(i)
+		if !ok || err != nil {
+			return nil, fmt.Errorf("LV %s: malformed metadata tag %q", l.Name, t)
+		}
+		chunks[n] = chunk
+	}
+	var enc strings.Builder
+	for i := 0; i < len(chunks); i++ {
+		c, ok := chunks[i]
+		if !ok {
+			return nil, fmt.Errorf("LV %s: metadata tag %d missing", l.Name, i)
+		}
+		enc.WriteString(c)
+	}
+	data, err := base64.RawURLEncoding.DecodeString(enc.String())
+	if err != nil {
+		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
+	}
+	var v Volume
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
+	}
+	key, _ := p.keyOf(l)
+	if v.ID != (VolumeID{p.name, key}).String() {
+		return nil, fmt.Errorf("LV %s: metadata names volume %s", l.Name, v.ID)
+	}
+	v.SizeBytes = l.Size
+	return &v, nil
+}
+
+// roundExtent rounds a size up to whole extents, which is what LVM allocates.
+func (p *LVMPool) roundExtent(size int64) int64 {
+	return (size + p.extent - 1) / p.extent * p.extent
+}
+
+// Create makes a logical volume, its metadata in its tags (one LVM
+// metadata commit, so there is nothing half made after a crash).
+func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
+	if err := ValidateName(s.Name); err != nil {
+		return nil, false, err
+	}
+	if s.SizeBytes <= 0 {
+		return nil, false, fmt.Errorf("%w: size must be positive", ErrInvalid)
+	}
+	key := KeyForName(s.Name)
+	size := p.roundExtent(s.SizeBytes)
+	if s.MaxBytes > 0 && size > s.MaxBytes {
+		return nil, false, fmt.Errorf("%w: %d bytes rounded to whole extents of %d exceed the limit %d", ErrOutOfRange, s.SizeBytes, p.extent, s.MaxBytes)
+	}
+	if v, err := p.claim(key, s, size); v != nil || err != nil {
+		return v, false, err
+	}
+	defer func() {
+		p.mu.Lock()
+		delete(p.creating, key)
+		p.mu.Unlock()
+	}()
+	v := &Volume{
+		ID: VolumeID{p.name, key}.String(), Name: s.Name, SizeBytes: size,
+		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
+		Created: time.Now().UTC().Truncate(time.Second),
+	}
+	tags, err := p.tags(v)
+	if err != nil {
+		return nil, false, err
+	}
+	ctx, cancel := p.ctx()
+	defer cancel()
+	err = p.lvm.Create(ctx, lvm.CreateOptions{
+		VG: p.cfg.VG, Name: p.lvName(key), Size: size, Tags: tags,
+		ThinPool: p.cfg.ThinPool, Stripes: p.cfg.Stripes, StripeSize: p.cfg.StripeSize, Activate: true,
+	})
+	switch {
+	case errors.Is(err, lvm.ErrNoSpace):
+		return nil, false, fmt.Errorf("%w %s: %v", ErrNoSpace, p.name, err)
+	case errors.Is(err, lvm.ErrExists):
+		// An earlier attempt made it after all (a timeout that was not):
+		// adopt it if it is ours.
+		existing, rerr := p.reload(ctx, key)
+		if rerr != nil {
+			return nil, false, errors.Join(err, rerr)
+		}
+		return existing, false, existing.compatible(s)
+	case err != nil:
+		return nil, false, err
+	}
+	if _, err := p.reload(ctx, key); err != nil {
+		return nil, false, err
+	}
+	v, err = p.Get(key)
+	return v, err == nil, err
+}
+
+// reload reads one LV back into the mirror.
+func (p *LVMPool) reload(ctx context.Context, key string) (*Volume, error) {
+	l, err := p.lvm.LV(ctx, p.cfg.VG, p.lvName(key))
+	if err != nil {
+		return nil, err
+	}
+	if _, ok := p.keyOf(*l); !ok {
+		return nil, fmt.Errorf("LV %s/%s exists but was not made by pool %s; leaving it alone", p.cfg.VG, l.Name, p.name)
+	}
+	v, err := p.decode(*l)
+	if err != nil {
+		return nil, err
+	}
+	p.remember(key, v)
+	return v, nil
+}
+
+func (p *LVMPool) claim(key string, s Spec, size int64) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, fmt.Errorf("%w: volume %s is being created", ErrInProgress, s.Name)
+	}
+	existing, err := p.Get(key)
+	if err == nil {
+		return existing, existing.compatible(s)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, err
+	}
+	c, err := p.capacity()
+	if err != nil {
+		return nil, err
+	}
+	if size > c.Available {
+		return nil, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, size, c.Available)
+	}
+	p.creating[key] = size
+	return nil, nil
+}
+
+// Capacity reports the pool's space.
+func (p *LVMPool) Capacity() (Capacity, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.capacity()
+}
+
+// capacity is, for thick volumes, the VG's free extents; for thin ones, the
+// thin pool's size times the overprovision ratio minus the virtual size of
+// every thin LV in it (ours or not). Creates under way count as taken.
+func (p *LVMPool) capacity() (Capacity, error) {
+	ctx, cancel := p.ctx()
+	defer cancel()
+	var c Capacity
+	var pending int64
+	for _, size := range p.creating {
+		pending += size
+	}
+	p.vmu.RLock()
+	for _, v := range p.vols {
+		c.Allocated += v.SizeBytes
+	}
+	c.Volumes = len(p.vols) + len(p.bad)
+	p.vmu.RUnlock()
+	if !p.Thin() {
+		vg, err := p.lvm.VG(ctx, p.cfg.VG)
+		if err != nil {
+			return Capacity{}, err
+		}
+		c.Total = max(vg.Size-p.cfg.Reserve, 0)
+		c.Available = max(vg.Free-pending-p.cfg.Reserve, 0)
+		return c, nil
+	}
+	lvs, err := p.lvm.LVs(ctx, p.cfg.VG)
+	if err != nil {
+		return Capacity{}, err
+	}
+	tp := findLV(lvs, p.cfg.ThinPool)
+	if tp == nil {
+		return Capacity{}, fmt.Errorf("thin pool %s/%s is gone", p.cfg.VG, p.cfg.ThinPool)
+	}
+	var virtual int64
+	for _, l := range lvs {
+		if l.IsThin() && l.Pool == p.cfg.ThinPool {
+			virtual += l.Size
+		}
+	}
+	promised := int64(float64(tp.Size) * p.cfg.Overprovision)
+	c.Total = max(promised-p.cfg.Reserve, 0)
+	c.Available = max(promised-virtual-pending-p.cfg.Reserve, 0)
+	return c, nil
+}
+
+// Expand grows the LV to at least size bytes (whole extents).
+func (p *LVMPool) Expand(key string, size int64) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
+	v, err := p.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	size = p.roundExtent(size)
+	if size <= v.SizeBytes {
+		return v, nil
+	}
+	c, err := p.capacity()
+	if err != nil {
+		return nil, err
+	}
+	if grow := size - v.SizeBytes; grow > c.Available {
+		return nil, fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, c.Available)
+	}
+	ctx, cancel := p.ctx()
+	defer cancel()
+	if err := p.lvm.Extend(ctx, p.cfg.VG, p.lvName(key), size); err != nil {
+		if errors.Is(err, lvm.ErrNoSpace) {
+			return nil, fmt.Errorf("%w %s: %v", ErrNoSpace, p.name, err)
+		}
+		return nil, err
+	}
+	return p.reload(ctx, key)
+}
+
+// Device returns the block device of a volume, activating its LV when it
+// is not active (after a reboot without autoactivation, say).
+func (p *LVMPool) Device(key string) (string, error) {
+	if dev, err := p.FindDevice(key); dev != "" || err != nil {
+		return dev, err
+	}
+	ctx, cancel := p.ctx()
+	defer cancel()
+	if err := p.lvm.Activate(ctx, p.cfg.VG, p.lvName(key)); err != nil {
+		return "", err
+	}
+	dev, err := p.FindDevice(key)
+	if err == nil && dev == "" {
+		err = fmt.Errorf("LV %s/%s is active but has no device node", p.cfg.VG, p.lvName(key))
+	}
+	return dev, err
+}
+
+// FindDevice returns the device node (/dev/dm-N) of an active volume, or "".
+func (p *LVMPool) FindDevice(key string) (string, error) {
+	dev, err := filepath.EvalSymlinks(filepath.Join("/dev", p.cfg.VG, p.lvName(key)))
+	if errors.Is(err, os.ErrNotExist) {
+		return "", nil
+	}
+	return dev, err
+}
+
+// Delete wipes and removes a volume's LV. A thick LV is zeroed whole (a
+// later LV on the same extents must not show this one's bytes); so is a
+// thin LV whose pool does not zero the blocks it hands out.
+func (p *LVMPool) Delete(key string) error {
+	if !keyRE.MatchString(key) {
+		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
+	if _, err := p.Get(key); errors.Is(err, ErrNotFound) {
+		return nil
+	}
+	ctx, cancel := p.ctx()
+	defer cancel()
+	zero := true
+	if p.Thin() {
+		tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
+		if err != nil {
+			return err
+		}
+		zero = !tp.ZeroesNewBlocks()
+	}
+	if zero {
+		dev, err := p.Device(key)
+		if err != nil {
+			return err
+		}
+		if err := zeroDevice(dev); err != nil {
+			return err
+		}
+	}
+	if err := p.lvm.Remove(ctx, p.cfg.VG, p.lvName(key)); err != nil && !errors.Is(err, lvm.ErrNotFound) {
+		return err
+	}
+	p.remember(key, nil)
+	return nil
+}
+
+// zeroDevice writes zeros over a whole block device with BLKZEROOUT, which
+// devices that can (NVMe, thin LVs, loop) do without moving the data. The
+// exclusive open fails while anything has the device mounted or open.
+func zeroDevice(dev string) error {
+	f, err := os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
+	if err != nil {
+		if errors.Is(err, unix.EBUSY) {
+			return fmt.Errorf("%w: %s is in use", ErrInUse, dev)
+		}
+		return err
+	}
+	defer f.Close()
+	size, err := unix.IoctlGetUint64(int(f.Fd()), unix.BLKGETSIZE64)
+	if err != nil {
+		return fmt.Errorf("size of %s: %w", dev, err)
+	}
+	r := [2]uint64{0, size}
+	if _, _, e := unix.Syscall(unix.SYS_IOCTL, f.Fd(), unix.BLKZEROOUT, uintptr(unsafe.Pointer(&r[0]))); e != 0 {
+		return fmt.Errorf("zeroing %s: %w", dev, e)
+	}
+	return f.Sync()
+}
+
+// Probe checks that the volume group (and thin pool) can be read.
+func (p *LVMPool) Probe() error {
+	ctx, cancel := p.ctx()
+	defer cancel()
+	if !p.Thin() {
+		_, err := p.lvm.VG(ctx, p.cfg.VG)
+		return err
+	}
+	tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
+	if err != nil {
+		return err
+	}
+	if !tp.IsThinPool() {
+		return fmt.Errorf("%s/%s is not a thin pool", p.cfg.VG, p.cfg.ThinPool)
+	}
+	return nil
+}
+
+// Check finds an LV that is gone or smaller than its volume, and a thin
+// pool about to run out.
+func (p *LVMPool) Check(v *Volume) []Problem {
+	ctx, cancel := p.ctx()
+	defer cancel()
+	l, err := p.lvm.LV(ctx, p.cfg.VG, p.lvName(v.Key()))
+	switch {
+	case errors.Is(err, lvm.ErrNotFound):
+		return []Problem{{DataLoss: true, Reason: "LogicalVolumeMissing", Message: fmt.Sprintf("LV %s/%s of volume %s is gone", p.cfg.VG, p.lvName(v.Key()), v.ID)}}
+	case err != nil:
+		return []Problem{{Reason: "LogicalVolumeUnreadable", Message: err.Error()}}
+	case l.Size < v.SizeBytes:
+		return []Problem{{DataLoss: true, Reason: "LogicalVolumeShrunk", Message: fmt.Sprintf("LV %s has %d of %d bytes", l.Name, l.Size, v.SizeBytes)}}
+	}
+	if p.Thin() {
+		if tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool); err == nil && tp.DataPercent >= thinFullPercent {
+			return []Problem{{Reason: "ThinPoolFull", Message: fmt.Sprintf("thin pool %s/%s is %.1f%% full; writes fail when it is full", p.cfg.VG, p.cfg.ThinPool, tp.DataPercent)}}
+		}
+	}
+	return nil
+}

@@ -1,0 +1,393 @@
+package pool
+
+import (
+	"errors"
+	"fmt"
+	"io/fs"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"time"
+
+	"golang.org/x/sys/unix"
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/xfsquota"
+)
+
+// FirstProjectID is where quota pools start numbering XFS projects, well
+// above the small IDs administrators give by hand in /etc/projid.
+const FirstProjectID = 1 << 20
+
+// QuotaPool is one `quota` pool: a directory on XFS mounted with prjquota.
+// Each volume is a subdirectory in its own project, whose hard limit is the
+// volume's size; pods get the directory bind-mounted, so the data path is
+// the filesystem's own. Metadata files sit next to the directories, as in
+// image pools.
+type QuotaPool struct {
+	mirror
+	dir     string
+	reserve int64
+	lock    *os.File
+	root    *os.File // the pool directory, for quotactl_fd
+
+	// mu makes the capacity check, the choice of a project ID and the
+	// reservation one step.
+	mu       sync.Mutex
+	creating map[string]quotaClaim
+}
+
+type quotaClaim struct {
+	size    int64
+	project uint32
+}
+
+// OpenQuota opens a quota pool. A directory that is not on XFS with project
+// quotas enforced gives an error wrapping ErrUnusable.
+func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
+	real, lock, err := openDir(name, dir)
+	if err != nil {
+		return nil, err
+	}
+	fail := func(err error) (*QuotaPool, error) {
+		lock.Close()
+		return nil, err
+	}
+	if err := xfsquota.Check(real); err != nil {
+		if errors.Is(err, xfsquota.ErrNotEnforced) {
+			return fail(fmt.Errorf("%w: pool %s: %v", ErrUnusable, name, err))
+		}
+		return fail(fmt.Errorf("pool %s: %w", name, err))
+	}
+	root, err := os.Open(real)
+	if err != nil {
+		return fail(err)
+	}
+	p := &QuotaPool{mirror: newMirror(name), dir: real, reserve: reserve, lock: lock, root: root, creating: map[string]quotaClaim{}}
+	if err := loadDir(&p.mirror, real); err == nil {
+		err = p.collectGarbage()
+	}
+	if err != nil {
+		root.Close()
+		return fail(fmt.Errorf("pool %s: %w", name, err))
+	}
+	return p, nil
+}
+
+func (p *QuotaPool) Kind() Kind  { return KindQuota }
+func (p *QuotaPool) Dir() string { return p.dir }
+
+// Close releases the pool's directory lock.
+func (p *QuotaPool) Close() error {
+	p.root.Close()
+	return p.lock.Close()
+}
+
+// Probe checks that the directory can be written and quotas are still on.
+func (p *QuotaPool) Probe() error {
+	if err := probeDir(p.dir); err != nil {
+		return err
+	}
+	return xfsquota.Check(p.dir)
+}
+
+// VolumeDir is the directory of the volume with the given key.
+func (p *QuotaPool) VolumeDir(key string) string { return filepath.Join(p.dir, key) }
+
+func (p *QuotaPool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
+
+// collectGarbage finishes what a crash interrupted: a volume directory
+// without metadata is a create that never finished or a delete that did
+// (metadata goes first), so it is removed and its project's limit cleared.
+func (p *QuotaPool) collectGarbage() error {
+	entries, err := os.ReadDir(p.dir)
+	if err != nil {
+		return err
+	}
+	for _, e := range entries {
+		n := e.Name()
+		if key, ok := strings.CutSuffix(n, metaSuffix+tmpSuffix); ok && keyRE.MatchString(key) {
+			if err := os.Remove(filepath.Join(p.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
+		if !keyRE.MatchString(n) || !e.IsDir() {
+			continue
+		}
+		if _, ok := p.vols[n]; ok {
+			continue
+		}
+		if _, ok := p.bad[n]; ok {
+			continue // its metadata exists but is unreadable: keep the data
+		}
+		klog.InfoS("Removing leftover of an interrupted operation", "pool", p.name, "dir", n)
+		if err := p.removeDir(n); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// removeDir deletes a volume directory and frees its project. RemoveAll
+// never follows symlinks out of the directory.
+func (p *QuotaPool) removeDir(key string) error {
+	dir := p.VolumeDir(key)
+	var project uint32
+	if f, err := os.Open(dir); err == nil {
+		project, _, _ = xfsquota.Project(f)
+		f.Close()
+	}
+	if err := os.RemoveAll(dir); err != nil {
+		return err
+	}
+	if project >= FirstProjectID {
+		if err := xfsquota.SetLimit(p.root, project, 0, 0); err != nil {
+			return err
+		}
+	}
+	return syncDir(p.dir)
+}
+
+// Create makes a volume directory with its own project and limit.
+func (p *QuotaPool) Create(s Spec) (*Volume, bool, error) {
+	if err := ValidateName(s.Name); err != nil {
+		return nil, false, err
+	}
+	if s.SizeBytes <= 0 {
+		return nil, false, fmt.Errorf("%w: size must be positive", ErrInvalid)
+	}
+	if s.Mode != ModeFilesystem {
+		return nil, false, fmt.Errorf("%w: quota pool %s holds Filesystem volumes only, not Block", ErrInvalid, p.name)
+	}
+	if s.FsType != "xfs" {
+		return nil, false, fmt.Errorf("%w: quota pool %s is XFS; fsType %q cannot be given", ErrInvalid, p.name, s.FsType)
+	}
+	key := KeyForName(s.Name)
+	existing, project, err := p.claim(key, s)
+	if existing != nil || err != nil {
+		return existing, false, err
+	}
+	defer func() {
+		p.mu.Lock()
+		delete(p.creating, key)
+		p.mu.Unlock()
+	}()
+	dir := p.VolumeDir(key)
+	undo := func(err error) (*Volume, bool, error) {
+		os.RemoveAll(dir)
+		xfsquota.SetLimit(p.root, project, 0, 0)
+		return nil, false, err
+	}
+	// The limit comes first: the directory is never without it.
+	if err := xfsquota.SetLimit(p.root, project, s.SizeBytes, 0); err != nil {
+		return undo(err)
+	}
+	if err := os.Mkdir(dir, 0o755); err != nil {
+		return undo(err)
+	}
+	f, err := os.Open(dir)
+	if err != nil {
+		return undo(err)
+	}
+	err = xfsquota.SetProject(f, project)
+	if err == nil {
+		err = f.Sync()
+	}
+	f.Close()
+	if err != nil {
+		return undo(err)
+	}
+	v := &Volume{
+		ID: VolumeID{p.name, key}.String(), Name: s.Name, SizeBytes: s.SizeBytes,
+		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
+		Created: time.Now().UTC().Truncate(time.Second), ProjectID: project,
+	}
+	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
+		return undo(err)
+	}
+	return v, true, nil
+}
+
+// claim returns the existing volume of key, or reserves the size and a free
+// project for a new one.
+func (p *QuotaPool) claim(key string, s Spec) (*Volume, uint32, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, 0, fmt.Errorf("%w: volume %s is being created", ErrInProgress, s.Name)
+	}
+	existing, err := p.Get(key)
+	if err == nil {
+		return existing, 0, existing.compatible(s)
+	}
+	if !errors.Is(err, ErrNotFound) {
+		return nil, 0, err
+	}
+	// A directory without metadata is what an interrupted create or delete
+	// of this very name left: finish removing it.
+	if _, err := os.Lstat(p.VolumeDir(key)); err == nil {
+		if err := p.removeDir(key); err != nil {
+			return nil, 0, err
+		}
+	}
+	c, err := p.capacity()
+	if err != nil {
+		return nil, 0, err
+	}
+	if s.SizeBytes > c.Available {
+		return nil, 0, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, c.Available)
+	}
+	project, err := p.freeProject()
+	if err != nil {
+		return nil, 0, err
+	}
+	p.creating[key] = quotaClaim{size: s.SizeBytes, project: project}
+	return nil, project, nil
+}
+
+// freeProject picks the lowest project ID from FirstProjectID on that no
+// volume has and that owns nothing on the filesystem: an ID is reused only
+// once everything of its deleted volume is gone, and an ID something else
+// on the filesystem uses is never taken.
+func (p *QuotaPool) freeProject() (uint32, error) {
+	used := map[uint32]bool{}
+	p.vmu.RLock()
+	for _, v := range p.vols {
+		used[v.ProjectID] = true
+	}
+	p.vmu.RUnlock()
+	for _, c := range p.creating {
+		used[c.project] = true
+	}
+	for id := uint32(FirstProjectID); id < FirstProjectID+1<<24; id++ {
+		if used[id] {
+			continue
+		}
+		q, err := xfsquota.Get(p.root, id)
+		if err != nil {
+			return 0, err
+		}
+		if q.Unused() {
+			return id, nil
+		}
+	}
+	return 0, fmt.Errorf("%w %s: no free project ID", ErrNoSpace, p.name)
+}
+
+// Delete removes a volume: metadata first (then it no longer exists; a
+// crash leaves a directory that Open removes), the directory, its limit.
+func (p *QuotaPool) Delete(key string) error {
+	if !keyRE.MatchString(key) {
+		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
+	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	p.remember(key, nil)
+	if err := syncDir(p.dir); err != nil {
+		return err
+	}
+	return p.removeDir(key)
+}
+
+// Expand raises the volume's limit, which takes effect at once.
+func (p *QuotaPool) Expand(key string, size int64) (*Volume, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	if _, ok := p.creating[key]; ok {
+		return nil, fmt.Errorf("%w: volume is being created", ErrInProgress)
+	}
+	v, err := p.Get(key)
+	if err != nil {
+		return nil, err
+	}
+	if size <= v.SizeBytes {
+		return v, nil
+	}
+	c, err := p.capacity()
+	if err != nil {
+		return nil, err
+	}
+	if grow := size - v.SizeBytes; grow > c.Available {
+		return nil, fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, c.Available)
+	}
+	if err := xfsquota.SetLimit(p.root, v.ProjectID, size, 0); err != nil {
+		return nil, err
+	}
+	v.SizeBytes = size
+	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
+		return nil, err
+	}
+	return v, nil
+}
+
+// Capacity reports the pool's space.
+func (p *QuotaPool) Capacity() (Capacity, error) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.capacity()
+}
+
+// capacity promises what no volume can take: the filesystem's free space
+// minus, for every volume, the part of its limit it has not used yet.
+func (p *QuotaPool) capacity() (Capacity, error) {
+	var sfs unix.Statfs_t
+	if err := unix.Statfs(p.dir, &sfs); err != nil {
+		return Capacity{}, err
+	}
+	var unused int64
+	for _, c := range p.creating {
+		unused += c.size
+	}
+	vols, err := p.List()
+	if err != nil {
+		return Capacity{}, err
+	}
+	var c Capacity
+	for _, v := range vols {
+		q, err := xfsquota.Get(p.root, v.ProjectID)
+		if err != nil {
+			return Capacity{}, err
+		}
+		unused += max(v.SizeBytes-q.BlockUsed, 0)
+		c.Allocated += v.SizeBytes
+		c.Volumes++
+	}
+	bsize := int64(sfs.Bsize)
+	c.Total = max(int64(sfs.Blocks)*bsize-p.reserve, 0)
+	c.Available = max(int64(sfs.Bavail)*bsize-unused-p.reserve, 0)
+	return c, nil
+}
+
+// Usage reads the quota of a volume.
+func (p *QuotaPool) Usage(v *Volume) (xfsquota.Quota, error) {
+	return xfsquota.Get(p.root, v.ProjectID)
+}
+
+// Check finds a volume directory that is gone, left its project, or lost
+// its limit.
+func (p *QuotaPool) Check(v *Volume) []Problem {
+	f, err := os.Open(p.VolumeDir(v.Key()))
+	if errors.Is(err, fs.ErrNotExist) {
+		return []Problem{{DataLoss: true, Reason: "DirectoryMissing", Message: fmt.Sprintf("the directory of volume %s is gone from pool %s", v.ID, p.name)}}
+	}
+	if err != nil {
+		return []Problem{{Reason: "DirectoryUnreadable", Message: err.Error()}}
+	}
+	defer f.Close()
+	var out []Problem
+	if id, inherit, err := xfsquota.Project(f); err != nil || id != v.ProjectID || !inherit {
+		out = append(out, Problem{Reason: "ProjectChanged", Message: fmt.Sprintf("volume %s: directory is in project %d (inherit %v), want %d: %v", v.ID, id, inherit, v.ProjectID, err)})
+	}
+	if q, err := xfsquota.Get(p.root, v.ProjectID); err != nil || q.BlockLimit < v.SizeBytes {
+		out = append(out, Problem{Reason: "QuotaLimitLost", Message: fmt.Sprintf("volume %s: project %d has a limit of %d bytes, want %d: %v", v.ID, v.ProjectID, q.BlockLimit, v.SizeBytes, err)})
+	}
+	return out
+}
