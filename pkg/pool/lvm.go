@@ -429,6 +429,8 @@ func (p *LVMPool) Delete(key string) error {
 	}
 	if _, err := p.Get(key); errors.Is(err, ErrNotFound) {
 		return nil
+	} else if err != nil {
+		return err // unreadable metadata: keep the LV for an operator
 	}
 	ctx, cancel := p.ctx()
 	defer cancel()
