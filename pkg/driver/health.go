@@ -19,8 +19,11 @@ func (d *Driver) volumeHealth(p pool.Pool, v *pool.Volume) *csi.VolumeHealth {
 	h := &csi.VolumeHealth{VolumeId: v.ID}
 	for _, pr := range p.Check(v) {
 		t := csi.VolumeHealthErrorType_INACCESSIBLE
-		if pr.DataLoss {
+		switch {
+		case pr.DataLoss:
 			t = csi.VolumeHealthErrorType_DATA_LOSS
+		case pr.Degraded:
+			t = csi.VolumeHealthErrorType_DEGRADED
 		}
 		h.HealthStatuses = append(h.HealthStatuses, healthEntry(t, pr.Reason, "%s", pr.Message))
 	}

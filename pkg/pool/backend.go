@@ -68,6 +68,7 @@ type Pool interface {
 // Problem is something wrong with a volume's storage.
 type Problem struct {
 	DataLoss bool // the data is (partly) gone, as opposed to unreachable
+	Degraded bool // usable for now, but about to fail
 	Reason   string
 	Message  string
 }

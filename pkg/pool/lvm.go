@@ -451,7 +451,9 @@ func (p *LVMPool) Delete(key string) error {
 			return err
 		}
 	}
-	if err := p.lvm.Remove(ctx, p.cfg.VG, p.lvName(key)); err != nil && !errors.Is(err, lvm.ErrNotFound) {
+	// A missing LV is a delete done before; a missing VG (a disk gone) is
+	// not, and the volume stays known.
+	if err := p.lvm.Remove(ctx, p.cfg.VG, p.lvName(key)); err != nil && (!errors.Is(err, lvm.ErrNotFound) || errors.Is(err, lvm.ErrVGNotFound)) {
 		return err
 	}
 	p.remember(key, nil)
@@ -515,7 +517,7 @@ func (p *LVMPool) Check(v *Volume) []Problem {
 	}
 	if p.Thin() {
 		if tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool); err == nil && tp.DataPercent >= thinFullPercent {
-			return []Problem{{Reason: "ThinPoolFull", Message: fmt.Sprintf("thin pool %s/%s is %.1f%% full; writes fail when it is full", p.cfg.VG, p.cfg.ThinPool, tp.DataPercent)}}
+			return []Problem{{Degraded: true, Reason: "ThinPoolFull", Message: fmt.Sprintf("thin pool %s/%s is %.1f%% full; writes fail when it is full", p.cfg.VG, p.cfg.ThinPool, tp.DataPercent)}}
 		}
 	}
 	return nil
