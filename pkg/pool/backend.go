@@ -193,10 +193,3 @@ func (m *mirror) List() ([]*Volume, error) {
 	sort.Slice(vols, func(i, j int) bool { return vols[i].ID < vols[j].ID })
 	return vols, nil
 }
-
-// count is the number of volumes.
-func (m *mirror) count() int {
-	m.vmu.RLock()
-	defer m.vmu.RUnlock()
-	return len(m.vols) + len(m.bad)
-}

@@ -65,7 +65,8 @@ func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
 		return fail(err)
 	}
 	p := &QuotaPool{mirror: newMirror(name), dir: real, reserve: reserve, lock: lock, root: root, creating: map[string]quotaClaim{}}
-	if err := loadDir(&p.mirror, real); err == nil {
+	err = loadDir(&p.mirror, real)
+	if err == nil {
 		err = p.collectGarbage()
 	}
 	if err != nil {
