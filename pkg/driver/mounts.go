@@ -80,7 +80,8 @@ func (dm deviceMounts) owns(m *mountPoint) bool {
 	return (m.source != "" && m.source == dm.dev) ||
 		(m.major == dm.major && m.minor == dm.minor) ||
 		(m.rdev != 0 && m.rdev == dm.rdev) ||
-		(m.devName != "" && m.devName == "/"+filepath.Base(dm.dev))
+		// devtmpfs roots are paths below /dev: /loop3, /mapper/vg-lv.
+		(m.devName != "" && (m.devName == "/"+filepath.Base(dm.dev) || "/dev"+m.devName == dm.dev))
 }
 
 // all lists the mount points of the device.

@@ -81,6 +81,11 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 		}
 	}
 	if v.Mode == pool.ModeFilesystem {
+		// An LV stays active while unstaged: with its filesystem mounted
+		// nowhere, the next stage grows it.
+		if mounts, err := s.d.mountsOf(nv, dev).all(); err != nil || len(mounts) == 0 {
+			return v.SizeBytes, err
+		}
 		mp, err := s.d.mountedAt(dev, req.GetVolumePath(), req.GetStagingTargetPath())
 		if err != nil {
 			return 0, err

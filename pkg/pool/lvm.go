@@ -41,9 +41,8 @@ type LVMPool struct {
 	extent int64
 
 	// mu makes a capacity check and the create or growth that follows one
-	// step; LVM itself serialises the metadata updates.
-	mu       sync.Mutex
-	creating map[string]int64
+	// step.
+	mu sync.Mutex
 }
 
 // OpenLVM opens an lvm pool. A missing volume group or thin pool gives an
@@ -66,7 +65,7 @@ func OpenLVM(c Config) (*LVMPool, error) {
 	case c.Stripes < 0 || c.StripeSize < 0:
 		return nil, fmt.Errorf("%w: pool %s: negative stripes", ErrInvalid, c.Name)
 	}
-	p := &LVMPool{mirror: newMirror(c.Name), cfg: c, lvm: lvm.New(), creating: map[string]int64{}}
+	p := &LVMPool{mirror: newMirror(c.Name), cfg: c, lvm: lvm.New()}
 	ctx, cancel := p.ctx()
 	defer cancel()
 	vg, err := p.lvm.VG(ctx, c.VG)
@@ -217,14 +216,25 @@ func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
 	if s.MaxBytes > 0 && size > s.MaxBytes {
 		return nil, false, fmt.Errorf("%w: %d bytes rounded to whole extents of %d exceed the limit %d", ErrOutOfRange, s.SizeBytes, p.extent, s.MaxBytes)
 	}
-	if v, err := p.claim(key, s, size); v != nil || err != nil {
-		return v, false, err
+	// The whole create runs under the pool's lock: LVM changes a VG's
+	// metadata one command at a time anyway, and the capacity check then
+	// sees every earlier create finished.
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	existing, err := p.Get(key)
+	if err == nil {
+		return existing, false, existing.compatible(s)
 	}
-	defer func() {
-		p.mu.Lock()
-		delete(p.creating, key)
-		p.mu.Unlock()
-	}()
+	if !errors.Is(err, ErrNotFound) {
+		return nil, false, err
+	}
+	c, err := p.capacity()
+	if err != nil {
+		return nil, false, err
+	}
+	if size > c.Available {
+		return nil, false, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, size, c.Available)
+	}
 	v := &Volume{
 		ID: VolumeID{p.name, key}.String(), Name: s.Name, SizeBytes: size,
 		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
@@ -254,10 +264,7 @@ func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
 	case err != nil:
 		return nil, false, err
 	}
-	if _, err := p.reload(ctx, key); err != nil {
-		return nil, false, err
-	}
-	v, err = p.Get(key)
+	v, err = p.reload(ctx, key)
 	return v, err == nil, err
 }
 
@@ -278,30 +285,6 @@ func (p *LVMPool) reload(ctx context.Context, key string) (*Volume, error) {
 	return v, nil
 }
 
-func (p *LVMPool) claim(key string, s Spec, size int64) (*Volume, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return nil, fmt.Errorf("%w: volume %s is being created", ErrInProgress, s.Name)
-	}
-	existing, err := p.Get(key)
-	if err == nil {
-		return existing, existing.compatible(s)
-	}
-	if !errors.Is(err, ErrNotFound) {
-		return nil, err
-	}
-	c, err := p.capacity()
-	if err != nil {
-		return nil, err
-	}
-	if size > c.Available {
-		return nil, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, size, c.Available)
-	}
-	p.creating[key] = size
-	return nil, nil
-}
-
 // Capacity reports the pool's space.
 func (p *LVMPool) Capacity() (Capacity, error) {
 	p.mu.Lock()
@@ -311,15 +294,11 @@ func (p *LVMPool) Capacity() (Capacity, error) {
 
 // capacity is, for thick volumes, the VG's free extents; for thin ones, the
 // thin pool's size times the overprovision ratio minus the virtual size of
-// every thin LV in it (ours or not). Creates under way count as taken.
+// every thin LV in it (ours or not).
 func (p *LVMPool) capacity() (Capacity, error) {
 	ctx, cancel := p.ctx()
 	defer cancel()
 	var c Capacity
-	var pending int64
-	for _, size := range p.creating {
-		pending += size
-	}
 	p.vmu.RLock()
 	for _, v := range p.vols {
 		c.Allocated += v.SizeBytes
@@ -332,7 +311,7 @@ func (p *LVMPool) capacity() (Capacity, error) {
 			return Capacity{}, err
 		}
 		c.Total = max(vg.Size-p.cfg.Reserve, 0)
-		c.Available = max(vg.Free-pending-p.cfg.Reserve, 0)
+		c.Available = max(vg.Free-p.cfg.Reserve, 0)
 		return c, nil
 	}
 	lvs, err := p.lvm.LVs(ctx, p.cfg.VG)
@@ -351,7 +330,7 @@ func (p *LVMPool) capacity() (Capacity, error) {
 	}
 	promised := int64(float64(tp.Size) * p.cfg.Overprovision)
 	c.Total = max(promised-p.cfg.Reserve, 0)
-	c.Available = max(promised-virtual-pending-p.cfg.Reserve, 0)
+	c.Available = max(promised-virtual-p.cfg.Reserve, 0)
 	return c, nil
 }
 
@@ -359,9 +338,6 @@ func (p *LVMPool) capacity() (Capacity, error) {
 func (p *LVMPool) Expand(key string, size int64) (*Volume, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return nil, fmt.Errorf("%w: volume is being created", ErrInProgress)
-	}
 	v, err := p.Get(key)
 	if err != nil {
 		return nil, err
@@ -424,9 +400,6 @@ func (p *LVMPool) Delete(key string) error {
 	}
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return fmt.Errorf("%w: volume is being created", ErrInProgress)
-	}
 	if _, err := p.Get(key); errors.Is(err, ErrNotFound) {
 		return nil
 	} else if err != nil {
