@@ -101,9 +101,9 @@ func NewPool(t testing.TB, size string) string {
 	case "quota":
 		return "quota:" + xfsQuotaFS(t, size) + "/pool"
 	case "lvm-thick":
-		return "lvm:" + volumeGroup(t, size, false)
+		return "lvm:" + VolumeGroup(t, size, 1, false)
 	case "lvm-thin":
-		return "lvm:" + volumeGroup(t, size, true) + ",thin=thin"
+		return "lvm:" + VolumeGroup(t, size, 1, true) + ",thin=thin"
 	}
 	t.Fatalf("FLASHPV_TEST_BACKEND=%q: want image, lvm-thick, lvm-thin or quota", Backend())
 	return ""
@@ -137,9 +137,10 @@ func xfsQuotaFS(t testing.TB, size string) string {
 	return mnt
 }
 
-// volumeGroup makes a VG on a loop device; with thin, a thin pool "thin" of
-// about size in it (the VG is a little bigger for the pool's metadata).
-func volumeGroup(t testing.TB, size string, thin bool) string {
+// VolumeGroup makes a VG on pvs loop devices of size each; with thin, a
+// thin pool "thin" of about size in it (the VG is a little bigger for the
+// pool's metadata). It returns the VG's name.
+func VolumeGroup(t testing.TB, size string, pvs int, thin bool) string {
 	t.Helper()
 	n, err := config.ParseSize(size)
 	if err != nil {
@@ -149,13 +150,16 @@ func volumeGroup(t testing.TB, size string, thin bool) string {
 	if thin {
 		disk += 64 << 20
 	}
-	dev := loopFile(t, fmt.Sprint(disk))
+	var devs []string
+	for range pvs {
+		devs = append(devs, loopFile(t, fmt.Sprint(disk)))
+	}
 	vg := fmt.Sprintf("fpvtest%x", time.Now().UnixNano()&0xffffffffff)
-	Run(t, "lvm", "pvcreate", "-q", "-y", dev)
-	Run(t, "lvm", "vgcreate", "-q", "-y", "-s", "4m", vg, dev)
+	Run(t, "lvm", append([]string{"pvcreate", "-q", "-y"}, devs...)...)
+	Run(t, "lvm", append([]string{"vgcreate", "-q", "-y", "-s", "4m", vg}, devs...)...)
 	t.Cleanup(func() {
 		exec.Command("lvm", "vgremove", "-q", "-ff", "-y", vg).Run()
-		exec.Command("lvm", "pvremove", "-q", "-ff", "-y", dev).Run()
+		exec.Command("lvm", append([]string{"pvremove", "-q", "-ff", "-y"}, devs...)...).Run()
 	})
 	if thin {
 		Run(t, "lvm", "lvcreate", "-q", "-y", "--type", "thin-pool", "-L", fmt.Sprintf("%db", n/(4<<20)*(4<<20)), "-n", "thin", vg)

@@ -224,3 +224,53 @@ func TestLVMLeavesForeignLVsAlone(t *testing.T) {
 		t.Fatalf("foreign LVs were removed: %s", out)
 	}
 }
+
+// TestStorageLossIsReported takes a volume's storage away behind the
+// driver's back: its health says data loss, on the controller and the node.
+func TestStorageLossIsReported(t *testing.T) {
+	harness.RequireBackend(t, "quota", "lvm-thick", "lvm-thin")
+	env := harness.Start(t, harness.Options{})
+	c := newClient(t, env)
+	id := c.create("pvc-lost", 16<<20, fsCap()).GetVolumeId()
+	h, err := c.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: id})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) != 0 {
+		t.Fatalf("health of a healthy volume: %v %v", h, err)
+	}
+	where := c.storagePath(id)
+	if harness.Backend() == "quota" {
+		if err := os.Rename(where, where+".moved"); err != nil {
+			t.Fatal(err)
+		}
+	} else {
+		vg := filepath.Base(filepath.Dir(where))
+		harness.Run(t, "lvm", "lvrename", "-q", vg, filepath.Base(where), "operator-took-it")
+	}
+	h, err = c.ctl.ControllerGetVolumeHealth(ctx, &csi.ControllerGetVolumeHealthRequest{VolumeId: id})
+	if err != nil || len(h.GetVolumeHealth().GetHealthStatuses()) == 0 || h.GetVolumeHealth().GetHealthStatuses()[0].GetStatus() != csi.VolumeHealthErrorType_DATA_LOSS {
+		t.Fatalf("controller health without the volume's storage: %v %v", h, err)
+	}
+	nh, err := c.nd.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id})
+	if err != nil || len(nh.GetVolumeHealth().GetHealthStatuses()) == 0 {
+		t.Fatalf("node health without the volume's storage: %v %v", nh, err)
+	}
+}
+
+// TestLVMStriped stripes a volume over two physical volumes.
+func TestLVMStriped(t *testing.T) {
+	harness.RequireBackend(t, "lvm-thick")
+	vg := harness.VolumeGroup(t, "128M", 2, false)
+	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": "lvm:" + vg + ",stripes=2,stripesize=64Ki"}})
+	c := newClient(t, env)
+	id := c.create("pvc-striped", 64<<20, blockCap()).GetVolumeId()
+	lv := filepath.Base(c.storagePath(id))
+	out := harness.Run(t, "lvm", "lvs", "--noheadings", "-o", "stripes,stripe_size", "--units", "k", vg+"/"+lv)
+	if f := strings.Fields(out); len(f) != 2 || f[0] != "2" || !strings.HasPrefix(f[1], "64") {
+		t.Fatalf("stripes of %s: %q", lv, out)
+	}
+	staging, target := c.stagePublish(id, "pvc-striped", blockCap())
+	if got, err := c.expand(id, target, 96<<20); err != nil || got != 96<<20 {
+		t.Fatalf("expanding a striped volume: %d %v", got, err)
+	}
+	c.unpublishUnstage(id, staging, target)
+	c.delete(id)
+}

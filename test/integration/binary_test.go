@@ -12,6 +12,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/credentials/insecure"
 
 	"github.com/flashpv/flashpv/test/harness"
@@ -62,7 +63,11 @@ func TestBinary(t *testing.T) {
 	cmd := exec.Command(bin, "--endpoint", "unix://"+sock, "--node-id", "node-bin",
 		"--state-dir", filepath.Join(dir, "state"), "--kubelet-dir", filepath.Join(dir, "kubelet"),
 		"--health-address", healthAddr, "--kubelet-registration-path", "/var/lib/kubelet/plugins/flashpv.dev/csi.sock",
-		"--registration-dir", filepath.Join(dir, "registry"))
+		"--registration-dir", filepath.Join(dir, "registry"),
+		// Two pools whose storage is not set up: reported, not used, and
+		// the driver serves the default pool anyway.
+		"--pool", "default="+filepath.Join(dir, "state", "pools", "default"),
+		"--pool", "q=quota:"+filepath.Join(dir, "not-xfs"), "--pool", "l=lvm:flashpv-no-such-vg")
 	var logs strings.Builder
 	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
@@ -83,10 +88,27 @@ func TestBinary(t *testing.T) {
 	if err != nil || info.GetNodeId() != "node-bin" {
 		t.Fatalf("NodeGetInfo: %v %v\n%s", info, err, logs.String())
 	}
-	if code, body := get(t, "http://"+healthAddr+"/healthz"); code != 200 {
-		t.Fatalf("/healthz of the binary: %d %s", code, body)
+	if code, body := get(t, "http://"+healthAddr+"/healthz"); code != 200 || !strings.Contains(body, "warning: pool unusable: pool q") || !strings.Contains(body, "volume group flashpv-no-such-vg not found") {
+		t.Fatalf("/healthz of the binary with unusable pools: %d %s", code, body)
 	}
-	if code, body := get(t, "http://"+healthAddr+"/metrics"); code != 200 || !strings.Contains(body, `flashpv_pool_volumes{pool="default"} 0`) || !strings.Contains(body, "flashpv_csi_requests_total") {
+	sh, err := csi.NewNodeClient(conn).NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{})
+	if err != nil || len(sh.GetBackendHealth()) != 2 {
+		t.Fatalf("storage health with two unusable pools: %v %v", sh, err)
+	}
+	ctl := csi.NewControllerClient(conn)
+	_, err = ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-q", Parameters: map[string]string{"pool": "q"},
+		VolumeCapabilities: []*csi.VolumeCapability{mountCap("")}})
+	wantCode(t, err, codes.Unavailable, "create in an unusable pool")
+	if c, err := ctl.GetCapacity(ctx, &csi.GetCapacityRequest{Parameters: map[string]string{"pool": "l"}}); err != nil || c.GetAvailableCapacity() != 0 {
+		t.Fatalf("capacity of an unusable pool: %v %v", c, err)
+	}
+	if _, err := ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "pvc-ok", VolumeCapabilities: []*csi.VolumeCapability{blockCap()}}); err != nil {
+		t.Fatalf("create in the usable pool beside unusable ones: %v", err)
+	}
+	if !strings.Contains(logs.String(), "Pool is unusable") {
+		t.Errorf("no log line for the unusable pools:\n%s", logs.String())
+	}
+	if code, body := get(t, "http://"+healthAddr+"/metrics"); code != 200 || !strings.Contains(body, `flashpv_pool_volumes{pool="default"} 1`) || !strings.Contains(body, "flashpv_csi_requests_total") {
 		t.Fatalf("/metrics of the binary: %d\n%s", code, body)
 	}
 	if _, err := os.Stat(filepath.Join(dir, "registry", "flashpv.dev-reg.sock")); err != nil {
