@@ -143,6 +143,11 @@ func (p *QuotaPool) removeDir(key string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
+	// XFS frees removed inodes in the background; a syncfs finishes that,
+	// so the project's usage is back to zero and the ID can be reused.
+	if err := unix.Syncfs(int(p.root.Fd())); err != nil {
+		return err
+	}
 	if project >= FirstProjectID {
 		if err := xfsquota.SetLimit(p.root, project, 0, 0); err != nil {
 			return err
