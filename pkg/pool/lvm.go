@@ -398,8 +398,6 @@ func (p *LVMPool) Delete(key string) error {
 	if !keyRE.MatchString(key) {
 		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
 	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
 	if _, err := p.Get(key); errors.Is(err, ErrNotFound) {
 		return nil
 	} else if err != nil {
@@ -415,6 +413,9 @@ func (p *LVMPool) Delete(key string) error {
 		}
 		zero = !tp.ZeroesNewBlocks()
 	}
+	// Zeroing a big LV takes a while: it runs without the pool's lock (the
+	// caller holds the volume's), and the extents stay the LV's until the
+	// lvremove below.
 	if zero {
 		dev, err := p.Device(key)
 		if err != nil {
@@ -424,6 +425,8 @@ func (p *LVMPool) Delete(key string) error {
 			return err
 		}
 	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
 	// A missing LV is a delete done before; a missing VG (a disk gone) is
 	// not, and the volume stays known.
 	if err := p.lvm.Remove(ctx, p.cfg.VG, p.lvName(key)); err != nil && (!errors.Is(err, lvm.ErrNotFound) || errors.Is(err, lvm.ErrVGNotFound)) {

@@ -270,10 +270,9 @@ func (p *ImagePool) Delete(key string) error {
 	}
 	// Metadata goes first: once it is gone the volume no longer exists, and a
 	// crash before the image is removed leaves an orphan that Open collects.
-	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := forgetVolume(&p.mirror, p.metaPath(key), key); err != nil {
 		return err
 	}
-	p.remember(key, nil)
 	if err := os.Remove(p.ImagePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 		return err
 	}
@@ -323,6 +322,15 @@ func (p *ImagePool) Expand(key string, size int64) (*Volume, error) {
 
 func (p *ImagePool) writeVolume(v *Volume, key string) error {
 	return writeVolume(&p.mirror, p.metaPath(key), key, v)
+}
+
+// forgetVolume removes a volume's metadata file, then forgets the volume.
+func forgetVolume(m *mirror, path, key string) error {
+	if err := os.Remove(path); err != nil && !errors.Is(err, fs.ErrNotExist) {
+		return err
+	}
+	m.remember(key, nil)
+	return nil
 }
 
 // writeVolume stores v's metadata file atomically, then remembers it.

@@ -293,10 +293,9 @@ func (p *QuotaPool) Delete(key string) error {
 	if _, ok := p.creating[key]; ok {
 		return fmt.Errorf("%w: volume is being created", ErrInProgress)
 	}
-	if err := os.Remove(p.metaPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+	if err := forgetVolume(&p.mirror, p.metaPath(key), key); err != nil {
 		return err
 	}
-	p.remember(key, nil)
 	if err := syncDir(p.dir); err != nil {
 		return err
 	}
