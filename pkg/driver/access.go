@@ -23,11 +23,11 @@ func (d *Driver) attach(nv *nodeVolume) (string, error) {
 	case *pool.LVMPool:
 		return p.Device(key)
 	case *pool.QuotaPool:
-		dir := p.VolumeDir(key)
-		if _, err := os.Stat(dir); err != nil {
-			return "", fmt.Errorf("volume %s: %w", nv.vol.ID, err)
+		dir, err := d.find(nv)
+		if err == nil && dir == "" {
+			err = fmt.Errorf("%w: the directory of volume %s is gone", errPrecondition, nv.vol.ID)
 		}
-		return dir, nil
+		return dir, err
 	}
 	return "", fmt.Errorf("%w: pool %s cannot be used", errPrecondition, nv.pool.Name())
 }

@@ -4,9 +4,6 @@ import (
 	"context"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/flashpv/flashpv/pkg/pool"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/types/known/wrapperspb"
 )
 
@@ -33,18 +30,9 @@ func (s *Identity) GetPluginCapabilities(context.Context, *csi.GetPluginCapabili
 	}}, nil
 }
 
-// Probe reports ready when every usable pool answers. Unusable pools are
-// reported by NodeGetStorageHealth and /healthz instead: the driver serves
-// the others.
+// Probe reports ready once the driver serves. The pools are checked by
+// /healthz (which calls this Probe too, so checking them here would do it
+// twice, an LVM report each time) and reported by NodeGetStorageHealth.
 func (s *Identity) Probe(context.Context, *csi.ProbeRequest) (*csi.ProbeResponse, error) {
-	for _, name := range s.d.poolNames {
-		p := s.d.pools[name]
-		if _, unusable := p.(*pool.Unusable); unusable {
-			continue
-		}
-		if err := p.Probe(); err != nil {
-			return nil, status.Errorf(codes.FailedPrecondition, "pool %s: %v", name, err)
-		}
-	}
 	return &csi.ProbeResponse{Ready: wrapperspb.Bool(true)}, nil
 }

@@ -81,13 +81,13 @@ func (s *Node) expand(req *csi.NodeExpandVolumeRequest) (int64, error) {
 		}
 	}
 	if v.Mode == pool.ModeFilesystem {
-		// An LV stays active while unstaged: with its filesystem mounted
-		// nowhere, the next stage grows it.
-		if mounts, err := s.d.mountsOf(nv, dev).all(); err != nil || len(mounts) == 0 {
-			return v.SizeBytes, err
-		}
 		mp, err := s.d.mountedAt(dev, req.GetVolumePath(), req.GetStagingTargetPath())
 		if err != nil {
+			// An LV stays active while unstaged: with its filesystem
+			// mounted nowhere, the next stage grows it.
+			if mounts, aerr := s.d.mountsOf(nv, dev).all(); aerr == nil && len(mounts) == 0 {
+				return v.SizeBytes, nil
+			}
 			return 0, err
 		}
 		if err := s.d.growFilesystem(dev, mp, v.FsType); err != nil {

@@ -42,7 +42,7 @@ func (c *Checker) Check(ctx context.Context) error {
 		errs = append(errs, fmt.Errorf("CSI socket %s: %w", c.CSISocket, err))
 	}
 	for _, p := range c.Pools {
-		if _, unusable := p.(*pool.Unusable); unusable {
+		if !pool.Usable(p) {
 			continue // see Warnings: restarting would not fix it
 		}
 		if err := p.Probe(); err != nil {
@@ -78,7 +78,7 @@ func probeCSI(ctx context.Context, socket string) error {
 func (c *Checker) Warnings() []string {
 	var out []string
 	for _, p := range c.Pools {
-		if _, unusable := p.(*pool.Unusable); unusable {
+		if !pool.Usable(p) {
 			out = append(out, p.Probe().Error())
 		}
 	}

@@ -96,6 +96,12 @@ func Open(c Config) (Pool, error) {
 	return nil, fmt.Errorf("%w: pool %s: unknown kind %q", ErrInvalid, c.Name, c.Kind)
 }
 
+// Usable tells whether p is a real pool, not a stand-in for an unusable one.
+func Usable(p Pool) bool {
+	_, unusable := p.(*Unusable)
+	return !unusable
+}
+
 // Unusable stands in for a pool that could not be opened because its storage
 // is not set up right: every operation fails with the reason, which health
 // checks report, while the driver keeps serving its other pools.
