@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance
+.PHONY: all build image test test-unit test-integration sanity test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
 
 all: build
 
@@ -63,6 +63,12 @@ BENCH_FLAGS ?=
 bench:
 	hack/install-deps.sh --bench
 	$(GO) run ./test/bench -out _output/bench $(BENCH_FLAGS)
+
+# The local cluster harness installs everything it runs or copies: checks
+# every hack/cluster script against hack/cluster/install-deps.sh (and the
+# checker against its own fixtures).
+verify-cluster:
+	cd hack/cluster/checktools && $(GO) test -count=1 ./...
 
 # A real single-node Kubernetes on this machine (root), with flashpv.
 cluster-up:

@@ -7,6 +7,7 @@
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 [ -d "$STATE" ] || exit 0
+"$(dirname "$0")/install-deps.sh"
 A=$CONTAINERD_SOCK
 
 if alive kube-apiserver && alive kubelet; then

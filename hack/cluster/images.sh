@@ -43,9 +43,9 @@ archive() {
 # copy_with_libs ROOT FILE...: copies programs and the shared libraries they load.
 copy_with_libs() {
 	local root=$1; shift
-	local f lib
-	for f in "$@"; do
-		f=$(command -v "$f") || die "missing tool $f on this machine"
+	local tool f lib
+	for tool in "$@"; do
+		f=$(command -v "$tool") || die "missing tool $tool on this machine (hack/cluster/install-deps.sh installs it)"
 		mkdir -p "$root$(dirname "$f")"
 		cp -L "$f" "$root$f"
 		for lib in $(ldd "$f" 2>/dev/null | grep -o '/[^ ]*'); do
