@@ -6,13 +6,17 @@ import (
 	"fmt"
 	"regexp"
 	"strings"
+	"unicode/utf8"
 )
 
 const (
 	// MaxNameLength bounds volume names (CSI names from Kubernetes are short;
 	// anything longer is hostile or a mistake).
 	MaxNameLength = 128
-	hashHexLen    = 32
+	// MaxIDLength bounds volume IDs: the CSI spec's limit for IDs a CO
+	// stores. flashpv's own are at most 65 bytes.
+	MaxIDLength = 128
+	hashHexLen  = 32
 )
 
 var (
@@ -46,13 +50,40 @@ func IDFor(pool, name string) VolumeID {
 	return VolumeID{Pool: pool, Key: KeyForName(name)}
 }
 
-// ParseVolumeID validates s strictly and splits it.
+// ParseVolumeID validates s strictly and splits it. A string no CO could
+// hold as an ID (empty, too long, not UTF-8, with a NUL byte or a path
+// element) is ErrInvalid. A well-formed string that is not of flashpv's form
+// names no volume here, so it is ErrNotFound, as for any unknown ID: other
+// drivers' IDs and csi-sanity's made-up ones get the answer the spec asks for.
 func ParseVolumeID(s string) (VolumeID, error) {
+	if err := validIDString(s); err != nil {
+		return VolumeID{}, err
+	}
 	poolName, key, ok := strings.Cut(s, ".")
 	if !ok || !ValidPoolName(poolName) || !keyRE.MatchString(key) {
-		return VolumeID{}, fmt.Errorf("%w: malformed volume ID %q", ErrInvalid, truncate(s))
+		return VolumeID{}, fmt.Errorf("%w: %q is not a flashpv volume ID", ErrNotFound, truncate(s))
 	}
 	return VolumeID{Pool: poolName, Key: key}, nil
+}
+
+// validIDString refuses what cannot be an ID of any driver.
+func validIDString(s string) error {
+	why := ""
+	switch {
+	case s == "":
+		why = "is empty"
+	case len(s) > MaxIDLength:
+		why = fmt.Sprintf("is longer than %d bytes", MaxIDLength)
+	case !utf8.ValidString(s):
+		why = "is not UTF-8"
+	case strings.ContainsRune(s, 0):
+		why = "contains a NUL byte"
+	case strings.ContainsRune(s, '/') || s == "." || s == "..":
+		why = "is a path"
+	default:
+		return nil
+	}
+	return fmt.Errorf("%w: malformed volume ID %q: %s", ErrInvalid, truncate(s), why)
 }
 
 // ValidateName checks a CSI volume name before it is hashed or stored.

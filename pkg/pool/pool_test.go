@@ -20,13 +20,6 @@ func TestVolumeIDs(t *testing.T) {
 	if IDFor("fast", "pvc-1") != id || IDFor("fast", "pvc-2") == id {
 		t.Fatal("IDs are not a function of the name")
 	}
-	for _, bad := range []string{"", "fast", "fast.", ".abc", "fast." + strings.Repeat("g", 32),
-		"Fast." + id.Key, "fast." + id.Key + "0", "fast/" + id.Key, "../" + id.Key, "fast." + id.Key[:31] + "\x00",
-		"-fast." + id.Key, strings.Repeat("a", 33) + "." + id.Key} {
-		if _, err := ParseVolumeID(bad); !errors.Is(err, ErrInvalid) {
-			t.Errorf("ParseVolumeID(%q) = %v, want ErrInvalid", bad, err)
-		}
-	}
 	for _, tc := range []struct {
 		name string
 		ok   bool

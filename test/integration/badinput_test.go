@@ -27,18 +27,31 @@ func TestHostileInput(t *testing.T) {
 	id := vol.GetVolumeId()
 	okStaging, okTarget := c.paths("pvc-real")
 
-	badIDs := []string{"../../etc", "/etc/passwd", "default/../x", "default." + strings.Repeat("a", 32) + "\x00", "default.ABCDEF", strings.Repeat("x", 5000), "nopool." + keyOf("x"), "default.." + keyOf("x")}
-	for _, bad := range badIDs {
+	// Strings that cannot be IDs are refused; well-formed strings that are
+	// not of flashpv's form (csi-sanity's made-up IDs, other drivers' IDs)
+	// name no volume.
+	badIDs := map[string]codes.Code{
+		"../../etc":    codes.InvalidArgument,
+		"/etc/passwd":  codes.InvalidArgument,
+		"default/../x": codes.InvalidArgument,
+		"default." + strings.Repeat("a", 32) + "\x00": codes.InvalidArgument,
+		strings.Repeat("x", 5000):                     codes.InvalidArgument,
+		"default.ABCDEF":                              codes.NotFound,
+		"fake-vol-id-0123456789":                      codes.NotFound,
+		"nopool." + keyOf("x"):                        codes.NotFound,
+		"default.." + keyOf("x"):                      codes.NotFound,
+	}
+	for bad, want := range badIDs {
 		_, err := c.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, VolumeCapability: fsCap()})
-		want := codes.InvalidArgument
-		if strings.HasPrefix(bad, "nopool.") {
-			want = codes.NotFound
-		}
 		wantCode(t, err, want, "NodeStageVolume id "+truncate(bad))
 		_, err = c.nd.NodePublishVolume(ctx, &csi.NodePublishVolumeRequest{VolumeId: bad, StagingTargetPath: okStaging, TargetPath: okTarget, VolumeCapability: fsCap()})
 		wantCode(t, err, want, "NodePublishVolume id "+truncate(bad))
+		_, err = c.nd.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: bad, VolumePath: okTarget, CapacityRange: &csi.CapacityRange{RequiredBytes: 32 << 20}})
+		wantCode(t, err, want, "NodeExpandVolume id "+truncate(bad))
 		_, err = c.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: bad})
 		wantCode(t, err, want, "ControllerGetVolume id "+truncate(bad))
+		_, err = c.ctl.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: bad, VolumeCapabilities: []*csi.VolumeCapability{fsCap()}})
+		wantCode(t, err, want, "ValidateVolumeCapabilities id "+truncate(bad))
 		// Deleting something that cannot exist succeeds and deletes nothing.
 		if _, err := c.ctl.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: bad}); err != nil {
 			t.Errorf("DeleteVolume %q: %v", truncate(bad), err)
