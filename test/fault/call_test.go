@@ -1,0 +1,256 @@
+package fault
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"math/rand/v2"
+	"slices"
+	"strings"
+	"time"
+
+	"google.golang.org/grpc/status"
+)
+
+const (
+	// callTimeout bounds one attempt of a call; a hang is a failure.
+	callTimeout = 2 * time.Minute
+	// maxRetries is how often a call that fails (not killed) is retried
+	// before it counts as failed for good. The kubelet retries forever, so
+	// this is a verdict: a call that fails this often after a restart will
+	// not succeed later either.
+	maxRetries = 6
+	// maxKillsPerCall bounds the kills aimed at one call and its retries.
+	maxKillsPerCall = 3
+)
+
+// expectedCommands are the child commands each call is known to run, so
+// kills can be aimed inside them before the watcher has seen one; what the
+// watcher sees is added.
+var expectedCommands = map[string][]string{
+	"CreateVolume/*":         {"fallocate", "lvm"},
+	"NodeExpandVolume/*":     {"fallocate", "lvm"},
+	"DeleteVolume/*":         {"lvm"},
+	"NodeStageVolume/ext4":   {"mkfs.ext4", "e2fsck", "resize2fs"},
+	"NodeStageVolume/xfs":    {"mkfs.xfs", "xfs_growfs"},
+	"NodeStageVolume/btrfs":  {"mkfs.btrfs", "btrfs"},
+	"NodePublishVolume/ext4": {"e2fsck", "resize2fs"},
+	"NodeExpandVolume/ext4":  {"resize2fs"},
+	"NodeExpandVolume/xfs":   {"xfs_growfs"},
+	"NodeExpandVolume/btrfs": {"btrfs"},
+}
+
+// learned is what clean calls taught about each call kind ("RPC/kind").
+type learned struct {
+	callTime map[string]time.Duration // moving average of clean calls
+	commands map[string][]string      // child commands seen
+	cmdTime  map[string]time.Duration // longest run seen of each command
+}
+
+func newLearned() *learned {
+	return &learned{callTime: map[string]time.Duration{}, commands: map[string][]string{}, cmdTime: map[string]time.Duration{}}
+}
+
+func (l *learned) learn(key string, took time.Duration, runs map[string]time.Duration) {
+	if old, ok := l.callTime[key]; ok {
+		l.callTime[key] = (3*old + took) / 4
+	} else {
+		l.callTime[key] = took
+	}
+	for c, d := range runs {
+		if !slices.Contains(l.commands[key], c) {
+			l.commands[key] = append(l.commands[key], c)
+			slices.Sort(l.commands[key])
+		}
+		l.cmdTime[c] = max(l.cmdTime[c], d)
+	}
+}
+
+// plan draws the kill plan of one attempt. It always draws the same number
+// of values, so the operations a seed picks do not depend on timing.
+func (r *run) plan(rpc, kind string, kills int) trigger {
+	rng := r.killRng
+	pKill, pCmd, pick, frac := rng.Float64(), rng.Float64(), rng.IntN(1<<30), rng.Float64()
+	p := r.cfg.killRate
+	if len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
+		p *= 1.4 // calls that run commands have more places to be killed at
+	}
+	if kills > 0 {
+		p /= 2
+	}
+	if kills >= maxKillsPerCall || pKill >= p {
+		return trigger{kind: noKill}
+	}
+	key := rpc + "/" + kind
+	cmds := slices.Clone(r.learned.commands[key])
+	for _, c := range r.expected(rpc, kind) {
+		if !slices.Contains(cmds, c) {
+			cmds = append(cmds, c)
+		}
+	}
+	slices.Sort(cmds)
+	if len(cmds) > 0 && pCmd < 0.75 {
+		// Half of these kills aim at one command the call was seen to
+		// run; half at whichever of the long ones it runs first (not at
+		// the probes that run before them).
+		if pick%2 == 0 {
+			cmds = []string{cmds[(pick/2)%len(cmds)]}
+		} else if long := r.expected(rpc, kind); len(long) > 0 {
+			cmds = long
+		}
+		if slices.Contains(cmds, "fallocate") && (len(cmds) == 1 || pick%4 == 1) {
+			return trigger{kind: inFallocate, commands: []string{"fallocate"}}
+		}
+		var longest time.Duration
+		for _, c := range cmds {
+			longest = max(longest, r.learned.cmdTime[c])
+		}
+		// Anywhere in the command's run: it may have been seen only late.
+		return trigger{kind: inCommand, commands: cmds, delay: time.Duration(frac * float64(max(longest, 10*time.Millisecond)))}
+	}
+	d, ok := r.learned.callTime[key]
+	if !ok {
+		d = 50 * time.Millisecond
+	}
+	return trigger{kind: afterDelay, delay: time.Duration(frac * 1.2 * float64(d))}
+}
+
+// expected lists the commands a call is known to run on this backend.
+func (r *run) expected(rpc, kind string) []string {
+	var out []string
+	for _, k := range []string{rpc + "/*", rpc + "/" + kind} {
+		for _, c := range expectedCommands[k] {
+			if r.backendRuns(c) {
+				out = append(out, c)
+			}
+		}
+	}
+	return out
+}
+
+// backendRuns tells whether the pool's kind runs a command at all.
+func (r *run) backendRuns(c string) bool {
+	switch c {
+	case "fallocate":
+		return r.cfg.backend == "image"
+	case "lvm":
+		return strings.HasPrefix(r.cfg.backend, "lvm")
+	}
+	return true
+}
+
+// permanent is a call that failed for good.
+type permanent struct {
+	rpc   string
+	err   error
+	tries int
+	kills []string
+}
+
+func (p *permanent) Error() string {
+	s := fmt.Sprintf("%s still fails after %d retries: %v", p.rpc, p.tries, p.err)
+	if len(p.kills) > 0 {
+		s += "; kills before: " + strings.Join(p.kills, "; ")
+	}
+	return s
+}
+
+// call runs one CSI call as the kubelet or the provisioner would: it is
+// retried after every failure, against a restarted driver after a kill,
+// until it succeeds. accept marks an error that is the call's final answer
+// (nil: none is). kills may be aimed at every attempt.
+func (r *run) call(rpc string, v *volume, fn func(ctx context.Context) error, accept func(error) bool) error {
+	key := rpc + "/" + v.kind
+	var kills []string
+	fails := 0
+	for {
+		tr := r.plan(rpc, v.kind, len(kills))
+		w := r.watch(tr, r.backendRuns("fallocate") && (rpc == "CreateVolume" || rpc == "NodeExpandVolume"))
+		start := time.Now()
+		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
+		err := fn(ctx)
+		cancel()
+		took := time.Since(start)
+		rec, victims, runs := w.stop()
+		r.stats.calls[rpc]++
+		if rec != nil {
+			r.stats.recordKill(rpc, rec, err == nil)
+			desc := describeKill(rpc, rec, err)
+			r.event("op %d: KILL %s", r.opNum, desc)
+			kills = append(kills, desc)
+			if werr := r.drv.waitGone(victims); werr != nil {
+				return werr
+			}
+			r.drv = nil
+			r.stats.restarts++
+			if serr := r.startDriver(); serr != nil {
+				return fmt.Errorf("restarting flashpv after a kill: %w", serr)
+			}
+			if err == nil {
+				return nil // the answer came before the kill
+			}
+			continue
+		}
+		if r.crashed() {
+			r.failf(v, "%s: flashpv exited by itself (%v) during the call; log: %s", rpc, r.drv.err, r.driverLog.Name())
+			if serr := r.restart(); serr != nil {
+				return serr
+			}
+			continue
+		}
+		if err == nil {
+			r.learned.learn(key, took, runs)
+			return nil
+		}
+		if accept != nil && accept(err) {
+			r.event("op %d: %s %s: accepted answer: %v", r.opNum, rpc, v.name, err)
+			return err
+		}
+		fails++
+		r.stats.retries[rpc]++
+		r.event("op %d: %s %s: attempt %d failed: %v", r.opNum, rpc, v.name, fails, err)
+		if fails > maxRetries {
+			return &permanent{rpc: rpc, err: err, tries: maxRetries, kills: kills}
+		}
+		// The kubelet backs off exponentially; a short version of it.
+		time.Sleep(time.Duration(25<<min(fails, 5)) * time.Millisecond)
+	}
+}
+
+func describeKill(rpc string, rec *killRecord, err error) string {
+	where := "no child command"
+	if len(rec.commands) > 0 {
+		where = "during " + strings.Join(rec.commands, ",")
+	}
+	if rec.inFalloc {
+		where += ", in fallocate(2)"
+	}
+	s := fmt.Sprintf("in %s at %v (%s trigger", rpc, rec.at.Round(time.Millisecond), rec.trigger.kind)
+	if len(rec.trigger.commands) > 0 {
+		s += " " + strings.Join(rec.trigger.commands, "|")
+	}
+	s += "), " + where
+	if err == nil {
+		s += ", after the answer arrived"
+	}
+	return s
+}
+
+// isPermanent tells a call that failed for good from a broken test.
+func isPermanent(err error) bool {
+	var p *permanent
+	return errors.As(err, &p)
+}
+
+// statusText is an error's gRPC code and message, for reports.
+func statusText(err error) string {
+	if s, ok := status.FromError(err); ok {
+		return s.Code().String() + ": " + s.Message()
+	}
+	return err.Error()
+}
+
+// newRng makes a generator from the seed and a stream number.
+func newRng(seed uint64, stream uint64) *rand.Rand {
+	return rand.New(rand.NewPCG(seed, stream))
+}
