@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
+.PHONY: all build image test test-unit test-integration sanity fault test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
 
 all: build
 
@@ -35,6 +35,25 @@ test-integration: deps
 
 sanity: deps
 	$(GO) test -count=1 -timeout 15m ./test/sanity/...
+
+# Fault injection (root): the real binary's process group killed at random
+# moments inside calls and inside the commands it runs, each call retried
+# as the kubelet and the provisioner do (test/fault; `make test` runs a short
+# run). FAULT_SEEDS (default: five random ones) x FAULT_OPS operations; a
+# seed reproduces a run's choices. Reports, events and driver logs go to
+# _output/fault.
+FAULT_SEEDS ?= $(shell for i in 1 2 3 4 5; do echo $$(( (RANDOM << 15) | RANDOM )); done)
+FAULT_OPS   ?= 1000
+fault: deps
+	@mkdir -p _output/fault; rm -f _output/fault/report*.txt; failed=; \
+	for s in $(FAULT_SEEDS); do \
+		echo "=== fault injection: seed $$s, $(FAULT_OPS) operations"; \
+		FLASHPV_FAULT=1 FLASHPV_FAULT_SEED=$$s FLASHPV_FAULT_OPS=$(FAULT_OPS) $(GO) test -count=1 -timeout 60m \
+			-run '^TestFault$$' -v ./test/fault/ >_output/fault/test-$$s.log 2>&1 || failed="$$failed $$s"; \
+		cat _output/fault/report-$$s.txt 2>/dev/null || tail -n 30 _output/fault/test-$$s.log; \
+	done; \
+	cat _output/fault/report-*.txt >_output/fault/report.txt 2>/dev/null; \
+	if [ -n "$$failed" ]; then echo "fault injection failed with seeds:$$failed (_output/fault/test-SEED.log)"; exit 1; fi
 
 # The lvm and quota backends need device-mapper and XFS project quotas, which
 # this machine's kernel lacks. Their integration tests and csi-sanity run in
