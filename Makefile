@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity fault test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
+.PHONY: all build image test test-unit test-integration sanity sanity-cli fault test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
 
 all: build
 
@@ -26,6 +26,7 @@ deps:
 # Everything, as CI runs it.
 test: deps verify
 	$(GO) test -count=1 -timeout 20m ./...
+	hack/csi-sanity.sh
 
 test-unit:
 	$(GO) test -count=1 ./pkg/...
@@ -35,6 +36,12 @@ test-integration: deps
 
 sanity: deps
 	$(GO) test -count=1 -timeout 15m ./test/sanity/...
+
+# The upstream csi-sanity CLI (csi-test v5.6.0, hack/tools/csi-sanity)
+# against the flashpv binary with default flags, mount and block, as a user
+# runs it (root). Logs in _output/csi-sanity.
+sanity-cli: deps
+	hack/csi-sanity.sh
 
 # Fault injection (root): the real binary's process group killed at random
 # moments inside calls and inside the commands it runs, each call retried
