@@ -5,7 +5,6 @@ package main
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -15,16 +14,13 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
-	"k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/flashpv/flashpv/pkg/config"
-	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/health"
-	"github.com/flashpv/flashpv/pkg/loopdev"
-	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/nodeplugin"
 	"github.com/flashpv/flashpv/pkg/registration"
 	"github.com/flashpv/flashpv/pkg/unixsock"
+	"github.com/flashpv/flashpv/pkg/wellknown"
 )
 
 // version is set at build time with -ldflags "-X main.version=...".
@@ -53,37 +49,14 @@ func main() {
 }
 
 func run(opts config.Options) error {
-	var pools []pool.Pool
-	for _, spec := range opts.Pools {
-		p, err := pool.Open(spec)
-		if errors.Is(err, pool.ErrUnusable) {
-			// Storage not set up for its kind: report it (log, /healthz,
-			// storage health, metrics) and serve the other pools.
-			klog.ErrorS(err, "Pool is unusable and will not be used", "pool", spec.Name, "kind", spec.Kind)
-			p = pool.NewUnusable(spec.Name, spec.Kind, err)
-		} else if err != nil {
-			return err
-		}
-		defer p.Close()
-		pools = append(pools, p)
-	}
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d, err := driver.New(driver.Config{
-		NodeID:        opts.NodeID,
-		Version:       version,
-		Pools:         pools,
-		KubeletDir:    opts.KubeletDir,
-		MaxVolumes:    opts.MaxVolumes,
-		DefaultFsType: opts.FsType,
-		Devices:       loopdev.New(),
-		Mounter:       mount.New(""),
-		Exec:          utilexec.New(),
-		Metrics:       reg,
-	})
+	plugin, err := nodeplugin.Open(context.Background(), opts, nodeplugin.Settings{Version: version, Metrics: reg})
 	if err != nil {
 		return err
 	}
+	defer plugin.Close()
+	d, pools := plugin.Driver, plugin.Pools
 	// Listen before anything else: the kubelet calls the CSI socket as soon
 	// as the registration succeeds.
 	lis, err := unixsock.Listen(opts.SocketPath())
@@ -99,9 +72,9 @@ func run(opts config.Options) error {
 	tasks = append(tasks, func() error { return d.Serve(ctx, lis) })
 	checker := &health.Checker{CSISocket: opts.SocketPath(), Pools: pools}
 	if opts.RegistrationPath != "" {
-		r := registration.New(driver.Name, opts.RegistrationPath)
+		r := registration.New(wellknown.DriverName, opts.RegistrationPath)
 		checker.Registration = r
-		sock := registration.SocketPath(opts.RegistrationDir, driver.Name)
+		sock := registration.SocketPath(opts.RegistrationDir, wellknown.DriverName)
 		tasks = append(tasks, func() error { return r.Serve(ctx, sock) })
 	}
 	if opts.HealthAddress != "" {

@@ -22,14 +22,14 @@ type Controller struct {
 }
 
 func (s *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.CreateVolumeResponse, error) {
-	vol, err := s.createVolume(req)
+	vol, err := s.createVolume(ctx, req)
 	if err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.CreateVolumeResponse{Volume: vol}, nil
 }
 
-func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, error) {
+func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.Volume, error) {
 	name := req.GetName()
 	if err := pool.ValidateName(name); err != nil {
 		return nil, err
@@ -52,10 +52,8 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 	if err := s.d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
 	}
-	if p.Kind() == pool.KindQuota {
-		if fsType, err = quotaFsType(p, mode, req.GetVolumeCapabilities()); err != nil {
-			return nil, err
-		}
+	if fsType, err = poolFsType(p, mode, fsType, req.GetVolumeCapabilities()); err != nil {
+		return nil, err
 	}
 	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize(p, mode, fsType))
 	if err != nil {
@@ -76,7 +74,7 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 			return nil, fmt.Errorf("%w: volume %q exists in pool %s as %s", pool.ErrAlreadyExists, name, other, v.ID)
 		}
 	}
-	v, created, err := p.Create(pool.Spec{
+	v, created, err := p.Create(ctx, pool.Spec{
 		Name: name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
 		Mode: mode, FsType: fsType, Parameters: params,
 	})
@@ -89,31 +87,37 @@ func (s *Controller) createVolume(req *csi.CreateVolumeRequest) (*csi.Volume, er
 	return s.d.csiVolume(p, v), nil
 }
 
-// quotaFsType checks that capabilities fit a quota pool, whose volumes are
-// directories of its XFS: Filesystem only, and xfs if an fsType is named.
-func quotaFsType(p pool.Pool, mode pool.Mode, caps []*csi.VolumeCapability) (string, error) {
-	if mode == pool.ModeBlock {
-		return "", invalid("pool %s is a quota pool: it has Filesystem volumes only, not Block", p.Name())
+// poolFsType checks that capabilities fit what the pool's volumes can be
+// and returns the fsType the volume gets: a pool whose volumes are
+// directories of its own filesystem has Filesystem volumes only, of that
+// filesystem.
+func poolFsType(p *poolEntry, mode pool.Mode, fsType string, caps []*csi.VolumeCapability) (string, error) {
+	l := p.layout
+	if mode == pool.ModeBlock && !l.Block {
+		return "", invalid("pool %s has Filesystem volumes only, not Block", p.Name())
+	}
+	if !l.Directory {
+		return fsType, nil
 	}
 	for _, c := range caps {
-		if fs := c.GetMount().GetFsType(); fs != "" && fs != "xfs" {
-			return "", invalid("pool %s is a quota pool on XFS: fsType %q cannot be given", p.Name(), fs)
+		if fs := c.GetMount().GetFsType(); fs != "" && fs != l.FsType {
+			return "", invalid("the volumes of pool %s are directories of its %s: fsType %q cannot be given", p.Name(), l.FsType, fs)
 		}
 	}
-	return "xfs", nil
+	return l.FsType, nil
 }
 
 // minSize is the smallest volume a pool can make: a filesystem's own
-// minimum, except in quota pools, whose volumes need no mkfs.
-func minSize(p pool.Pool, mode pool.Mode, fsType string) int64 {
-	if mode == pool.ModeFilesystem && p.Kind() != pool.KindQuota {
+// minimum, except where volumes are directories, which need no mkfs.
+func minSize(p *poolEntry, mode pool.Mode, fsType string) int64 {
+	if mode == pool.ModeFilesystem && !p.layout.Directory {
 		return minFsSize[fsType]
 	}
 	return MinVolumeSize
 }
 
 // poolFor returns the pool a StorageClass's parameters select.
-func (d *Driver) poolFor(params map[string]string) (pool.Pool, error) {
+func (d *Driver) poolFor(params map[string]string) (*poolEntry, error) {
 	name, ok := params[ParamPool]
 	if !ok {
 		name = d.defaultPool
@@ -143,7 +147,7 @@ func (d *Driver) isThisNode(t *csi.Topology) bool {
 	return t.GetSegments()[TopologyKey] == d.nodeID
 }
 
-func (d *Driver) csiVolume(p pool.Pool, v *pool.Volume) *csi.Volume {
+func (d *Driver) csiVolume(p *poolEntry, v *pool.Volume) *csi.Volume {
 	return &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.SizeBytes,
@@ -153,13 +157,13 @@ func (d *Driver) csiVolume(p pool.Pool, v *pool.Volume) *csi.Volume {
 }
 
 func (s *Controller) DeleteVolume(ctx context.Context, req *csi.DeleteVolumeRequest) (*csi.DeleteVolumeResponse, error) {
-	if err := s.deleteVolume(req.GetVolumeId()); err != nil {
+	if err := s.deleteVolume(ctx, req.GetVolumeId()); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.DeleteVolumeResponse{}, nil
 }
 
-func (s *Controller) deleteVolume(volumeID string) error {
+func (s *Controller) deleteVolume(ctx context.Context, volumeID string) error {
 	if volumeID == "" {
 		return invalid("volume ID is missing")
 	}
@@ -178,10 +182,10 @@ func (s *Controller) deleteVolume(volumeID string) error {
 	if err != nil {
 		return err
 	}
-	if err := s.d.checkUnused(p, v); err != nil {
+	if err := s.d.releaseForDelete(ctx, p, v); err != nil {
 		return err
 	}
-	if err := p.Delete(v.Key()); err != nil {
+	if err := p.Delete(ctx, v.Key()); err != nil {
 		return err
 	}
 	klog.InfoS("Volume deleted", "volumeID", volumeID, "name", v.Name)
@@ -200,8 +204,8 @@ func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	smallest := int64(MinVolumeSize)
 	if caps := req.GetVolumeCapabilities(); len(caps) > 0 {
 		mode, fsType, err := checkCapabilities(caps, s.d.defaultFsType)
-		if err == nil && p.Kind() == pool.KindQuota {
-			fsType, err = quotaFsType(p, mode, caps)
+		if err == nil {
+			fsType, err = poolFsType(p, mode, fsType, caps)
 		}
 		if err != nil {
 			// No volume with these capabilities can be made here.
@@ -212,7 +216,7 @@ func (s *Controller) GetCapacity(ctx context.Context, req *csi.GetCapacityReques
 	if t := req.GetAccessibleTopology(); t != nil && !s.d.isThisNode(t) {
 		return &csi.GetCapacityResponse{}, nil
 	}
-	c, err := p.Capacity()
+	c, err := p.Capacity(ctx)
 	if err != nil {
 		return nil, toStatus(err)
 	}
@@ -236,7 +240,7 @@ func (s *Controller) ListVolumes(ctx context.Context, req *csi.ListVolumesReques
 }
 
 type poolVolume struct {
-	pool pool.Pool
+	pool *poolEntry
 	vol  *pool.Volume
 }
 
@@ -322,4 +326,27 @@ func (s *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}
 	return &csi.ControllerGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (s *Controller) ControllerGetVolumeHealth(ctx context.Context, req *csi.ControllerGetVolumeHealthRequest) (*csi.ControllerGetVolumeHealthResponse, error) {
+	if req.GetVolumeId() == "" {
+		return nil, toStatus(invalid("volume ID is missing"))
+	}
+	p, v, err := s.d.lookup(req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.ControllerGetVolumeHealthResponse{VolumeHealth: s.d.volumeHealth(ctx, p, v)}, nil
+}
+
+func (s *Controller) ControllerListVolumeHealth(ctx context.Context, req *csi.ControllerListVolumeHealthRequest) (*csi.ControllerListVolumeHealthResponse, error) {
+	page, next, err := s.d.listPage(req.GetMaxEntries(), req.GetStartingToken())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	resp := &csi.ControllerListVolumeHealthResponse{NextToken: next}
+	for _, e := range page {
+		resp.Entries = append(resp.Entries, s.d.volumeHealth(ctx, e.pool, e.vol))
+	}
+	return resp, nil
 }

@@ -14,11 +14,14 @@ import (
 )
 
 // fakeDevices pretends files are attached to loop devices.
-type fakeDevices struct{ attached map[string]string }
+type fakeDevices struct {
+	attached map[string]string
+	busy     map[string]bool // files whose device something holds open
+}
 
 func (f *fakeDevices) Find(file string) (string, error) { return f.attached[file], nil }
 func (f *fakeDevices) Attach(file string) (string, error) {
-	f.attached[file] = "/dev/loop-fake"
+	f.attached[file] = fmt.Sprintf("/dev/loop-fake%d", len(f.attached))
 	return f.attached[file], nil
 }
 func (f *fakeDevices) AttachLimited(file string, limit *loopdev.Limit) (string, error) {
@@ -32,23 +35,39 @@ func (f *fakeDevices) AttachLimited(file string, limit *loopdev.Limit) (string, 
 	}
 	return f.Attach(file)
 }
-func (f *fakeDevices) Detach(file string) error { delete(f.attached, file); return nil }
+func (f *fakeDevices) Detach(file string) error {
+	if f.busy[file] {
+		return fmt.Errorf("%w: %s is open", loopdev.ErrBusy, file)
+	}
+	delete(f.attached, file)
+	return nil
+}
 func (f *fakeDevices) Attached(...string) (map[string]string, error) {
 	return f.attached, nil
 }
 
 func newTestController(t *testing.T) (*Controller, *fakeDevices) {
 	t.Helper()
+	d, devs, _ := newTestDriver(t, t.TempDir())
+	return &Controller{d: d}, devs
+}
+
+// newTestDriver is a driver on a real image pool in a temp dir, with loop
+// devices and mounts faked: no root needed.
+func newTestDriver(t *testing.T, kubeletDir string) (*Driver, *fakeDevices, *fakeMounts) {
+	t.Helper()
 	p, err := pool.OpenImage("default", t.TempDir(), 0)
 	if err != nil {
 		t.Fatal(err)
 	}
-	devs := &fakeDevices{attached: map[string]string{}}
-	d, err := New(Config{NodeID: "n1", Pools: []pool.Pool{p}, KubeletDir: "/var/lib/kubelet", MaxVolumes: 10, Devices: devs})
+	t.Cleanup(func() { p.Close() })
+	devs := &fakeDevices{attached: map[string]string{}, busy: map[string]bool{}}
+	mounts := newFakeMounts()
+	d, err := New(Config{NodeID: "n1", Pools: []pool.Pool{p}, KubeletDir: kubeletDir, MaxVolumes: 10, Loops: devs, Mounts: mounts})
 	if err != nil {
 		t.Fatal(err)
 	}
-	return &Controller{d: d}, devs
+	return d, devs, mounts
 }
 
 func blockCaps() []*csi.VolumeCapability {
@@ -113,8 +132,12 @@ func TestListVolumesPagination(t *testing.T) {
 	}
 }
 
+// A volume mounted on the node, or whose device something holds open, is
+// not deleted; one whose device a retried unstage left attached with
+// nothing on it is detached and deleted.
 func TestDeleteRefusesStagedVolume(t *testing.T) {
 	c, devs := newTestController(t)
+	mounts := c.d.mounts.(*fakeMounts)
 	ctx := context.Background()
 	resp, err := c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "staged", CapacityRange: &csi.CapacityRange{RequiredBytes: 1 << 20}, VolumeCapabilities: blockCaps()})
 	if err != nil {
@@ -122,17 +145,27 @@ func TestDeleteRefusesStagedVolume(t *testing.T) {
 	}
 	id := resp.GetVolume().GetVolumeId()
 	p, v, _ := c.d.lookup(id)
-	devs.Attach(p.(*pool.ImagePool).ImagePath(v.Key()))
+	img := p.Pool.(*pool.ImagePool).ImagePath(v.Key())
+	dev, _ := devs.Attach(img)
+	mounts.Bind(dev, "/pods/x/volume", nil)
 	_, err = c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id})
 	if status.Code(err) != codes.FailedPrecondition {
-		t.Fatalf("delete of a staged volume: %v", err)
+		t.Fatalf("delete of a published volume: %v", err)
 	}
 	if _, err := c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatalf("volume gone after a refused delete: %v", err)
 	}
-	devs.Detach(p.(*pool.ImagePool).ImagePath(v.Key()))
+	mounts.Unmount("/pods/x/volume")
+	devs.busy[img] = true
+	if _, err = c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete of a volume whose device is held open: %v", err)
+	}
+	devs.busy[img] = false
 	if _, err := c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: id}); err != nil {
-		t.Fatal(err)
+		t.Fatalf("delete of a volume left attached with nothing mounted: %v", err)
+	}
+	if devs.attached[img] != "" {
+		t.Fatal("the leftover loop device was not detached")
 	}
 	_, err = c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
 	if status.Code(err) != codes.NotFound {

@@ -1,5 +1,7 @@
 // Package driver implements the CSI Identity, Controller and Node services of
-// flashpv on top of the pool, loop device and mount layers.
+// flashpv. It reaches storage only through the pool package (what a pool
+// holds and how a volume's source is attached on the node) and the mount
+// layer (pkg/mounter), both behind interfaces, so it knows no backend.
 package driver
 
 import (
@@ -8,29 +10,20 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
-	"k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
-	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/wellknown"
 )
 
 const (
 	// Name is the CSI driver name.
-	Name = "flashpv.dev"
+	Name = wellknown.DriverName
 	// TopologyKey carries the node name in volume and node topology.
-	TopologyKey = "flashpv.dev/node"
+	TopologyKey = wellknown.TopologyKey
 	// ParamPool is the StorageClass parameter that selects a pool.
-	ParamPool = "pool"
+	ParamPool = wellknown.ParamPool
 )
-
-// devices is what the node service needs from loop devices.
-type devices interface {
-	Find(file string) (string, error)
-	AttachLimited(file string, limit *loopdev.Limit) (string, error)
-	Detach(file string) error
-	Attached(dirs ...string) (map[string]string, error)
-}
 
 // Config wires a Driver.
 type Config struct {
@@ -42,9 +35,13 @@ type Config struct {
 	MaxVolumes  int64
 	// DefaultFsType formats Mount volumes whose capability names no fsType.
 	DefaultFsType string
-	Devices       devices
-	Mounter       mount.Interface
-	Exec          utilexec.Interface
+	// Loops attaches image volumes (nil: pool sources without loop
+	// devices, as in tests that give Sources).
+	Loops pool.LoopDevices
+	// Sources, when set, replaces the pools' own node side (tests).
+	Sources map[string]pool.Source
+	// Mounts is the mount layer.
+	Mounts mounter.Interface
 	// Metrics, when set, receives the driver's Prometheus metrics.
 	Metrics prometheus.Registerer
 }
@@ -53,21 +50,25 @@ type Config struct {
 type Driver struct {
 	nodeID        string
 	version       string
-	pools         map[string]pool.Pool
+	pools         map[string]*poolEntry
 	poolNames     []string
 	defaultPool   string
 	kubeletDir    string
 	maxVolumes    int64
 	defaultFsType string
 
-	devices devices
-	mounter *mount.SafeFormatAndMount
-	resizer *mount.ResizeFs
-	// growMountedExt4: this process may grow a mounted ext4.
-	growMountedExt4 bool
-	exec            utilexec.Interface
-	locks           *keyLocks
-	metrics         *metrics
+	mounts  mounter.Interface
+	locks   *keyLocks
+	metrics *metrics
+}
+
+// poolEntry is a pool with what the driver learned of it once: its node
+// side, its layout and the optional capabilities it has.
+type poolEntry struct {
+	pool.Pool
+	src    pool.Source
+	layout pool.Layout
+	usage  pool.UsageReporter // nil unless the pool reports volume usage
 }
 
 // New checks cfg and returns a Driver.
@@ -78,20 +79,19 @@ func New(cfg Config) (*Driver, error) {
 	if len(cfg.Pools) == 0 {
 		return nil, fmt.Errorf("at least one pool is required")
 	}
+	if cfg.Mounts == nil {
+		return nil, fmt.Errorf("a mount layer is required")
+	}
 	d := &Driver{
-		nodeID:          cfg.NodeID,
-		version:         cfg.Version,
-		pools:           map[string]pool.Pool{},
-		defaultPool:     cfg.DefaultPool,
-		kubeletDir:      cfg.KubeletDir,
-		maxVolumes:      cfg.MaxVolumes,
-		defaultFsType:   cfg.DefaultFsType,
-		devices:         cfg.Devices,
-		mounter:         mount.NewSafeFormatAndMount(cfg.Mounter, cfg.Exec),
-		resizer:         mount.NewResizeFs(cfg.Exec),
-		growMountedExt4: CanGrowMountedExt4(),
-		exec:            cfg.Exec,
-		locks:           newKeyLocks(),
+		nodeID:        cfg.NodeID,
+		version:       cfg.Version,
+		pools:         map[string]*poolEntry{},
+		defaultPool:   cfg.DefaultPool,
+		kubeletDir:    cfg.KubeletDir,
+		maxVolumes:    cfg.MaxVolumes,
+		defaultFsType: cfg.DefaultFsType,
+		mounts:        cfg.Mounts,
+		locks:         newKeyLocks(),
 	}
 	if d.defaultFsType == "" {
 		d.defaultFsType = DefaultFsType
@@ -99,8 +99,17 @@ func New(cfg Config) (*Driver, error) {
 	if _, ok := minFsSize[d.defaultFsType]; !ok {
 		return nil, fmt.Errorf("default fsType %q: supported are ext4, xfs and btrfs", d.defaultFsType)
 	}
+	sources := cfg.Sources
+	if sources == nil {
+		sources = pool.Sources(cfg.Pools, pool.NodeEnv{Loops: cfg.Loops, Limit: d.checkLimit})
+	}
 	for _, p := range cfg.Pools {
-		d.pools[p.Name()] = p
+		e := &poolEntry{Pool: p, src: sources[p.Name()], layout: p.Layout()}
+		if e.src == nil {
+			return nil, fmt.Errorf("pool %s has no node side", p.Name())
+		}
+		e.usage, _ = p.(pool.UsageReporter)
+		d.pools[p.Name()] = e
 		d.poolNames = append(d.poolNames, p.Name())
 	}
 	sort.Strings(d.poolNames)
@@ -118,8 +127,17 @@ func New(cfg Config) (*Driver, error) {
 	return d, nil
 }
 
+// checkLimit keeps the node under its volume limit when one more volume is
+// attached.
+func (d *Driver) checkLimit(attached int) error {
+	if int64(attached) >= d.maxVolumes {
+		return fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, attached, d.maxVolumes)
+	}
+	return nil
+}
+
 // lookup resolves a volume ID to its pool and metadata.
-func (d *Driver) lookup(volumeID string) (pool.Pool, *pool.Volume, error) {
+func (d *Driver) lookup(volumeID string) (*poolEntry, *pool.Volume, error) {
 	id, err := pool.ParseVolumeID(volumeID)
 	if err != nil {
 		return nil, nil, err

@@ -8,6 +8,7 @@ import (
 	"google.golang.org/grpc/status"
 
 	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -30,7 +31,7 @@ func toStatus(err error) error {
 	}
 	code := codes.Internal
 	switch {
-	case errors.Is(err, pool.ErrInvalid), errors.Is(err, errUnsupported):
+	case errors.Is(err, pool.ErrInvalid), errors.Is(err, errUnsupported), errors.Is(err, mounter.ErrOption):
 		code = codes.InvalidArgument
 	case errors.Is(err, pool.ErrInProgress):
 		code = codes.Aborted
@@ -46,7 +47,9 @@ func toStatus(err error) error {
 		code = codes.Aborted
 	case errors.Is(err, pool.ErrUnusable):
 		code = codes.Unavailable
-	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy), errors.Is(err, pool.ErrInUse):
+	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy), errors.Is(err, pool.ErrInUse),
+		errors.Is(err, pool.ErrStorageMissing), errors.Is(err, mounter.ErrBusy),
+		errors.Is(err, mounter.ErrNeedsOperator), errors.Is(err, mounter.ErrCannotGrowOnline):
 		code = codes.FailedPrecondition
 	case errors.Is(err, context.Canceled):
 		code = codes.Canceled

@@ -11,6 +11,9 @@ import (
 	"k8s.io/klog/v2"
 )
 
+// scrapeTimeout bounds the pool checks of one metrics scrape.
+const scrapeTimeout = 10 * time.Second
+
 // metrics are the driver's Prometheus metrics: CSI calls as they happen, and
 // the pools' state measured at every scrape.
 type metrics struct {
@@ -66,14 +69,17 @@ func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
+	// A scrape has no context of its own; an lvm report must not hang it.
+	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
+	defer cancel()
 	for _, name := range c.d.poolNames {
 		p := c.d.pools[name]
 		up := 1.0
-		if err := p.Probe(); err != nil {
+		if err := p.Probe(ctx); err != nil {
 			up = 0
 		}
 		ch <- prometheus.MustNewConstMetric(descPoolUp, prometheus.GaugeValue, up, name)
-		capa, err := p.Capacity()
+		capa, err := p.Capacity(ctx)
 		if err != nil {
 			klog.ErrorS(err, "Pool capacity for metrics", "pool", name)
 			continue
@@ -86,12 +92,8 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		if err != nil {
 			continue
 		}
-		abnormal := 0
-		for _, v := range vols {
-			if len(c.d.volumeHealth(p, v).GetHealthStatuses()) > 0 {
-				abnormal++
-			}
-		}
+		// One check of the whole pool, not one per volume.
+		abnormal := len(p.Check(ctx, vols))
 		ch <- prometheus.MustNewConstMetric(descAbnormal, prometheus.GaugeValue, float64(abnormal), name)
 	}
 }

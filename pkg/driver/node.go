@@ -9,107 +9,41 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
-	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
-// Node is the CSI Node service: it attaches volume images as loop devices,
-// formats and mounts them, and publishes them to pods.
+// Node is the CSI Node service: it attaches a volume's source, formats and
+// mounts it at the staging path, and publishes it to pods.
 type Node struct {
 	csi.UnimplementedNodeServer
 	d *Driver
 }
 
-// mkfsArgs are the arguments of mkfs.<fsType> for a new volume. None of them
-// discards the device: a discard would punch the whole preallocated image
-// full of holes before the first write.
-func mkfsArgs(fsType, dev string) []string {
-	switch fsType {
-	case "ext4":
-		// No blocks reserved for root: the volume belongs to its pod.
-		// Inode tables and journal are zeroed now, which on a loop device
-		// costs an fallocate, instead of by the kernel's lazyinit thread
-		// writing in the background for minutes after the first mount.
-		return []string{"-F", "-q", "-m0", "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", dev}
-	default: // xfs, btrfs
-		return []string{"-K", "-q", dev}
-	}
-}
-
-// nodeVolume is a known volume, locked against concurrent operations.
-type nodeVolume struct {
-	pool    pool.Pool
-	vol     *pool.Volume
-	release func()
-}
-
-// pathArg is a path from the CO and what the error calls it.
-type pathArg struct{ path, what string }
-
-// openNodeVolume validates a node request's volume ID and paths, takes the
-// volume's in-flight lock and loads it. The caller must call release.
-func (d *Driver) openNodeVolume(volumeID string, paths ...pathArg) (*nodeVolume, error) {
-	if volumeID == "" {
-		return nil, invalid("volume ID is missing")
-	}
-	for _, p := range paths {
-		if err := d.checkPath(p.path, p.what); err != nil {
-			return nil, err
-		}
-	}
-	if _, err := pool.ParseVolumeID(volumeID); err != nil {
-		return nil, err
-	}
-	release, err := d.locks.acquire(volumeID)
-	if err != nil {
-		return nil, err
-	}
-	p, v, err := d.lookup(volumeID)
-	if err != nil {
-		release()
-		return nil, err
-	}
-	return &nodeVolume{pool: p, vol: v, release: release}, nil
-}
-
-// checkMatches refuses a capability that does not fit the volume.
-func (d *Driver) checkMatches(v *pool.Volume, c *csi.VolumeCapability) error {
-	mode, fsType, err := checkCapability(c, d.defaultFsType)
-	if err != nil {
-		return err
-	}
-	if mode != v.Mode {
-		return invalid("volume %s is a %s volume, the capability asks for %s", v.ID, v.Mode, mode)
-	}
-	if mode == pool.ModeFilesystem && c.GetMount().GetFsType() != "" && fsType != v.FsType {
-		return invalid("volume %s holds %s, the capability asks for %s", v.ID, v.FsType, fsType)
-	}
-	return nil
-}
-
 func (s *Node) NodeStageVolume(ctx context.Context, req *csi.NodeStageVolumeRequest) (*csi.NodeStageVolumeResponse, error) {
-	if err := s.stage(req); err != nil {
+	if err := s.stage(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeStageVolumeResponse{}, nil
 }
 
-func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
+func (s *Node) stage(ctx context.Context, req *csi.NodeStageVolumeRequest) error {
 	staging := req.GetStagingTargetPath()
-	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
+	want, err := s.d.parseCapability(req.GetVolumeCapability())
+	if err != nil {
 		return err
 	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{staging, "staging target path"})
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId(), pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
 	defer nv.release()
-	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+	if err := want.matches(nv.vol); err != nil {
 		return err
 	}
-	src, err := s.d.attach(nv)
+	src, err := nv.pool.src.Attach(ctx, nv.vol)
 	if err != nil {
 		return err
 	}
@@ -117,168 +51,99 @@ func (s *Node) stage(req *csi.NodeStageVolumeRequest) error {
 	switch {
 	case nv.vol.Mode == pool.ModeBlock:
 		return nil
-	case nv.pool.Kind() == pool.KindQuota:
-		return stageDirectory(nv.vol, src, staging, flags)
+	case nv.pool.layout.Directory:
+		return s.d.stageDirectory(nv, src, staging, flags)
 	}
-	return s.d.stageFilesystem(nv.vol, src, staging, flags)
-}
-
-// attachImage returns the loop device of an image, attaching it if needed
-// while keeping the node under its volume limit.
-func (d *Driver) attachImage(image string) (string, error) {
-	var dirs []string
-	for _, name := range d.poolNames {
-		if ip, ok := d.pools[name].(*pool.ImagePool); ok {
-			dirs = append(dirs, ip.Dir())
-		}
-	}
-	dev, err := d.devices.AttachLimited(image, &loopdev.Limit{Dirs: dirs, Check: func(n int) error {
-		if int64(n) >= d.maxVolumes {
-			return fmt.Errorf("%w: %d volumes are staged, the limit is %d", errTooMany, n, d.maxVolumes)
-		}
-		return nil
-	}})
-	if err != nil {
-		if errors.Is(err, errTooMany) {
-			return "", err
-		}
-		return "", fmt.Errorf("attaching %s: %w", image, err)
-	}
-	klog.V(4).InfoS("Image attached", "image", image, "device", dev)
-	return dev, nil
-}
-
-func (d *Driver) stageFilesystem(v *pool.Volume, dev, staging string, flags []string) error {
-	m, err := mountAt(staging)
-	if err != nil {
-		return err
-	}
-	if m != nil && !newDeviceMounts(dev).owns(m) {
-		return fmt.Errorf("%w: staging path %s already holds another mount (%s)", errPrecondition, staging, m)
-	}
-	if m == nil {
-		format, err := d.mounter.GetDiskFormat(dev)
-		if err != nil {
-			return fmt.Errorf("probing %s: %w", dev, err)
-		}
-		if format != "" && format != v.FsType {
-			return fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
-		}
-		// ext4 is checked and grows before it is mounted (no
-		// CAP_SYS_RESOURCE needed).
-		if format == "ext4" {
-			if err := d.checkExt(dev); err != nil {
-				return err
-			}
-		}
-		if err := os.MkdirAll(staging, 0o750); err != nil {
-			return err
-		}
-		if format == "" {
-			if out, err := d.exec.Command("mkfs."+v.FsType, mkfsArgs(v.FsType, dev)...).CombinedOutput(); err != nil {
-				return fmt.Errorf("mkfs.%s %s: %v: %s", v.FsType, dev, err, out)
-			}
-		}
-		if err := mountFilesystem(dev, staging, v.FsType, flags); err != nil {
-			return err
-		}
-		klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "device", dev, "path", staging, "fsType", v.FsType, "formatted", format == "")
-		// A new filesystem fills its device, and ext4 has grown above.
-		if format == "" || format == "ext4" {
-			return nil
-		}
-	}
-	// Finish a growth that happened while the volume was not mounted (or
-	// that a crash interrupted).
-	return d.growFilesystem(dev, staging, v.FsType)
+	return s.d.stageFilesystem(ctx, nv, src, staging, flags)
 }
 
 func (s *Node) NodeUnstageVolume(ctx context.Context, req *csi.NodeUnstageVolumeRequest) (*csi.NodeUnstageVolumeResponse, error) {
-	if err := s.unstage(req); err != nil {
+	if err := s.unstage(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnstageVolumeResponse{}, nil
 }
 
-func (s *Node) unstage(req *csi.NodeUnstageVolumeRequest) error {
+func (s *Node) unstage(ctx context.Context, req *csi.NodeUnstageVolumeRequest) error {
 	staging := req.GetStagingTargetPath()
-	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{staging, "staging target path"})
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId(), pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
 	defer nv.release()
-	dev, err := s.d.find(nv)
+	src, err := nv.pool.src.Find(nv.vol)
 	if err != nil {
 		return err
 	}
-	dm := s.d.mountsOf(nv, dev)
-	m, err := mountAt(staging)
+	o := s.d.origin(nv, src)
+	m, err := s.d.mounts.At(staging)
 	if err != nil {
 		return err
 	}
 	if m != nil {
-		if !dm.owns(m) {
+		if !o.Owns(m) {
 			return fmt.Errorf("%w: staging path %s holds a mount that is not volume %s", errPrecondition, staging, nv.vol.ID)
 		}
-		if err := unmount(staging); err != nil {
+		if err := s.d.mounts.Unmount(staging); err != nil {
 			return err
 		}
 	}
-	if dev == "" {
+	if src == "" {
 		return nil
 	}
-	if left, err := dm.all(); err != nil {
+	if left, err := s.d.mounts.MountsOf(o); err != nil {
 		return err
 	} else if len(left) > 0 {
 		return fmt.Errorf("%w: volume %s is still published at %v", errPrecondition, nv.vol.ID, left)
 	}
-	if err := s.d.detach(nv); err != nil {
+	if err := nv.pool.src.Detach(ctx, nv.vol); err != nil {
 		return err
 	}
-	klog.V(2).InfoS("Volume unstaged", "volumeID", nv.vol.ID, "source", dev)
+	klog.V(2).InfoS("Volume unstaged", "volumeID", nv.vol.ID, "source", src)
 	return nil
 }
 
 func (s *Node) NodePublishVolume(ctx context.Context, req *csi.NodePublishVolumeRequest) (*csi.NodePublishVolumeResponse, error) {
-	if err := s.publish(req); err != nil {
+	if err := s.publish(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodePublishVolumeResponse{}, nil
 }
 
-func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
+func (s *Node) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) error {
 	target, staging := req.GetTargetPath(), req.GetStagingTargetPath()
-	if _, _, err := checkCapability(req.GetVolumeCapability(), s.d.defaultFsType); err != nil {
+	want, err := s.d.parseCapability(req.GetVolumeCapability())
+	if err != nil {
 		return err
 	}
-	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{target, "target path"}, pathArg{staging, "staging target path"})
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId(), pathArg{target, "target path"}, pathArg{staging, "staging target path"})
 	if err != nil {
 		return err
 	}
 	defer nv.release()
-	if err := s.d.checkMatches(nv.vol, req.GetVolumeCapability()); err != nil {
+	if err := want.matches(nv.vol); err != nil {
 		return err
 	}
-	dev, err := s.d.find(nv)
+	src, err := nv.pool.src.Find(nv.vol)
 	if err != nil {
 		return err
 	}
-	if dev == "" {
+	if src == "" {
 		return fmt.Errorf("%w: volume %s is not staged", errPrecondition, nv.vol.ID)
 	}
-	dm := s.d.mountsOf(nv, dev)
-	existing, err := mountAt(target)
+	o := s.d.origin(nv, src)
+	existing, err := s.d.mounts.At(target)
 	if err != nil {
 		return err
 	}
 	if existing != nil {
-		if !dm.owns(existing) || existing.readOnly != req.GetReadonly() {
+		if !o.Owns(existing) || existing.ReadOnly != req.GetReadonly() {
 			return fmt.Errorf("%w: target %s already holds a different mount", pool.ErrAlreadyExists, target)
 		}
 		return nil
 	}
 	if req.GetVolumeCapability().GetAccessMode().GetMode() == csi.VolumeCapability_AccessMode_SINGLE_NODE_SINGLE_WRITER {
-		if err := singleWriter(dm, staging); err != nil {
+		if err := s.d.singleWriter(nv, src, staging); err != nil {
 			return err
 		}
 	}
@@ -286,89 +151,63 @@ func (s *Node) publish(req *csi.NodePublishVolumeRequest) error {
 	if req.GetReadonly() {
 		opts = append(opts, "ro")
 	}
-	source := dev
+	source := src
 	if nv.vol.Mode == pool.ModeFilesystem {
-		sm, err := mountAt(staging)
+		sm, err := s.d.mounts.At(staging)
 		if err != nil {
 			return err
 		}
-		if sm == nil || !dm.owns(sm) {
+		if sm == nil || !o.Owns(sm) {
 			return fmt.Errorf("%w: volume %s is not staged at %s", errPrecondition, nv.vol.ID, staging)
 		}
-		if nv.vol.FsType == "ext4" && nv.pool.Kind() != pool.KindQuota {
-			if err := s.d.growExtBeforePublish(dm, staging, req.GetVolumeCapability().GetMount().GetMountFlags()); err != nil {
+		flags := req.GetVolumeCapability().GetMount().GetMountFlags()
+		if nv.vol.FsType == "ext4" && !nv.pool.layout.Directory {
+			if err := s.d.growExtBeforePublish(ctx, nv, src, staging, flags); err != nil {
 				return err
 			}
 		}
 		source = staging
-		opts = append(opts, req.GetVolumeCapability().GetMount().GetMountFlags()...)
+		opts = append(opts, flags...)
 		if err := os.MkdirAll(target, 0o750); err != nil {
 			return err
 		}
 	} else if err := makeFile(target); err != nil {
 		return err
 	}
-	if err := bindMount(source, target, opts); err != nil {
+	if err := s.d.mounts.Bind(source, target, opts); err != nil {
 		return err
 	}
 	klog.V(2).InfoS("Volume published", "volumeID", nv.vol.ID, "target", target, "readonly", req.GetReadonly())
 	return nil
 }
 
-// singleWriter refuses a second publication of a SINGLE_NODE_SINGLE_WRITER
-// volume.
-func singleWriter(dm deviceMounts, staging string) error {
-	mounts, err := dm.all()
-	if err != nil {
-		return err
-	}
-	for _, mp := range mounts {
-		if mp != staging {
-			return fmt.Errorf("%w: single-writer volume is already published at %s", errPrecondition, mp)
-		}
-	}
-	return nil
-}
-
-// makeFile creates the file a block device is bind-mounted onto.
-func makeFile(path string) error {
-	if err := os.MkdirAll(filepath.Dir(path), 0o750); err != nil {
-		return err
-	}
-	f, err := os.OpenFile(path, os.O_CREATE|os.O_RDONLY, 0o640)
-	if err != nil {
-		return err
-	}
-	return f.Close()
-}
-
 func (s *Node) NodeUnpublishVolume(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) (*csi.NodeUnpublishVolumeResponse, error) {
-	if err := s.unpublish(req); err != nil {
+	if err := s.unpublish(ctx, req); err != nil {
 		return nil, toStatus(err)
 	}
 	return &csi.NodeUnpublishVolumeResponse{}, nil
 }
 
-func (s *Node) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
+func (s *Node) unpublish(ctx context.Context, req *csi.NodeUnpublishVolumeRequest) error {
 	target := req.GetTargetPath()
-	nv, err := s.d.openNodeVolume(req.GetVolumeId(), pathArg{target, "target path"})
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId(), pathArg{target, "target path"})
 	if err != nil {
 		return err
 	}
 	defer nv.release()
-	m, err := mountAt(target)
+	m, err := s.d.mounts.At(target)
 	if err != nil {
 		return err
 	}
 	if m != nil {
-		dev, err := s.d.find(nv)
+		src, err := nv.pool.src.Find(nv.vol)
 		if err != nil {
 			return err
 		}
-		if !s.d.mountsOf(nv, dev).owns(m) {
+		if !s.d.origin(nv, src).Owns(m) {
 			return fmt.Errorf("%w: target %s holds a mount that is not volume %s", errPrecondition, target, nv.vol.ID)
 		}
-		if err := unmount(target); err != nil {
+		if err := s.d.mounts.Unmount(target); err != nil {
 			return err
 		}
 	}
@@ -379,4 +218,136 @@ func (s *Node) unpublish(req *csi.NodeUnpublishVolumeRequest) error {
 	}
 	klog.V(2).InfoS("Volume unpublished", "volumeID", nv.vol.ID, "target", target)
 	return nil
+}
+
+func (s *Node) NodeExpandVolume(ctx context.Context, req *csi.NodeExpandVolumeRequest) (*csi.NodeExpandVolumeResponse, error) {
+	size, err := s.expand(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return &csi.NodeExpandVolumeResponse{CapacityBytes: size}, nil
+}
+
+func (s *Node) NodeGetVolumeStats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	resp, err := s.stats(ctx, req)
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	return resp, nil
+}
+
+func (s *Node) stats(ctx context.Context, req *csi.NodeGetVolumeStatsRequest) (*csi.NodeGetVolumeStatsResponse, error) {
+	path := req.GetVolumePath()
+	if req.GetVolumeId() == "" {
+		return nil, invalid("volume ID is missing")
+	}
+	if path == "" {
+		return nil, invalid("volume path is missing")
+	}
+	if !filepath.IsAbs(path) {
+		return nil, fmt.Errorf("%w: volume path %q is not absolute, so the volume is not there", pool.ErrNotFound, path)
+	}
+	if err := s.d.checkPath(path, "volume path"); err != nil {
+		return nil, err
+	}
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	defer nv.release()
+	src, err := nv.pool.src.Find(nv.vol)
+	if err != nil {
+		return nil, err
+	}
+	m, err := s.d.mounts.At(path)
+	if err != nil {
+		return nil, err
+	}
+	if src == "" || m == nil || !s.d.origin(nv, src).Owns(m) {
+		return nil, fmt.Errorf("%w: volume %s is not published at %s", pool.ErrNotFound, nv.vol.ID, path)
+	}
+	if nv.vol.Mode == pool.ModeBlock {
+		size, err := s.d.mounts.DeviceSize(path)
+		if err != nil {
+			return nil, err
+		}
+		return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{{Unit: csi.VolumeUsage_BYTES, Total: size}}}, nil
+	}
+	st, err := s.d.mounts.Statfs(path)
+	if err != nil {
+		return nil, err
+	}
+	bytes := &csi.VolumeUsage{Unit: csi.VolumeUsage_BYTES, Total: st.Total, Available: st.Available, Used: st.Used}
+	if nv.pool.usage != nil {
+		// The filesystem is shared: the volume is its limit and what it uses.
+		used, err := nv.pool.usage.Usage(ctx, nv.vol)
+		if err != nil {
+			return nil, err
+		}
+		bytes.Total, bytes.Used = nv.vol.SizeBytes, used
+		bytes.Available = min(max(nv.vol.SizeBytes-used, 0), bytes.Available)
+	}
+	return &csi.NodeGetVolumeStatsResponse{Usage: []*csi.VolumeUsage{
+		bytes,
+		{Unit: csi.VolumeUsage_INODES, Total: st.Inodes, Available: st.InodesFree, Used: st.Inodes - st.InodesFree},
+	}}, nil
+}
+
+func (s *Node) NodeGetInfo(context.Context, *csi.NodeGetInfoRequest) (*csi.NodeGetInfoResponse, error) {
+	return &csi.NodeGetInfoResponse{
+		NodeId:             s.d.nodeID,
+		MaxVolumesPerNode:  s.d.maxVolumes,
+		AccessibleTopology: s.d.topology(),
+	}, nil
+}
+
+func (s *Node) NodeGetCapabilities(context.Context, *csi.NodeGetCapabilitiesRequest) (*csi.NodeGetCapabilitiesResponse, error) {
+	var caps []*csi.NodeServiceCapability
+	for _, t := range []csi.NodeServiceCapability_RPC_Type{
+		csi.NodeServiceCapability_RPC_STAGE_UNSTAGE_VOLUME,
+		csi.NodeServiceCapability_RPC_EXPAND_VOLUME,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_STATS,
+		csi.NodeServiceCapability_RPC_GET_VOLUME_HEALTH,
+		csi.NodeServiceCapability_RPC_GET_STORAGE_HEALTH,
+		csi.NodeServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+	} {
+		caps = append(caps, &csi.NodeServiceCapability{Type: &csi.NodeServiceCapability_Rpc{Rpc: &csi.NodeServiceCapability_RPC{Type: t}}})
+	}
+	return &csi.NodeGetCapabilitiesResponse{Capabilities: caps}, nil
+}
+
+func (s *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHealthRequest) (*csi.NodeGetVolumeHealthResponse, error) {
+	for _, p := range []string{req.GetStagingTargetPath(), req.GetVolumePublishPath()} {
+		if p != "" {
+			if err := s.d.checkPath(p, "path"); err != nil {
+				return nil, toStatus(err)
+			}
+		}
+	}
+	nv, err := s.d.openNodeVolume(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, toStatus(err)
+	}
+	defer nv.release()
+	h := s.d.volumeHealth(ctx, nv.pool, nv.vol)
+	h.HealthStatuses = append(h.HealthStatuses, s.d.attachmentHealth(nv, req.GetStagingTargetPath(), req.GetVolumePublishPath())...)
+	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
+}
+
+// NodeGetStorageHealth reports pools that cannot be read or written.
+func (s *Node) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
+	resp := &csi.NodeGetStorageHealthResponse{}
+	for _, name := range s.d.poolNames {
+		if err := s.d.pools[name].Probe(ctx); err != nil {
+			st := csi.StorageHealthErrorType_STORAGE_UNREACHABLE
+			reason := "PoolUnreachable"
+			if errors.Is(err, unix.EROFS) || errors.Is(err, fs.ErrPermission) {
+				st, reason = csi.StorageHealthErrorType_STORAGE_DEGRADED, "PoolReadOnly"
+			}
+			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
+				Status: st, Reason: reason, Message: fmt.Sprintf("pool %s: %v", name, err),
+			})
+		}
+	}
+	return resp, nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -27,7 +28,7 @@ const (
 
 // minFsSize is the smallest volume of each filesystem: what its mkfs accepts
 // (xfs: 300 MiB) and, for btrfs, what can still be grown online (a 160 MiB
-// btrfs refused to grow with EINVAL on kernel 6.18, 200 MiB grew).
+// btrfs was seen to refuse online growth with EINVAL, 200 MiB grew).
 var minFsSize = map[string]int64{
 	"ext4":  MinVolumeSize,
 	"xfs":   300 * mib,
@@ -72,7 +73,7 @@ func checkCapability(c *csi.VolumeCapability, defaultFs string) (pool.Mode, stri
 				return "", "", invalid("mount flag %q is malformed", f)
 			}
 		}
-		if _, _, err := parseMountOptions(m.GetMountFlags()); err != nil {
+		if err := mounter.CheckOptions(m.GetMountFlags()); err != nil {
 			return "", "", err
 		}
 		return pool.ModeFilesystem, fsType, nil
@@ -103,15 +104,40 @@ func checkCapabilities(caps []*csi.VolumeCapability, defaultFs string) (pool.Mod
 	return mode, fsType, nil
 }
 
+// capacityRange checks a capacity range and returns its bounds.
+func capacityRange(cr *csi.CapacityRange) (req, lim int64, err error) {
+	req, lim = cr.GetRequiredBytes(), cr.GetLimitBytes()
+	if req < 0 || lim < 0 {
+		return 0, 0, invalid("capacity range has negative bytes")
+	}
+	if lim > 0 && req > lim {
+		return 0, 0, invalid("required bytes %d exceed limit bytes %d", req, lim)
+	}
+	return req, lim, nil
+}
+
+// expansionSize is the size a NodeExpandVolume asks for, in whole MiB.
+func expansionSize(cr *csi.CapacityRange) (int64, error) {
+	req, lim, err := capacityRange(cr)
+	if err != nil {
+		return 0, err
+	}
+	if req == 0 && lim == 0 {
+		return 0, invalid("capacity range must ask for a positive size within its limit")
+	}
+	want := roundUp(max(req, 1), mib)
+	if lim > 0 && want > lim {
+		return 0, fmt.Errorf("%w: %d bytes rounded to whole MiB exceed the limit %d", pool.ErrOutOfRange, want, lim)
+	}
+	return want, nil
+}
+
 // volumeSize turns a capacity range into the size to allocate, and the range
 // an existing volume of the same name must fall in.
 func volumeSize(cr *csi.CapacityRange, minSize int64) (size, lo, hi int64, err error) {
-	req, lim := cr.GetRequiredBytes(), cr.GetLimitBytes()
-	if req < 0 || lim < 0 {
-		return 0, 0, 0, invalid("capacity range has negative bytes")
-	}
-	if lim > 0 && req > lim {
-		return 0, 0, 0, invalid("required bytes %d exceed limit bytes %d", req, lim)
+	req, lim, err := capacityRange(cr)
+	if err != nil {
+		return 0, 0, 0, err
 	}
 	size = req
 	if size == 0 {

@@ -45,7 +45,7 @@ func (c *Checker) Check(ctx context.Context) error {
 		if !pool.Usable(p) {
 			continue // see Warnings: restarting would not fix it
 		}
-		if err := p.Probe(); err != nil {
+		if err := p.Probe(ctx); err != nil {
 			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name(), err))
 		}
 	}
@@ -79,7 +79,7 @@ func (c *Checker) Warnings() []string {
 	var out []string
 	for _, p := range c.Pools {
 		if !pool.Usable(p) {
-			out = append(out, p.Probe().Error())
+			out = append(out, p.Probe(context.Background()).Error())
 		}
 	}
 	return out

@@ -399,7 +399,10 @@ func (r *Runner) realExec(ctx context.Context, argv []string) (result, error) {
 	c.Env = append(os.Environ(), "LVM_SUPPRESS_FD_WARNINGS=1", "LC_ALL=C")
 	var stdout, stderr bytes.Buffer
 	c.Stdout, c.Stderr = &stdout, &stderr
-	c.Cancel = func() error { return c.Process.Signal(syscall.SIGTERM) }
+	// Its own process group, signalled whole; SIGTERM too if flashpv dies
+	// (lvm finishes a metadata update it holds a lock for, then stops).
+	c.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGTERM}
+	c.Cancel = func() error { return syscall.Kill(-c.Process.Pid, syscall.SIGTERM) }
 	c.WaitDelay = r.killGrace
 	err := c.Run()
 	res := result{stdout.Bytes(), stderr.Bytes(), -1}

@@ -22,3 +22,6 @@ var (
 
 // ErrInUse: the volume's storage is mounted or open.
 var ErrInUse = errors.New("volume in use")
+
+// ErrStorageMissing: a volume's metadata exists but its storage does not.
+var ErrStorageMissing = errors.New("volume storage missing")

@@ -2,13 +2,10 @@ package pool
 
 import (
 	"context"
-	"encoding/base64"
-	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
 	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"time"
@@ -47,7 +44,7 @@ type LVMPool struct {
 
 // OpenLVM opens an lvm pool. A missing volume group or thin pool gives an
 // error wrapping ErrUnusable.
-func OpenLVM(c Config) (*LVMPool, error) {
+func OpenLVM(ctx context.Context, c Config) (*LVMPool, error) {
 	if c.Overprovision == 0 {
 		c.Overprovision = 1
 	}
@@ -66,8 +63,6 @@ func OpenLVM(c Config) (*LVMPool, error) {
 		return nil, fmt.Errorf("%w: pool %s: negative stripes", ErrInvalid, c.Name)
 	}
 	p := &LVMPool{mirror: newMirror(c.Name), cfg: c, lvm: lvm.New()}
-	ctx, cancel := p.ctx()
-	defer cancel()
 	vg, err := p.lvm.VG(ctx, c.VG)
 	if errors.Is(err, lvm.ErrNotFound) {
 		return nil, fmt.Errorf("%w: pool %s: volume group %s not found", ErrUnusable, c.Name, c.VG)
@@ -104,12 +99,9 @@ func OpenLVM(c Config) (*LVMPool, error) {
 	return p, nil
 }
 
-func (p *LVMPool) ctx() (context.Context, context.CancelFunc) {
-	return context.WithTimeout(context.Background(), 5*time.Minute)
-}
-
-func (p *LVMPool) Kind() Kind   { return KindLVM }
-func (p *LVMPool) Close() error { return nil }
+func (p *LVMPool) Kind() Kind     { return KindLVM }
+func (p *LVMPool) Layout() Layout { return Layout{Block: true} }
+func (p *LVMPool) Close() error   { return nil }
 
 // Thin tells whether the pool's volumes are thin LVs.
 func (p *LVMPool) Thin() bool { return p.cfg.ThinPool != "" }
@@ -141,62 +133,6 @@ func findLV(lvs []lvm.LV, name string) *lvm.LV {
 	return nil
 }
 
-// tags encodes a volume's metadata as LV tags.
-func (p *LVMPool) tags(v *Volume) ([]string, error) {
-	data, err := json.Marshal(v)
-	if err != nil {
-		return nil, err
-	}
-	enc := base64.RawURLEncoding.EncodeToString(data)
-	tags := []string{lvTagPool + p.name}
-	for i := 0; len(enc) > 0; i++ {
-		n := min(len(enc), lvTagChunk)
-		tags = append(tags, lvTagMeta+strconv.Itoa(i)+"="+enc[:n])
-		enc = enc[n:]
-	}
-	return tags, nil
-}
-
-// decode reads a volume back from its LV: metadata from the tags, the size
-// from the LV itself.
-func (p *LVMPool) decode(l lvm.LV) (*Volume, error) {
-	chunks := map[int]string{}
-	for _, t := range l.Tags {
-		rest, ok := strings.CutPrefix(t, lvTagMeta)
-		if !ok {
-			continue
-		}
-		i, chunk, ok := strings.Cut(rest, "=")
-		n, err := strconv.Atoi(i)
-		if !ok || err != nil {
-			return nil, fmt.Errorf("LV %s: malformed metadata tag %q", l.Name, t)
-		}
-		chunks[n] = chunk
-	}
-	var enc strings.Builder
-	for i := 0; i < len(chunks); i++ {
-		c, ok := chunks[i]
-		if !ok {
-			return nil, fmt.Errorf("LV %s: metadata tag %d missing", l.Name, i)
-		}
-		enc.WriteString(c)
-	}
-	data, err := base64.RawURLEncoding.DecodeString(enc.String())
-	if err != nil {
-		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
-	}
-	var v Volume
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
-	}
-	key, _ := p.keyOf(l)
-	if v.ID != (VolumeID{p.name, key}).String() {
-		return nil, fmt.Errorf("LV %s: metadata names volume %s", l.Name, v.ID)
-	}
-	v.SizeBytes = l.Size
-	return &v, nil
-}
-
 // roundExtent rounds a size up to whole extents, which is what LVM allocates.
 func (p *LVMPool) roundExtent(size int64) int64 {
 	return (size + p.extent - 1) / p.extent * p.extent
@@ -204,7 +140,7 @@ func (p *LVMPool) roundExtent(size int64) int64 {
 
 // Create makes a logical volume, its metadata in its tags (one LVM
 // metadata commit, so there is nothing half made after a crash).
-func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
+func (p *LVMPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
 	if err := ValidateName(s.Name); err != nil {
 		return nil, false, err
 	}
@@ -228,7 +164,7 @@ func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
 	if !errors.Is(err, ErrNotFound) {
 		return nil, false, err
 	}
-	c, err := p.capacity()
+	c, err := p.capacity(ctx)
 	if err != nil {
 		return nil, false, err
 	}
@@ -244,8 +180,6 @@ func (p *LVMPool) Create(s Spec) (*Volume, bool, error) {
 	if err != nil {
 		return nil, false, err
 	}
-	ctx, cancel := p.ctx()
-	defer cancel()
 	err = p.lvm.Create(ctx, lvm.CreateOptions{
 		VG: p.cfg.VG, Name: p.lvName(key), Size: size, Tags: tags,
 		ThinPool: p.cfg.ThinPool, Stripes: p.cfg.Stripes, StripeSize: p.cfg.StripeSize, Activate: true,
@@ -286,18 +220,16 @@ func (p *LVMPool) reload(ctx context.Context, key string) (*Volume, error) {
 }
 
 // Capacity reports the pool's space.
-func (p *LVMPool) Capacity() (Capacity, error) {
+func (p *LVMPool) Capacity(ctx context.Context) (Capacity, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.capacity()
+	return p.capacity(ctx)
 }
 
 // capacity is, for thick volumes, the VG's free extents; for thin ones, the
 // thin pool's size times the overprovision ratio minus the virtual size of
 // every thin LV in it (ours or not).
-func (p *LVMPool) capacity() (Capacity, error) {
-	ctx, cancel := p.ctx()
-	defer cancel()
+func (p *LVMPool) capacity(ctx context.Context) (Capacity, error) {
 	var c Capacity
 	p.vmu.RLock()
 	for _, v := range p.vols {
@@ -335,7 +267,7 @@ func (p *LVMPool) capacity() (Capacity, error) {
 }
 
 // Expand grows the LV to at least size bytes (whole extents).
-func (p *LVMPool) Expand(key string, size int64) (*Volume, error) {
+func (p *LVMPool) Expand(ctx context.Context, key string, size int64) (*Volume, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	v, err := p.Get(key)
@@ -346,15 +278,13 @@ func (p *LVMPool) Expand(key string, size int64) (*Volume, error) {
 	if size <= v.SizeBytes {
 		return v, nil
 	}
-	c, err := p.capacity()
+	c, err := p.capacity(ctx)
 	if err != nil {
 		return nil, err
 	}
 	if grow := size - v.SizeBytes; grow > c.Available {
 		return nil, fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, c.Available)
 	}
-	ctx, cancel := p.ctx()
-	defer cancel()
 	if err := p.lvm.Extend(ctx, p.cfg.VG, p.lvName(key), size); err != nil {
 		if errors.Is(err, lvm.ErrNoSpace) {
 			return nil, fmt.Errorf("%w %s: %v", ErrNoSpace, p.name, err)
@@ -366,12 +296,10 @@ func (p *LVMPool) Expand(key string, size int64) (*Volume, error) {
 
 // Device returns the block device of a volume, activating its LV when it
 // is not active (after a reboot without autoactivation, say).
-func (p *LVMPool) Device(key string) (string, error) {
+func (p *LVMPool) Device(ctx context.Context, key string) (string, error) {
 	if dev, err := p.FindDevice(key); dev != "" || err != nil {
 		return dev, err
 	}
-	ctx, cancel := p.ctx()
-	defer cancel()
 	if err := p.lvm.Activate(ctx, p.cfg.VG, p.lvName(key)); err != nil {
 		return "", err
 	}
@@ -394,7 +322,7 @@ func (p *LVMPool) FindDevice(key string) (string, error) {
 // Delete wipes and removes a volume's LV. A thick LV is zeroed whole (a
 // later LV on the same extents must not show this one's bytes); so is a
 // thin LV whose pool does not zero the blocks it hands out.
-func (p *LVMPool) Delete(key string) error {
+func (p *LVMPool) Delete(ctx context.Context, key string) error {
 	if !keyRE.MatchString(key) {
 		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
 	}
@@ -403,8 +331,6 @@ func (p *LVMPool) Delete(key string) error {
 	} else if err != nil {
 		return err // unreadable metadata: keep the LV for an operator
 	}
-	ctx, cancel := p.ctx()
-	defer cancel()
 	zero := true
 	if p.Thin() {
 		tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
@@ -417,7 +343,7 @@ func (p *LVMPool) Delete(key string) error {
 	// caller holds the volume's), and the extents stay the LV's until the
 	// lvremove below.
 	if zero {
-		dev, err := p.Device(key)
+		dev, err := p.Device(ctx, key)
 		if err != nil {
 			return err
 		}
@@ -460,9 +386,7 @@ func zeroDevice(dev string) error {
 }
 
 // Probe checks that the volume group (and thin pool) can be read.
-func (p *LVMPool) Probe() error {
-	ctx, cancel := p.ctx()
-	defer cancel()
+func (p *LVMPool) Probe(ctx context.Context) error {
 	if !p.Thin() {
 		_, err := p.lvm.VG(ctx, p.cfg.VG)
 		return err
@@ -477,24 +401,36 @@ func (p *LVMPool) Probe() error {
 	return nil
 }
 
-// Check finds an LV that is gone or smaller than its volume, and a thin
-// pool about to run out.
-func (p *LVMPool) Check(v *Volume) []Problem {
-	ctx, cancel := p.ctx()
-	defer cancel()
-	l, err := p.lvm.LV(ctx, p.cfg.VG, p.lvName(v.Key()))
-	switch {
-	case errors.Is(err, lvm.ErrNotFound):
-		return []Problem{{DataLoss: true, Reason: "LogicalVolumeMissing", Message: fmt.Sprintf("LV %s/%s of volume %s is gone", p.cfg.VG, p.lvName(v.Key()), v.ID)}}
-	case err != nil:
-		return []Problem{{Reason: "LogicalVolumeUnreadable", Message: err.Error()}}
-	case l.Size < v.SizeBytes:
-		return []Problem{{DataLoss: true, Reason: "LogicalVolumeShrunk", Message: fmt.Sprintf("LV %s has %d of %d bytes", l.Name, l.Size, v.SizeBytes)}}
+// Check finds LVs that are gone or smaller than their volumes, and a thin
+// pool about to run out, from one report of the volume group.
+func (p *LVMPool) Check(ctx context.Context, vols []*Volume) map[string][]Problem {
+	out := map[string][]Problem{}
+	if len(vols) == 0 {
+		return out
 	}
+	lvs, err := p.lvm.LVs(ctx, p.cfg.VG)
+	if err != nil {
+		for _, v := range vols {
+			out[v.ID] = []Problem{{Reason: "LogicalVolumeUnreadable", Message: err.Error()}}
+		}
+		return out
+	}
+	var full *Problem
 	if p.Thin() {
-		if tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool); err == nil && tp.DataPercent >= thinFullPercent {
-			return []Problem{{Degraded: true, Reason: "ThinPoolFull", Message: fmt.Sprintf("thin pool %s/%s is %.1f%% full; writes fail when it is full", p.cfg.VG, p.cfg.ThinPool, tp.DataPercent)}}
+		if tp := findLV(lvs, p.cfg.ThinPool); tp != nil && tp.DataPercent >= thinFullPercent {
+			full = &Problem{Degraded: true, Reason: "ThinPoolFull", Message: fmt.Sprintf("thin pool %s/%s is %.1f%% full; writes fail when it is full", p.cfg.VG, p.cfg.ThinPool, tp.DataPercent)}
 		}
 	}
-	return nil
+	for _, v := range vols {
+		name := p.lvName(v.Key())
+		switch l := findLV(lvs, name); {
+		case l == nil:
+			out[v.ID] = []Problem{{DataLoss: true, Reason: "LogicalVolumeMissing", Message: fmt.Sprintf("LV %s/%s of volume %s is gone", p.cfg.VG, name, v.ID)}}
+		case l.Size < v.SizeBytes:
+			out[v.ID] = []Problem{{DataLoss: true, Reason: "LogicalVolumeShrunk", Message: fmt.Sprintf("LV %s has %d of %d bytes", l.Name, l.Size, v.SizeBytes)}}
+		case full != nil:
+			out[v.ID] = []Problem{*full}
+		}
+	}
+	return out
 }

@@ -1,6 +1,7 @@
 package pool
 
 import (
+	"context"
 	"errors"
 	"os"
 	"path/filepath"
@@ -78,11 +79,11 @@ func TestCapacityAccountsForHolesAndReserve(t *testing.T) {
 		t.Fatal(err)
 	}
 	os.Truncate(img, 64<<20)
-	if err := allocate(img, 0, 16<<20, false); err != nil {
+	if err := allocate(context.Background(), img, 0, 16<<20, false); err != nil {
 		t.Fatal(err)
 	}
-	p.writeVolume(&Volume{ID: VolumeID{"test", key}.String(), Name: "holey", SizeBytes: 64 << 20, Mode: ModeBlock}, key)
-	c, err := p.Capacity()
+	writeVolume(&p.mirror, p.metaPath(key), key, &Volume{ID: VolumeID{"test", key}.String(), Name: "holey", SizeBytes: 64 << 20, Mode: ModeBlock})
+	c, err := p.Capacity(context.Background())
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -93,18 +94,18 @@ func TestCapacityAccountsForHolesAndReserve(t *testing.T) {
 		t.Errorf("capacity %+v", c)
 	}
 	p.statfs = fakeFS(1<<30, 20<<20)
-	if c, _ := p.Capacity(); c.Available != 0 {
+	if c, _ := p.Capacity(context.Background()); c.Available != 0 {
 		t.Errorf("available %d when holes and reserve exceed free space, want 0", c.Available)
 	}
 }
 
 func TestCreateIsIdempotentAndAtomic(t *testing.T) {
 	p := newTestPool(t, 0)
-	v, created, err := p.Create(spec("a", 1<<20))
+	v, created, err := p.Create(context.Background(), spec("a", 1<<20))
 	if err != nil || !created {
 		t.Fatal(created, err)
 	}
-	again, created, err := p.Create(spec("a", 1<<20))
+	again, created, err := p.Create(context.Background(), spec("a", 1<<20))
 	if err != nil || created || again.ID != v.ID {
 		t.Fatalf("repeat: %v %v %v", again, created, err)
 	}
@@ -114,7 +115,7 @@ func TestCreateIsIdempotentAndAtomic(t *testing.T) {
 		"params":     {Name: "a", SizeBytes: 1 << 20, MinBytes: 1 << 20, Mode: ModeBlock, Parameters: map[string]string{"pool": "x"}},
 		"limit":      {Name: "a", SizeBytes: 1 << 19, MinBytes: 1 << 19, MaxBytes: 1 << 19, Mode: ModeBlock},
 	} {
-		if _, _, err := p.Create(s); !errors.Is(err, ErrAlreadyExists) {
+		if _, _, err := p.Create(context.Background(), s); !errors.Is(err, ErrAlreadyExists) {
 			t.Errorf("%s: %v, want ErrAlreadyExists", what, err)
 		}
 	}
@@ -132,7 +133,7 @@ func TestCreateIsIdempotentAndAtomic(t *testing.T) {
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
-			_, _, err := p.Create(spec(string(rune('A'+i)), 4<<20))
+			_, _, err := p.Create(context.Background(), spec(string(rune('A'+i)), 4<<20))
 			mu.Lock()
 			defer mu.Unlock()
 			if err == nil {
@@ -151,7 +152,7 @@ func TestCreateIsIdempotentAndAtomic(t *testing.T) {
 func TestDeleteExpandList(t *testing.T) {
 	p := newTestPool(t, 0)
 	for _, n := range []string{"x", "y", "z"} {
-		if _, _, err := p.Create(spec(n, 1<<20)); err != nil {
+		if _, _, err := p.Create(context.Background(), spec(n, 1<<20)); err != nil {
 			t.Fatal(err)
 		}
 	}
@@ -160,30 +161,30 @@ func TestDeleteExpandList(t *testing.T) {
 		t.Fatalf("List: %v %v", vols, err)
 	}
 	key := KeyForName("x")
-	v, err := p.Expand(key, 3<<20)
+	v, err := p.Expand(context.Background(), key, 3<<20)
 	if err != nil || v.SizeBytes != 3<<20 {
 		t.Fatalf("Expand: %v %v", v, err)
 	}
-	if v, _ := p.Expand(key, 2<<20); v.SizeBytes != 3<<20 {
+	if v, _ := p.Expand(context.Background(), key, 2<<20); v.SizeBytes != 3<<20 {
 		t.Fatal("Expand shrank the volume")
 	}
 	if st, _ := os.Stat(p.ImagePath(key)); st.Size() != 3<<20 {
 		t.Fatalf("image %d bytes", st.Size())
 	}
-	if err := p.Delete(key); err != nil {
+	if err := p.Delete(context.Background(), key); err != nil {
 		t.Fatal(err)
 	}
-	if err := p.Delete(key); err != nil {
+	if err := p.Delete(context.Background(), key); err != nil {
 		t.Fatal("second delete:", err)
 	}
 	if _, err := p.Get(key); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Get after delete: %v", err)
 	}
-	if _, err := p.Expand(key, 4<<20); !errors.Is(err, ErrNotFound) {
+	if _, err := p.Expand(context.Background(), key, 4<<20); !errors.Is(err, ErrNotFound) {
 		t.Fatalf("Expand after delete: %v", err)
 	}
 	p.statfs = fakeFS(1<<30, 1<<20)
-	if _, err := p.Expand(KeyForName("y"), 64<<20); !errors.Is(err, ErrNoSpace) {
+	if _, err := p.Expand(context.Background(), KeyForName("y"), 64<<20); !errors.Is(err, ErrNoSpace) {
 		t.Fatalf("Expand beyond the pool: %v", err)
 	}
 }
@@ -225,21 +226,21 @@ func TestCreateInProgress(t *testing.T) {
 	p.statfs = fakeFS(1<<30, 10<<20)
 	key := KeyForName("busy")
 	p.mu.Lock()
-	p.creating[key] = 4 << 20
+	p.creating[key] = claim{size: 4 << 20}
 	p.mu.Unlock()
-	if _, _, err := p.Create(spec("busy", 4<<20)); !errors.Is(err, ErrInProgress) {
+	if _, _, err := p.Create(context.Background(), spec("busy", 4<<20)); !errors.Is(err, ErrInProgress) {
 		t.Errorf("second create: %v, want ErrInProgress", err)
 	}
-	if err := p.Delete(key); !errors.Is(err, ErrInProgress) {
+	if err := p.Delete(context.Background(), key); !errors.Is(err, ErrInProgress) {
 		t.Errorf("delete: %v, want ErrInProgress", err)
 	}
-	if _, err := p.Expand(key, 8<<20); !errors.Is(err, ErrInProgress) {
+	if _, err := p.Expand(context.Background(), key, 8<<20); !errors.Is(err, ErrInProgress) {
 		t.Errorf("expand: %v, want ErrInProgress", err)
 	}
-	if c, err := p.Capacity(); err != nil || c.Available != 6<<20 {
+	if c, err := p.Capacity(context.Background()); err != nil || c.Available != 6<<20 {
 		t.Errorf("available %d (%v), want 6 MiB", c.Available, err)
 	}
-	if _, _, err := p.Create(spec("other", 8<<20)); !errors.Is(err, ErrNoSpace) {
+	if _, _, err := p.Create(context.Background(), spec("other", 8<<20)); !errors.Is(err, ErrNoSpace) {
 		t.Errorf("create beyond what is left: %v, want ErrNoSpace", err)
 	}
 }

@@ -1,14 +1,13 @@
 package pool
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
-	"sync"
-	"time"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -26,21 +25,8 @@ const FirstProjectID = 1 << 20
 // the filesystem's own. Metadata files sit next to the directories, as in
 // image pools.
 type QuotaPool struct {
-	mirror
-	dir     string
-	reserve int64
-	lock    *os.File
-	root    *os.File // the pool directory, for quotactl_fd
-
-	// mu makes the capacity check, the choice of a project ID and the
-	// reservation one step.
-	mu       sync.Mutex
-	creating map[string]quotaClaim
-}
-
-type quotaClaim struct {
-	size    int64
-	project uint32
+	dirPool
+	root *os.File // the pool directory, for quotactl_fd
 }
 
 // OpenQuota opens a quota pool. A directory that is not on XFS with project
@@ -64,7 +50,7 @@ func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
 	if err != nil {
 		return fail(err)
 	}
-	p := &QuotaPool{mirror: newMirror(name), dir: real, reserve: reserve, lock: lock, root: root, creating: map[string]quotaClaim{}}
+	p := &QuotaPool{dirPool: newDirPool(name, real, reserve, lock), root: root}
 	err = loadDir(&p.mirror, real)
 	if err == nil {
 		err = p.collectGarbage()
@@ -76,8 +62,10 @@ func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
 	return p, nil
 }
 
-func (p *QuotaPool) Kind() Kind  { return KindQuota }
-func (p *QuotaPool) Dir() string { return p.dir }
+func (p *QuotaPool) Kind() Kind { return KindQuota }
+
+// Layout: volumes are directories of the pool's XFS.
+func (p *QuotaPool) Layout() Layout { return Layout{Directory: true, FsType: "xfs"} }
 
 // Close releases the pool's directory lock.
 func (p *QuotaPool) Close() error {
@@ -86,7 +74,7 @@ func (p *QuotaPool) Close() error {
 }
 
 // Probe checks that the directory can be written and quotas are still on.
-func (p *QuotaPool) Probe() error {
+func (p *QuotaPool) Probe(context.Context) error {
 	if err := probeDir(p.dir); err != nil {
 		return err
 	}
@@ -95,8 +83,6 @@ func (p *QuotaPool) Probe() error {
 
 // VolumeDir is the directory of the volume with the given key.
 func (p *QuotaPool) VolumeDir(key string) string { return filepath.Join(p.dir, key) }
-
-func (p *QuotaPool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
 
 // collectGarbage finishes what a crash interrupted: a volume directory
 // without metadata is a create that never finished or a delete that did
@@ -157,7 +143,7 @@ func (p *QuotaPool) removeDir(key string) error {
 }
 
 // Create makes a volume directory with its own project and limit.
-func (p *QuotaPool) Create(s Spec) (*Volume, bool, error) {
+func (p *QuotaPool) Create(_ context.Context, s Spec) (*Volume, bool, error) {
 	if err := ValidateName(s.Name); err != nil {
 		return nil, false, err
 	}
@@ -171,15 +157,29 @@ func (p *QuotaPool) Create(s Spec) (*Volume, bool, error) {
 		return nil, false, fmt.Errorf("%w: quota pool %s is XFS; fsType %q cannot be given", ErrInvalid, p.name, s.FsType)
 	}
 	key := KeyForName(s.Name)
-	existing, project, err := p.claim(key, s)
+	var project uint32
+	existing, err := p.begin(key, s, func() (claim, error) {
+		// A directory without metadata is what an interrupted create or
+		// delete of this very name left: finish removing it.
+		if _, err := os.Lstat(p.VolumeDir(key)); err == nil {
+			if err := p.removeDir(key); err != nil {
+				return claim{}, err
+			}
+		}
+		c, err := p.capacity()
+		if err != nil {
+			return claim{}, err
+		}
+		if s.SizeBytes > c.Available {
+			return claim{}, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, c.Available)
+		}
+		project, err = p.freeProject()
+		return claim{size: s.SizeBytes, project: project}, err
+	})
 	if existing != nil || err != nil {
 		return existing, false, err
 	}
-	defer func() {
-		p.mu.Lock()
-		delete(p.creating, key)
-		p.mu.Unlock()
-	}()
+	defer p.done(key)
 	dir := p.VolumeDir(key)
 	undo := func(err error) (*Volume, bool, error) {
 		os.RemoveAll(dir)
@@ -205,52 +205,12 @@ func (p *QuotaPool) Create(s Spec) (*Volume, bool, error) {
 	if err != nil {
 		return undo(err)
 	}
-	v := &Volume{
-		ID: VolumeID{p.name, key}.String(), Name: s.Name, SizeBytes: s.SizeBytes,
-		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
-		Created: time.Now().UTC().Truncate(time.Second), ProjectID: project,
-	}
+	v := newVolume(p.name, key, s, p.Layout())
+	v.ProjectID = project
 	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
 		return undo(err)
 	}
 	return v, true, nil
-}
-
-// claim returns the existing volume of key, or reserves the size and a free
-// project for a new one.
-func (p *QuotaPool) claim(key string, s Spec) (*Volume, uint32, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return nil, 0, fmt.Errorf("%w: volume %s is being created", ErrInProgress, s.Name)
-	}
-	existing, err := p.Get(key)
-	if err == nil {
-		return existing, 0, existing.compatible(s)
-	}
-	if !errors.Is(err, ErrNotFound) {
-		return nil, 0, err
-	}
-	// A directory without metadata is what an interrupted create or delete
-	// of this very name left: finish removing it.
-	if _, err := os.Lstat(p.VolumeDir(key)); err == nil {
-		if err := p.removeDir(key); err != nil {
-			return nil, 0, err
-		}
-	}
-	c, err := p.capacity()
-	if err != nil {
-		return nil, 0, err
-	}
-	if s.SizeBytes > c.Available {
-		return nil, 0, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, c.Available)
-	}
-	project, err := p.freeProject()
-	if err != nil {
-		return nil, 0, err
-	}
-	p.creating[key] = quotaClaim{size: s.SizeBytes, project: project}
-	return nil, project, nil
 }
 
 // freeProject picks the lowest project ID from FirstProjectID on that no
@@ -284,57 +244,26 @@ func (p *QuotaPool) freeProject() (uint32, error) {
 
 // Delete removes a volume: metadata first (then it no longer exists; a
 // crash leaves a directory that Open removes), the directory, its limit.
-func (p *QuotaPool) Delete(key string) error {
-	if !keyRE.MatchString(key) {
-		return fmt.Errorf("%w: malformed volume key", ErrInvalid)
-	}
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return fmt.Errorf("%w: volume is being created", ErrInProgress)
-	}
-	if err := forgetVolume(&p.mirror, p.metaPath(key), key); err != nil {
-		return err
-	}
-	if err := syncDir(p.dir); err != nil {
-		return err
-	}
-	return p.removeDir(key)
+func (p *QuotaPool) Delete(_ context.Context, key string) error {
+	return p.remove(key, func() error { return p.removeDir(key) })
 }
 
 // Expand raises the volume's limit, which takes effect at once.
-func (p *QuotaPool) Expand(key string, size int64) (*Volume, error) {
-	p.mu.Lock()
-	defer p.mu.Unlock()
-	if _, ok := p.creating[key]; ok {
-		return nil, fmt.Errorf("%w: volume is being created", ErrInProgress)
-	}
-	v, err := p.Get(key)
-	if err != nil {
-		return nil, err
-	}
-	if size <= v.SizeBytes {
-		return v, nil
-	}
-	c, err := p.capacity()
-	if err != nil {
-		return nil, err
-	}
-	if grow := size - v.SizeBytes; grow > c.Available {
-		return nil, fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, c.Available)
-	}
-	if err := xfsquota.SetLimit(p.root, v.ProjectID, size, 0); err != nil {
-		return nil, err
-	}
-	v.SizeBytes = size
-	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
-		return nil, err
-	}
-	return v, nil
+func (p *QuotaPool) Expand(_ context.Context, key string, size int64) (*Volume, error) {
+	return p.grow(key, size, func(v *Volume) error {
+		c, err := p.capacity()
+		if err != nil {
+			return err
+		}
+		if grow := size - v.SizeBytes; grow > c.Available {
+			return fmt.Errorf("%w %s: %d more bytes requested, %d available", ErrNoSpace, p.name, grow, c.Available)
+		}
+		return xfsquota.SetLimit(p.root, v.ProjectID, size, 0)
+	})
 }
 
 // Capacity reports the pool's space.
-func (p *QuotaPool) Capacity() (Capacity, error) {
+func (p *QuotaPool) Capacity(context.Context) (Capacity, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.capacity()
@@ -347,10 +276,7 @@ func (p *QuotaPool) capacity() (Capacity, error) {
 	if err := unix.Statfs(p.dir, &sfs); err != nil {
 		return Capacity{}, err
 	}
-	var unused int64
-	for _, c := range p.creating {
-		unused += c.size
-	}
+	unused := p.reserved()
 	vols, err := p.List()
 	if err != nil {
 		return Capacity{}, err
@@ -371,14 +297,19 @@ func (p *QuotaPool) capacity() (Capacity, error) {
 	return c, nil
 }
 
-// Usage reads the quota of a volume.
-func (p *QuotaPool) Usage(v *Volume) (xfsquota.Quota, error) {
-	return xfsquota.Get(p.root, v.ProjectID)
+// Usage returns the bytes a volume's project uses.
+func (p *QuotaPool) Usage(_ context.Context, v *Volume) (int64, error) {
+	q, err := xfsquota.Get(p.root, v.ProjectID)
+	return q.BlockUsed, err
 }
 
-// Check finds a volume directory that is gone, left its project, or lost
-// its limit.
-func (p *QuotaPool) Check(v *Volume) []Problem {
+// Check finds volume directories that are gone, left their project, or lost
+// their limit.
+func (p *QuotaPool) Check(_ context.Context, vols []*Volume) map[string][]Problem {
+	return checkEach(vols, p.check)
+}
+
+func (p *QuotaPool) check(v *Volume) []Problem {
 	f, err := os.Open(p.VolumeDir(v.Key()))
 	if errors.Is(err, fs.ErrNotExist) {
 		return []Problem{{DataLoss: true, Reason: "DirectoryMissing", Message: fmt.Sprintf("the directory of volume %s is gone from pool %s", v.ID, p.name)}}

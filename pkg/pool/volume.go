@@ -6,6 +6,7 @@ import (
 	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"time"
 )
@@ -30,6 +31,35 @@ type Volume struct {
 	Created    time.Time         `json:"created"`
 	// ProjectID is the XFS project of a quota pool's volume.
 	ProjectID uint32 `json:"projectID,omitempty"`
+	NodeState
+}
+
+// Format states of a volume's own filesystem.
+const (
+	// FormatPending: the volume has no filesystem flashpv has mounted yet;
+	// whatever is on it (what a killed mkfs left) is formatted over.
+	FormatPending = "pending"
+	// FormatDone: flashpv mounted the filesystem it made; it is never
+	// formatted again.
+	FormatDone = "done"
+)
+
+// NodeState is what the node side records of a volume, so that the retry of
+// a call that a restart cut short finishes what it began.
+type NodeState struct {
+	// Format is FormatPending or FormatDone for a Filesystem volume with a
+	// filesystem of its own; "" where there is none, and for volumes made
+	// before it was recorded, which are judged by what their device holds.
+	Format string `json:"format,omitempty"`
+	// Remount, when set, is a staging mount taken down for an offline step
+	// (an ext4 growth); the next call on the volume puts it back.
+	Remount *Remount `json:"remount,omitempty"`
+}
+
+// Remount is a mount to restore.
+type Remount struct {
+	Path  string   `json:"path"`
+	Flags []string `json:"flags,omitempty"`
 }
 
 // Key is the volume's file key in its pool (the part of its ID after the pool).
@@ -70,6 +100,11 @@ func (v *Volume) compatible(s Spec) error {
 func (v *Volume) clone() *Volume {
 	c := *v
 	c.Parameters = maps.Clone(v.Parameters)
+	if v.Remount != nil {
+		r := *v.Remount
+		r.Flags = slices.Clone(r.Flags)
+		c.Remount = &r
+	}
 	return &c
 }
 

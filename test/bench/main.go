@@ -29,7 +29,7 @@ import (
 	"time"
 
 	"github.com/flashpv/flashpv/pkg/config"
-	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -90,7 +90,7 @@ func main() {
 	}
 	if b.expandFs == "" {
 		b.expandFs = "xfs"
-		if driver.CanGrowMountedExt4() {
+		if mounter.CanGrowMountedExt4() {
 			b.expandFs = "ext4"
 		}
 	}

@@ -19,12 +19,10 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/mount-utils"
-	utilexec "k8s.io/utils/exec"
 
 	"github.com/flashpv/flashpv/pkg/config"
-	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/nodeplugin"
 	"github.com/flashpv/flashpv/pkg/pool"
 	"github.com/flashpv/flashpv/pkg/unixsock"
 )
@@ -214,37 +212,26 @@ func (e *Env) start(t testing.TB, o Options) {
 	if o.MaxVolumes == 0 {
 		o.MaxVolumes = 100
 	}
-	var pools []pool.Pool
+	opts := config.Options{NodeID: o.NodeID, KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, FsType: o.FsType}
 	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
 		spec, err := config.ParsePoolSpec(name + "=" + e.Pools[name])
 		if err != nil {
 			t.Fatal(err)
 		}
 		spec.Reserve = o.Reserve
-		p, err := pool.Open(spec)
-		if err != nil {
-			t.Fatal(err)
-		}
-		pools = append(pools, p)
-	}
-	e.Open = pools
-	closePools := func() {
-		for _, p := range pools {
-			p.Close()
-		}
+		opts.Pools = append(opts.Pools, spec)
 	}
 	defaultPool := ""
 	if _, ok := e.Pools["default"]; ok {
 		defaultPool = "default"
 	}
-	d, err := driver.New(driver.Config{
-		NodeID: o.NodeID, Version: "test", Pools: pools, DefaultPool: defaultPool,
-		KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, DefaultFsType: o.FsType, Metrics: o.Metrics,
-		Devices: loopdev.New(), Mounter: mount.New(""), Exec: utilexec.New(),
-	})
+	plugin, err := nodeplugin.Open(context.Background(), opts, nodeplugin.Settings{Version: "test", DefaultPool: defaultPool, Metrics: o.Metrics})
 	if err != nil {
 		t.Fatal(err)
 	}
+	e.Open = plugin.Pools
+	closePools := plugin.Close
+	d := plugin.Driver
 	lis, err := unixsock.Listen(e.Socket)
 	if err != nil {
 		t.Fatal(err)

@@ -11,8 +11,8 @@ import (
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
 
-	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/loopdev"
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -42,7 +42,7 @@ func TestOnlineExpansion(t *testing.T) {
 			before := fsSize(t, target)
 
 			got, err := c.expand(id, target, tc.grow)
-			if tc.fsType == "ext4" && !driver.CanGrowMountedExt4() {
+			if tc.fsType == "ext4" && !mounter.CanGrowMountedExt4() {
 				// The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE.
 				// Without it the image grows, the error says why, and the
 				// filesystem grows when the pod comes back: here on the same

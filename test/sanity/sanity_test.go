@@ -14,7 +14,7 @@ import (
 	. "github.com/onsi/ginkgo/v2"
 	. "github.com/onsi/gomega"
 
-	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -77,7 +77,7 @@ func TestSanity(t *testing.T) {
 	// ext4 growth offline and the clear error online.
 	if harness.Backend() == "quota" {
 		// no ext4 in a quota pool
-	} else if driver.CanGrowMountedExt4() {
+	} else if mounter.CanGrowMountedExt4() {
 		runs = append(runs, run{"mount", "ext4", 16 << 20, 32 << 20})
 	} else {
 		t.Log("no CAP_SYS_RESOURCE here: the ext4 mount pass is left out (online ext4 growth needs it)")

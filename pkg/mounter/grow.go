@@ -1,6 +1,7 @@
-package driver
+package mounter
 
 import (
+	"context"
 	"encoding/binary"
 	"errors"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 	"k8s.io/klog/v2"
 	utilexec "k8s.io/utils/exec"
 
+	"k8s.io/mount-utils"
+
+	"github.com/flashpv/flashpv/pkg/command"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 )
 
@@ -51,8 +55,8 @@ func parseExtSuperblock(sb []byte) (size, block int64, err error) {
 	return int64(count) * block, block, nil
 }
 
-// extNeedsGrow reports whether the ext4 filesystem on dev is smaller than dev.
-func extNeedsGrow(dev string) (bool, error) {
+// ExtNeedsGrow reports whether the ext4 filesystem on dev is smaller than dev.
+func (Linux) ExtNeedsGrow(dev string) (bool, error) {
 	fsSize, block, err := extSize(dev)
 	if err != nil {
 		return false, err
@@ -64,12 +68,12 @@ func extNeedsGrow(dev string) (bool, error) {
 	return devSize-fsSize >= block, nil
 }
 
-// checkExt checks an unmounted ext4 filesystem before it is mounted (a
+// CheckExt checks an unmounted ext4 filesystem before it is mounted (a
 // preen, as fsck at boot does) and grows it to its device. Offline growth
 // needs no CAP_SYS_RESOURCE (online growth does) and is what finishes an
 // expansion done while the volume was not staged.
-func (d *Driver) checkExt(dev string) error {
-	grow, err := extNeedsGrow(dev)
+func (l Linux) CheckExt(ctx context.Context, dev string) error {
+	grow, err := l.ExtNeedsGrow(dev)
 	if err != nil {
 		return err
 	}
@@ -79,45 +83,46 @@ func (d *Driver) checkExt(dev string) error {
 	if grow {
 		args = []string{"-f", "-p", dev}
 	}
-	if out, err := d.exec.Command("e2fsck", args...).CombinedOutput(); err != nil {
+	if out, err := command.Output(ctx, "e2fsck", args...); err != nil {
 		if ee, ok := err.(utilexec.ExitError); !ok || ee.ExitStatus() > 1 {
-			return fmt.Errorf("%w: e2fsck %s found errors it cannot fix without an operator: %v: %s", errPrecondition, dev, err, out)
+			return fmt.Errorf("%w: e2fsck %s found errors it cannot fix without an operator: %v: %s", ErrNeedsOperator, dev, err, out)
 		}
 	}
 	if !grow {
 		return nil
 	}
-	if out, err := d.exec.Command("resize2fs", dev).CombinedOutput(); err != nil {
+	if out, err := command.Output(ctx, "resize2fs", dev); err != nil {
 		return fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)
 	}
 	klog.V(2).InfoS("Filesystem grown offline", "device", dev)
 	return nil
 }
 
-// growFilesystem grows a mounted filesystem to its device, when it is smaller.
-func (d *Driver) growFilesystem(dev, mountPath, fsType string) error {
+// Grow grows a mounted filesystem to its device, when it is smaller.
+func (l Linux) Grow(ctx context.Context, dev, mountPath, fsType string) error {
 	if fsType == "ext4" {
-		need, err := extNeedsGrow(dev)
+		need, err := l.ExtNeedsGrow(dev)
 		if err != nil || !need {
 			return err
 		}
-		if !d.growMountedExt4 {
-			return fmt.Errorf("%w: growing mounted ext4 on %s needs CAP_SYS_RESOURCE, which this process lacks; the volume has grown and its filesystem will grow offline when its pod next starts", errPrecondition, dev)
+		if !l.growMountedExt4 {
+			return fmt.Errorf("%w: growing mounted ext4 on %s needs CAP_SYS_RESOURCE, which this process lacks; the volume has grown and its filesystem will grow offline when its pod next starts", ErrCannotGrowOnline, dev)
 		}
-		if out, err := d.exec.Command("resize2fs", dev).CombinedOutput(); err != nil {
+		if out, err := command.Output(ctx, "resize2fs", dev); err != nil {
 			return fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)
 		}
 		klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)
 		return nil
 	}
-	need, err := d.resizer.NeedResize(dev, mountPath)
+	resizer := mount.NewResizeFs(command.Exec(ctx))
+	need, err := resizer.NeedResize(dev, mountPath)
 	if err != nil {
 		return fmt.Errorf("checking the size of the filesystem on %s: %w", dev, err)
 	}
 	if !need {
 		return nil
 	}
-	if _, err := d.resizer.Resize(dev, mountPath); err != nil {
+	if _, err := resizer.Resize(dev, mountPath); err != nil {
 		return fmt.Errorf("growing the filesystem on %s: %w", dev, err)
 	}
 	klog.V(2).InfoS("Filesystem grown", "device", dev, "path", mountPath)
@@ -138,37 +143,4 @@ func CanGrowMountedExt4() bool {
 		}
 	}
 	return false
-}
-
-// growExtBeforePublish grows a staged ext4 that its device has outgrown
-// (an expansion while the volume stayed staged, its pod restarting on the
-// same node) when this process cannot grow a mounted ext4: as long as no
-// pod has it published, the staging mount can come down for an offline
-// growth and go back up.
-func (d *Driver) growExtBeforePublish(dm deviceMounts, staging string, flags []string) error {
-	if d.growMountedExt4 {
-		return nil // NodeExpandVolume grows it online
-	}
-	need, err := extNeedsGrow(dm.dev)
-	if err != nil || !need {
-		return err
-	}
-	mounts, err := dm.all()
-	if err != nil {
-		return err
-	}
-	if len(mounts) != 1 || mounts[0] != staging {
-		return nil // published elsewhere: it grows at the next stage
-	}
-	if err := unmount(staging); err != nil {
-		return err
-	}
-	growErr := d.checkExt(dm.dev)
-	if err := mountFilesystem(dm.dev, staging, "ext4", flags); err != nil {
-		return errors.Join(growErr, err)
-	}
-	if growErr == nil {
-		klog.V(2).InfoS("Filesystem grown offline before publishing", "device", dm.dev, "staging", staging)
-	}
-	return growErr
 }

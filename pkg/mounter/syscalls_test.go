@@ -1,4 +1,4 @@
-package driver
+package mounter
 
 import (
 	"errors"
@@ -30,8 +30,8 @@ func TestParseMountOptions(t *testing.T) {
 	} {
 		flags, data, err := parseMountOptions(tc.opts)
 		if tc.bad {
-			if !errors.Is(err, errUnsupported) {
-				t.Errorf("%q: got %v, want an errUnsupported", tc.opts, err)
+			if !errors.Is(err, ErrOption) {
+				t.Errorf("%q: got %v, want an ErrOption", tc.opts, err)
 			}
 			continue
 		}

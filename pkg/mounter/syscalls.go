@@ -1,4 +1,4 @@
-package driver
+package mounter
 
 import (
 	"errors"
@@ -60,7 +60,7 @@ func parseMountOptions(opts []string) (flags uintptr, data []string, err error) 
 				continue
 			}
 			if mount8Only(o) {
-				return 0, nil, fmt.Errorf("%w: mount option %q is not allowed", errUnsupported, o)
+				return 0, nil, fmt.Errorf("%w: mount option %q is not allowed", ErrOption, o)
 			}
 			data = append(data, o)
 		}
@@ -68,8 +68,15 @@ func parseMountOptions(opts []string) (flags uintptr, data []string, err error) 
 	return flags, data, nil
 }
 
-// mountFilesystem mounts the filesystem on dev at target.
-func mountFilesystem(dev, target, fsType string, opts []string) error {
+// CheckOptions refuses mount options that are neither mount(2) flags nor
+// plausibly the filesystem's own.
+func CheckOptions(opts []string) error {
+	_, _, err := parseMountOptions(opts)
+	return err
+}
+
+// Mount mounts the filesystem on dev at target.
+func (Linux) Mount(dev, target, fsType string, opts []string) error {
 	flags, data, err := parseMountOptions(opts)
 	if err != nil {
 		return err
@@ -80,9 +87,9 @@ func mountFilesystem(dev, target, fsType string, opts []string) error {
 	return nil
 }
 
-// bindMount binds source at target with the per-mount flags of opts; a
+// Bind binds source at target with the per-mount flags of opts; a
 // read-only bind needs a second call, the kernel ignores flags on MS_BIND.
-func bindMount(source, target string, opts []string) error {
+func (Linux) Bind(source, target string, opts []string) error {
 	flags, _, err := parseMountOptions(opts)
 	if err != nil {
 		return err
@@ -104,11 +111,11 @@ func bindMount(source, target string, opts []string) error {
 	return nil
 }
 
-// unmount unmounts the topmost mount at target.
-func unmount(target string) error {
+// Unmount unmounts the topmost mount at target.
+func (Linux) Unmount(target string) error {
 	if err := unix.Unmount(target, unix.UMOUNT_NOFOLLOW); err != nil {
 		if errors.Is(err, unix.EBUSY) {
-			return fmt.Errorf("%w: unmounting %s: %v", errPrecondition, target, err)
+			return fmt.Errorf("%w: unmounting %s: %v", ErrBusy, target, err)
 		}
 		return fmt.Errorf("unmounting %s: %w", target, err)
 	}

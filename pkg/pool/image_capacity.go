@@ -1,26 +1,15 @@
 package pool
 
 import (
+	"context"
 	"os"
 	"strings"
 
 	"golang.org/x/sys/unix"
 )
 
-// Capacity describes a pool's space as flashpv promises it.
-type Capacity struct {
-	// Total is the size of the pool's filesystem minus the reserve.
-	Total int64
-	// Available can be promised to new volumes or growth.
-	Available int64
-	// Allocated is the sum of the sizes of all volume images.
-	Allocated int64
-	// Volumes counts the volumes in the pool.
-	Volumes int
-}
-
 // Capacity reports the pool's space.
-func (p *ImagePool) Capacity() (Capacity, error) {
+func (p *ImagePool) Capacity(context.Context) (Capacity, error) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
 	return p.capacity()
@@ -40,12 +29,12 @@ func (p *ImagePool) capacity() (Capacity, error) {
 	// looked at before the filesystem's free space: blocks allocated between
 	// the two looks are then counted twice, never not at all.
 	var unbacked int64
-	for key, size := range p.creating {
+	for key, c := range p.creating {
 		var st unix.Stat_t
 		if err := unix.Stat(p.ImagePath(key), &st); err != nil {
-			unbacked += size
+			unbacked += c.size
 		} else {
-			unbacked += max(size-st.Blocks*512, 0)
+			unbacked += max(c.size-st.Blocks*512, 0)
 		}
 	}
 	var sfs unix.Statfs_t
