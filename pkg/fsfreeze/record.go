@@ -1,0 +1,130 @@
+package fsfreeze
+
+import (
+	"crypto/sha256"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"os"
+	"path/filepath"
+	"strings"
+)
+
+// A record says that this mount point's filesystem is, or is about to be,
+// frozen by us. Dev tells that filesystem from one mounted there later.
+type record struct {
+	Mountpoint string `json:"mountpoint"`
+	Dev        uint64 `json:"dev"`
+}
+
+const (
+	recordPrefix = "frozen-"
+	recordSuffix = ".json"
+	tempSuffix   = ".tmp"
+)
+
+// recordName is the file name of mp's record: a hash, since mount points
+// hold slashes and may be longer than a file name.
+func recordName(mp string) string {
+	sum := sha256.Sum256([]byte(mp))
+	return recordPrefix + hex.EncodeToString(sum[:16]) + recordSuffix
+}
+
+// writeRecord writes rec durably and atomically: temp file, fsync, rename,
+// fsync of the directory.
+func writeRecord(dir string, rec record) error {
+	data, err := json.Marshal(rec)
+	if err != nil {
+		return err
+	}
+	name := filepath.Join(dir, recordName(rec.Mountpoint))
+	tmp := name + tempSuffix
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, name)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return fmt.Errorf("write freeze record: %w", err)
+	}
+	return syncDir(dir)
+}
+
+func readRecord(dir, mp string) (record, error) {
+	return readRecordFile(filepath.Join(dir, recordName(mp)))
+}
+
+func readRecordFile(path string) (record, error) {
+	var rec record
+	data, err := os.ReadFile(path)
+	if err != nil {
+		return rec, err
+	}
+	if err := json.Unmarshal(data, &rec); err != nil || rec.Mountpoint == "" {
+		return rec, fmt.Errorf("freeze record %s is corrupt: %q", path, data)
+	}
+	if recordName(rec.Mountpoint) != filepath.Base(path) {
+		return rec, fmt.Errorf("freeze record %s names %s, whose record has another name", path, rec.Mountpoint)
+	}
+	return rec, nil
+}
+
+// removeRecord removes mp's record durably; a missing one is no error.
+func removeRecord(dir, mp string) error {
+	err := os.Remove(filepath.Join(dir, recordName(mp)))
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return err
+	}
+	return syncDir(dir)
+}
+
+// listRecords reads every record in dir and removes the temp files of
+// writes a crash interrupted (their freeze never started).
+func listRecords(dir string) ([]record, error) {
+	entries, err := os.ReadDir(dir)
+	if err != nil {
+		return nil, err
+	}
+	var recs []record
+	var errs []error
+	for _, e := range entries {
+		name := e.Name()
+		if !strings.HasPrefix(name, recordPrefix) {
+			continue
+		}
+		if strings.HasSuffix(name, tempSuffix) {
+			errs = append(errs, os.Remove(filepath.Join(dir, name)))
+			continue
+		}
+		rec, err := readRecordFile(filepath.Join(dir, name))
+		if err != nil {
+			errs = append(errs, err)
+			continue
+		}
+		recs = append(recs, rec)
+	}
+	return recs, errors.Join(errs...)
+}
+
+func syncDir(dir string) error {
+	d, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer d.Close()
+	return d.Sync()
+}
