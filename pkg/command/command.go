@@ -19,6 +19,11 @@ import (
 // killWait is how long Wait waits for output after the group was killed.
 const killWait = 5 * time.Second
 
+// DefaultTimeout bounds a command whose context has no deadline of its own
+// (a CO always sets one on its calls; a metrics scrape or a startup task
+// may not).
+const DefaultTimeout = 10 * time.Minute
+
 // Command returns cmd bound to ctx: own process group, killed on ctx's end
 // and on flashpv's death.
 func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
@@ -35,8 +40,18 @@ func Command(ctx context.Context, name string, args ...string) *exec.Cmd {
 // Output runs a command and returns its combined output. A non-zero exit
 // gives an error that satisfies k8s.io/utils/exec's ExitError.
 func Output(ctx context.Context, name string, args ...string) ([]byte, error) {
+	ctx, cancel := bounded(ctx)
+	defer cancel()
 	out, err := Command(ctx, name, args...).CombinedOutput()
 	return out, wrapErr(ctx, err)
+}
+
+// bounded gives ctx the default timeout unless it has a deadline.
+func bounded(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultTimeout)
 }
 
 func wrapErr(ctx context.Context, err error) error {
@@ -60,26 +75,34 @@ func Exec(ctx context.Context) utilexec.Interface { return ctxExec{ctx} }
 type ctxExec struct{ ctx context.Context }
 
 func (e ctxExec) Command(name string, args ...string) utilexec.Cmd {
-	return &cmd{Command(e.ctx, name, args...), e.ctx}
+	return e.CommandContext(e.ctx, name, args...)
 }
 
 func (e ctxExec) CommandContext(ctx context.Context, name string, args ...string) utilexec.Cmd {
-	return &cmd{Command(ctx, name, args...), ctx}
+	ctx, cancel := bounded(ctx)
+	return &cmd{Command(ctx, name, args...), ctx, cancel}
 }
 
 func (e ctxExec) LookPath(file string) (string, error) { return exec.LookPath(file) }
 
+// cmd releases its timeout once the command has finished.
 type cmd struct {
-	c   *exec.Cmd
-	ctx context.Context
+	c      *exec.Cmd
+	ctx    context.Context
+	cancel context.CancelFunc
 }
 
-func (c *cmd) Run() error { return wrapErr(c.ctx, c.c.Run()) }
+func (c *cmd) Run() error {
+	defer c.cancel()
+	return wrapErr(c.ctx, c.c.Run())
+}
 func (c *cmd) CombinedOutput() ([]byte, error) {
+	defer c.cancel()
 	out, err := c.c.CombinedOutput()
 	return out, wrapErr(c.ctx, err)
 }
 func (c *cmd) Output() ([]byte, error) {
+	defer c.cancel()
 	out, err := c.c.Output()
 	return out, wrapErr(c.ctx, err)
 }
