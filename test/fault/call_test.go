@@ -44,7 +44,7 @@ var expectedCommands = map[string][]string{
 type learned struct {
 	callTime map[string]time.Duration // moving average of clean calls
 	commands map[string][]string      // child commands seen
-	cmdTime  map[string]time.Duration // longest run seen of each command
+	cmdTime  map[string]time.Duration // moving average of each command's run
 }
 
 func newLearned() *learned {
@@ -62,17 +62,23 @@ func (l *learned) learn(key string, took time.Duration, runs map[string]time.Dur
 			l.commands[key] = append(l.commands[key], c)
 			slices.Sort(l.commands[key])
 		}
-		l.cmdTime[c] = max(l.cmdTime[c], d)
+		if old, ok := l.cmdTime[c]; ok {
+			l.cmdTime[c] = (3*old + d) / 4
+		} else {
+			l.cmdTime[c] = d
+		}
 	}
 }
 
 // plan draws the kill plan of one attempt. It always draws the same number
-// of values, so the operations a seed picks do not depend on timing.
-func (r *run) plan(rpc, kind string, kills int) trigger {
+// of values, so the operations a seed picks do not depend on timing. focus
+// are the commands that matter most in this call (mkfs of a new volume, an
+// offline growth).
+func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	rng := r.killRng
 	pKill, pCmd, pick, frac := rng.Float64(), rng.Float64(), rng.IntN(1<<30), rng.Float64()
 	p := r.cfg.killRate
-	if len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
+	if len(focus) > 0 || len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
 		p *= 1.4 // calls that run commands have more places to be killed at
 	}
 	if kills > 0 {
@@ -90,29 +96,50 @@ func (r *run) plan(rpc, kind string, kills int) trigger {
 	}
 	slices.Sort(cmds)
 	if len(cmds) > 0 && pCmd < 0.75 {
-		// Half of these kills aim at one command the call was seen to
-		// run; half at whichever of the long ones it runs first (not at
-		// the probes that run before them).
-		if pick%2 == 0 {
+		switch {
+		case len(focus) > 0 && pick%3 != 0:
+			cmds = focus
+		case pick%2 == 0:
+			// One command the call was seen or is known to run.
 			cmds = []string{cmds[(pick/2)%len(cmds)]}
-		} else if long := r.expected(rpc, kind); len(long) > 0 {
-			cmds = long
+		default:
+			// Whichever long command it runs first (not the probes
+			// that run before them).
+			if long := r.expected(rpc, kind); len(long) > 0 {
+				cmds = long
+			}
 		}
 		if slices.Contains(cmds, "fallocate") && (len(cmds) == 1 || pick%4 == 1) {
 			return trigger{kind: inFallocate, commands: []string{"fallocate"}}
 		}
-		var longest time.Duration
+		typical := 10 * time.Millisecond
 		for _, c := range cmds {
-			longest = max(longest, r.learned.cmdTime[c])
+			typical = max(typical, r.learned.cmdTime[c])
 		}
-		// Anywhere in the command's run: it may have been seen only late.
-		return trigger{kind: inCommand, commands: cmds, delay: time.Duration(frac * float64(max(longest, 10*time.Millisecond)))}
+		// Anywhere in the command's run, which is seen a little late.
+		return trigger{kind: inCommand, commands: cmds, delay: time.Duration(frac * 0.9 * float64(typical))}
 	}
 	d, ok := r.learned.callTime[key]
 	if !ok {
 		d = 50 * time.Millisecond
 	}
 	return trigger{kind: afterDelay, delay: time.Duration(frac * 1.2 * float64(d))}
+}
+
+// focus lists the commands that matter most in a call on v.
+func (r *run) focus(rpc string, v *volume) []string {
+	var out []string
+	switch {
+	case rpc == "CreateVolume":
+		out = []string{"fallocate", "lvm"}
+	case rpc == "NodeStageVolume" && v.kind != "block" && !v.formatted:
+		out = []string{"mkfs." + v.kind}
+	case rpc == "NodeStageVolume" && v.kind == "ext4", rpc == "NodePublishVolume" && v.fsBehind:
+		out = []string{"e2fsck", "resize2fs"}
+	case rpc == "NodeExpandVolume":
+		out = append([]string{"fallocate", "lvm"}, expectedCommands[rpc+"/"+v.kind]...)
+	}
+	return slices.DeleteFunc(out, func(c string) bool { return !r.backendRuns(c) })
 }
 
 // expected lists the commands a call is known to run on this backend.
@@ -164,7 +191,7 @@ func (r *run) call(rpc string, v *volume, fn func(ctx context.Context) error, ac
 	var kills []string
 	fails := 0
 	for {
-		tr := r.plan(rpc, v.kind, len(kills))
+		tr := r.plan(rpc, v.kind, len(kills), r.focus(rpc, v))
 		w := r.watch(tr, r.backendRuns("fallocate") && (rpc == "CreateVolume" || rpc == "NodeExpandVolume"))
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)

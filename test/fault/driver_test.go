@@ -19,9 +19,16 @@ import (
 
 const nodeID = "fault-node"
 
-// buildBinary builds the real flashpv command.
+// buildBinary builds the real flashpv command, or takes the one named by
+// FLASHPV_FAULT_BIN (a VM has no Go toolchain).
 func buildBinary(t *testing.T) string {
 	t.Helper()
+	if bin := os.Getenv("FLASHPV_FAULT_BIN"); bin != "" {
+		if _, err := os.Stat(bin); err != nil {
+			t.Fatalf("FLASHPV_FAULT_BIN: %v", err)
+		}
+		return bin
+	}
 	bin := filepath.Join(t.TempDir(), "flashpv")
 	out, err := exec.Command("go", "build", "-o", bin, "github.com/flashpv/flashpv/cmd/flashpv").CombinedOutput()
 	if err != nil {

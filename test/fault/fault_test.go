@@ -6,8 +6,9 @@
 // and nothing may be left: no mount, no loop device, no file in the pool.
 //
 // FLASHPV_FAULT_SEED reproduces a run's choices (kill timing still varies),
-// FLASHPV_FAULT_OPS sets its length, FLASHPV_TEST_BACKEND its pool kind.
-// Reports go to _output/fault.
+// FLASHPV_FAULT_OPS sets its length, FLASHPV_TEST_BACKEND its pool kind,
+// FLASHPV_FAULT_BIN a prebuilt binary. Reports, events and driver logs go to
+// _output/fault.
 package fault
 
 import (

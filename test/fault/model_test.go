@@ -54,6 +54,7 @@ type volume struct {
 	target    string
 	pods      int
 	fsBehind  bool // an ext4 grew where this driver cannot grow it online
+	formatted bool // staged once: its filesystem exists
 	files     []fileRecord
 	blocks    map[int64]uint64 // 64 KiB slot -> pattern seed
 	stuck     string           // why the volume is out of the game
@@ -216,6 +217,7 @@ func (r *run) stage(v *volume) {
 	if v.state == created {
 		v.state = staged
 	}
+	v.formatted = true
 	if v.kind != "block" && !isMountPoint(v.staging) {
 		r.failf(v, "NodeStageVolume succeeded but nothing is mounted at %s", v.staging)
 	}
