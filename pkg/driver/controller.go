@@ -151,7 +151,7 @@ func (d *Driver) csiVolume(p *poolEntry, v *pool.Volume) *csi.Volume {
 	return &csi.Volume{
 		VolumeId:           v.ID,
 		CapacityBytes:      v.SizeBytes,
-		VolumeContext:      map[string]string{ParamPool: p.Name()},
+		VolumeContext:      volumeContext(p.Name(), v),
 		AccessibleTopology: []*csi.Topology{d.topology()},
 	}
 }

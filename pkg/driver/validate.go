@@ -12,6 +12,7 @@ import (
 
 	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/wellknown"
 )
 
 const (
@@ -211,9 +212,24 @@ func createParameters(params map[string]string) (map[string]string, error) {
 			// Kubernetes' own keys (PVC name, namespace, ...): not ours.
 		case k == ParamPool:
 			out[k] = v
+		case k == wellknown.ParamNodeLossPolicy:
+			if v != wellknown.NodeLossRecreate && v != wellknown.NodeLossReport {
+				return nil, invalid("parameter %s=%q: want %s or %s", k, v, wellknown.NodeLossRecreate, wellknown.NodeLossReport)
+			}
+			out[k] = v
 		default:
-			return nil, invalid("unknown parameter %q (flashpv knows %q)", k, ParamPool)
+			return nil, invalid("unknown parameter %q (flashpv knows %q and %q)", k, ParamPool, wellknown.ParamNodeLossPolicy)
 		}
 	}
 	return out, nil
+}
+
+// volumeContext is what the PV records of a volume: its pool, and the node
+// loss policy it was created with, which the cluster controller reads.
+func volumeContext(poolName string, v *pool.Volume) map[string]string {
+	ctx := map[string]string{ParamPool: poolName}
+	if p, ok := v.Parameters[wellknown.ParamNodeLossPolicy]; ok {
+		ctx[wellknown.ParamNodeLossPolicy] = p
+	}
+	return ctx
 }

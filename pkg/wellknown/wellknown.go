@@ -11,4 +11,20 @@ const (
 	TopologyKey = "flashpv.dev/node"
 	// ParamPool is the StorageClass parameter that selects a pool.
 	ParamPool = "pool"
+	// ParamNodeLossPolicy is the StorageClass parameter that says what the
+	// cluster controller does with a claim whose node is gone for good. The
+	// node plugin records it in the volume context, so it is on the PV.
+	ParamNodeLossPolicy = "nodeLossPolicy"
+	// NodeLossRecreate: delete the claim (so a StatefulSet recreates it,
+	// empty, on a live node) and the PV, never touching any disk.
+	NodeLossRecreate = "Recreate"
+	// NodeLossReport (the default): delete nothing, report the stuck claim.
+	NodeLossReport = "Report"
+
+	// VolumeListConfigMap is the ConfigMap, in flashpv's namespace, in
+	// which the cluster controller writes for each node the IDs of the
+	// volumes that have a PV there (one key per node name). The DaemonSet
+	// mounts it, so a node plugin finds orphaned volumes without calling
+	// the Kubernetes API.
+	VolumeListConfigMap = "flashpv-volumes"
 )
