@@ -81,6 +81,7 @@ test-vm: deps
 verify:
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
+	$(GO) vet -tags vmselftest ./test/vmself/
 
 # Benchmarks (root): data path against the pool's filesystem, control path,
 # 1000 volumes and a restart. Writes _output/bench/report.{md,json} and
