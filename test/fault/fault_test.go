@@ -239,8 +239,10 @@ func (r *run) finish() {
 			continue
 		}
 		if v.stuck != "" {
-			// A stuck volume gets the teardown the kubelet gives an
-			// uncertain mount: does anything bring it back?
+			// A stuck volume gets the teardown its pod's deletion
+			// brings: the kubelet unmounts what a call left uncertain
+			// (not what failed with a final error), the provisioner
+			// deletes. Does that bring it back?
 			v.state, v.stuck = max(v.state, v.reaching), ""
 			r.event("final teardown of stuck volume %s", v)
 		}

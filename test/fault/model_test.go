@@ -151,11 +151,16 @@ func (r *run) outcome(v *volume, what string, err error) bool {
 		return true
 	}
 	if isPermanent(err) {
-		switch what {
-		case "NodeStageVolume":
-			v.reaching = max(v.reaching, staged)
-		case "NodePublishVolume":
-			v.reaching = max(v.reaching, published)
+		// The kubelet tears down a mount whose call ended in an error
+		// that leaves it uncertain; after a final error it takes the
+		// volume as not staged (not published) and never unstages it.
+		if uncertain(err) {
+			switch what {
+			case "NodeStageVolume":
+				v.reaching = max(v.reaching, staged)
+			case "NodePublishVolume":
+				v.reaching = max(v.reaching, published)
+			}
 		}
 		v.stuck = fmt.Sprintf("%s: %v", what, err)
 		r.failf(v, "%s", v.stuck)
@@ -352,6 +357,25 @@ func (r *run) deleteVolume(v *volume) {
 		return
 	}
 	*v = volume{slot: v.slot, gen: v.gen}
+}
+
+// uncertain tells the errors after which the kubelet does not know whether
+// a stage or publish took effect (its isFinalError, negated): these codes,
+// and anything that is no gRPC status.
+func uncertain(err error) bool {
+	var p *permanent
+	if errors.As(err, &p) {
+		err = p.err
+	}
+	st, ok := status.FromError(err)
+	if !ok {
+		return true
+	}
+	switch st.Code() {
+	case codes.Canceled, codes.DeadlineExceeded, codes.Unavailable, codes.ResourceExhausted, codes.Aborted:
+		return true
+	}
+	return false
 }
 
 // removeEmpty removes dir and its empty parents up to (not including) stop,
