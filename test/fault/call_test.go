@@ -81,6 +81,10 @@ func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	if len(focus) > 0 || len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
 		p *= 1.4 // calls that run commands have more places to be killed at
 	}
+	// A volume is formatted once in its life: most of those get a kill.
+	if slices.ContainsFunc(focus, func(c string) bool { return strings.HasPrefix(c, "mkfs.") }) {
+		p = max(p, 0.8)
+	}
 	if kills > 0 {
 		p /= 2
 	}
