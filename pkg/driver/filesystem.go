@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -30,7 +31,15 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 		if err := d.markFormatted(ctx, nv); err != nil {
 			return err
 		}
-		return d.mounts.Grow(ctx, dev, staging, v.FsType)
+		err := d.mounts.Grow(ctx, dev, staging, v.FsType)
+		if errors.Is(err, mounter.ErrCannotGrowOnline) {
+			// The next publication grows it offline (see
+			// growExtBeforePublish); refusing the stage would keep the
+			// pod from ever getting there.
+			klog.V(2).InfoS("Staged filesystem grows at publication", "volumeID", v.ID, "reason", err)
+			return nil
+		}
+		return err
 	}
 	// A volume whose filesystem flashpv never mounted holds nothing of
 	// value: a filesystem of its own type on it is what a killed mkfs left,

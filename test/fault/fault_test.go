@@ -109,9 +109,6 @@ type run struct {
 }
 
 func TestFault(t *testing.T) {
-	if os.Getenv("FLASHPV_FAULT") != "1" {
-		t.Skip("fault injection runs with FLASHPV_FAULT=1 (make fault) until the driver's restart bugs of issue 13 are fixed")
-	}
 	if os.Geteuid() != 0 {
 		t.Skip("fault injection needs root: loop devices, mounts, mkfs, and killing the driver's process group")
 	}
