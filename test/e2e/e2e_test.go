@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/mounter"
 )
 
 func TestMain(m *testing.M) {
@@ -199,7 +199,7 @@ func TestOnlineExpansion(t *testing.T) {
 			waitPodReady(t, ns, "grow", 2*time.Minute)
 			sum := execIn(t, ns, "grow", "cat", "/data/blob.md5")
 			must(t, "patch", "pvc", "-n", ns, "grow", "-p", `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`)
-			if tc.fs == "ext4" && !driver.CanGrowMountedExt4() {
+			if tc.fs == "ext4" && !mounter.CanGrowMountedExt4() {
 				// The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE,
 				// which this machine withholds even from privileged pods:
 				// flashpv says so, and grows the filesystem when the volume
