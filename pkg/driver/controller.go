@@ -38,14 +38,18 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	if req.GetVolumeContentSource() != nil {
-		return nil, fmt.Errorf("%w: volume content sources (snapshots, clones)", errUnsupported)
-	}
 	params, err := createParameters(req.GetParameters())
 	if err != nil {
 		return nil, err
 	}
+	content, err := s.d.content(req.GetVolumeContentSource())
+	if err != nil {
+		return nil, err
+	}
 	p, err := s.d.poolFor(params)
+	if content != nil {
+		p, err = content.poolFor(params)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -55,9 +59,19 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if fsType, err = poolFsType(p, mode, fsType, req.GetVolumeCapabilities()); err != nil {
 		return nil, err
 	}
+	if content != nil {
+		if fsType, err = content.fits(mode, fsType, req.GetVolumeCapabilities()); err != nil {
+			return nil, err
+		}
+	}
 	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize(p, mode, fsType))
 	if err != nil {
 		return nil, err
+	}
+	if content != nil {
+		if size, err = content.fitSize(size, hi); err != nil {
+			return nil, err
+		}
 	}
 
 	release, err := s.d.locks.acquire("name/" + name)
@@ -74,17 +88,26 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			return nil, fmt.Errorf("%w: volume %q exists in pool %s as %s", pool.ErrAlreadyExists, name, other, v.ID)
 		}
 	}
-	v, created, err := p.Create(ctx, pool.Spec{
+	spec := pool.Spec{
 		Name: name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
 		Mode: mode, FsType: fsType, Parameters: params,
-	})
+	}
+	var v *pool.Volume
+	var created bool
+	if content != nil {
+		v, created, err = s.d.createFrom(ctx, spec, content)
+	} else {
+		v, created, err = p.Create(ctx, spec)
+	}
 	if err != nil {
 		return nil, err
 	}
 	if created {
-		klog.InfoS("Volume created", "volumeID", v.ID, "name", name, "bytes", v.SizeBytes, "mode", v.Mode, "fsType", v.FsType)
+		klog.InfoS("Volume created", "volumeID", v.ID, "name", name, "bytes", v.SizeBytes, "mode", v.Mode, "fsType", v.FsType, "source", v.Source)
 	}
-	return s.d.csiVolume(p, v), nil
+	vol := s.d.csiVolume(p, v)
+	vol.ContentSource = req.GetVolumeContentSource()
+	return vol, nil
 }
 
 // poolFsType checks that capabilities fit what the pool's volumes can be
@@ -322,6 +345,9 @@ func (s *Controller) ControllerGetCapabilities(context.Context, *csi.ControllerG
 		csi.ControllerServiceCapability_RPC_GET_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_LIST_VOLUME_HEALTH,
 		csi.ControllerServiceCapability_RPC_SINGLE_NODE_MULTI_WRITER,
+		csi.ControllerServiceCapability_RPC_CREATE_DELETE_SNAPSHOT,
+		csi.ControllerServiceCapability_RPC_LIST_SNAPSHOTS,
+		csi.ControllerServiceCapability_RPC_CLONE_VOLUME,
 	} {
 		caps = append(caps, &csi.ControllerServiceCapability{Type: &csi.ControllerServiceCapability_Rpc{Rpc: &csi.ControllerServiceCapability_RPC{Type: t}}})
 	}

@@ -190,8 +190,8 @@ func TestCreateHonoursRequestShape(t *testing.T) {
 	}
 	_, err = c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "src", VolumeCapabilities: blockCaps(),
 		VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: "default.x"}}}})
-	if status.Code(err) != codes.InvalidArgument {
-		t.Fatalf("content source: %v", err)
+	if status.Code(err) != codes.NotFound {
+		t.Fatalf("content source not on this node: %v", err)
 	}
 	vv, err := c.ValidateVolumeCapabilities(ctx, &csi.ValidateVolumeCapabilitiesRequest{VolumeId: resp.GetVolume().GetVolumeId(), VolumeCapabilities: blockCaps()})
 	if err != nil || vv.GetConfirmed() != nil || vv.GetMessage() == "" {

@@ -44,6 +44,9 @@ type Config struct {
 	Mounts mounter.Interface
 	// Metrics, when set, receives the driver's Prometheus metrics.
 	Metrics prometheus.Registerer
+	// Freezer freezes staged filesystems around snapshot copies (nil: a
+	// staged filesystem cannot be snapshotted).
+	Freezer Freezer
 }
 
 // Driver holds the state shared by the three CSI services.
@@ -58,6 +61,7 @@ type Driver struct {
 	defaultFsType string
 
 	mounts  mounter.Interface
+	freezer Freezer
 	locks   *keyLocks
 	metrics *metrics
 }
@@ -69,6 +73,8 @@ type poolEntry struct {
 	src    pool.Source
 	layout pool.Layout
 	usage  pool.UsageReporter // nil unless the pool reports volume usage
+	snap   pool.Snapshotter   // nil unless the pool has snapshots
+	cloner pool.Cloner        // nil unless the pool makes volumes from others
 }
 
 // New checks cfg and returns a Driver.
@@ -91,6 +97,7 @@ func New(cfg Config) (*Driver, error) {
 		maxVolumes:    cfg.MaxVolumes,
 		defaultFsType: cfg.DefaultFsType,
 		mounts:        cfg.Mounts,
+		freezer:       cfg.Freezer,
 		locks:         newKeyLocks(),
 	}
 	if d.defaultFsType == "" {
@@ -109,6 +116,8 @@ func New(cfg Config) (*Driver, error) {
 			return nil, fmt.Errorf("pool %s has no node side", p.Name())
 		}
 		e.usage, _ = p.(pool.UsageReporter)
+		e.snap, _ = p.(pool.Snapshotter)
+		e.cloner, _ = p.(pool.Cloner)
 		d.pools[p.Name()] = e
 		d.poolNames = append(d.poolNames, p.Name())
 	}

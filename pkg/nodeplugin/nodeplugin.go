@@ -7,12 +7,15 @@ package nodeplugin
 import (
 	"context"
 	"errors"
+	"fmt"
+	"path/filepath"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/config"
 	"github.com/flashpv/flashpv/pkg/driver"
+	"github.com/flashpv/flashpv/pkg/fsfreeze"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
@@ -45,6 +48,10 @@ type Settings struct {
 // is not set up for its kind is reported (log, /healthz warning, storage
 // health, metrics) and stood in for, so the others are served.
 func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error) {
+	freezer, err := openFreezer(opts.StateDir)
+	if err != nil {
+		return nil, err
+	}
 	p := &Plugin{}
 	for _, spec := range opts.Pools {
 		pl, err := pool.Open(ctx, spec)
@@ -68,6 +75,7 @@ func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error)
 		Loops:         loopdev.New(),
 		Mounts:        mounter.New(),
 		Metrics:       s.Metrics,
+		Freezer:       freezer,
 	})
 	if err != nil {
 		p.Close()
@@ -75,4 +83,26 @@ func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error)
 	}
 	p.Driver = d
 	return p, nil
+}
+
+// openFreezer keeps the records of filesystems frozen for snapshots under
+// the state directory (on the node's own disk, never on a volume) and thaws
+// what a predecessor killed during a snapshot left frozen: an application
+// writing to it would hang until then.
+func openFreezer(stateDir string) (*fsfreeze.Freezer, error) {
+	if !filepath.IsAbs(stateDir) {
+		return nil, fmt.Errorf("--state-dir %q is not absolute", stateDir)
+	}
+	f, err := fsfreeze.New(filepath.Join(stateDir, "freeze"))
+	if err != nil {
+		return nil, err
+	}
+	thawed, err := f.ThawAll()
+	for _, mp := range thawed {
+		klog.InfoS("Thawed a filesystem left frozen by an interrupted snapshot", "mountpoint", mp)
+	}
+	if err != nil {
+		klog.ErrorS(err, "Thawing filesystems left frozen by an interrupted snapshot")
+	}
+	return f, nil
 }

@@ -23,6 +23,9 @@ type dirPool struct {
 	dir     string
 	reserve int64
 	lock    *os.File // flock held while the pool is open
+	// reflink: files of the pool directory can share blocks, so snapshots
+	// and clones are reflinks.
+	reflink bool
 
 	// mu guards creating and makes check-then-reserve atomic. Slow work
 	// (fallocate, fsyncs) runs outside it, its key marked in creating.
@@ -38,7 +41,7 @@ type claim struct {
 }
 
 func newDirPool(name, dir string, reserve int64, lock *os.File) dirPool {
-	return dirPool{mirror: newMirror(name), dir: dir, reserve: reserve, lock: lock, creating: map[string]claim{}}
+	return dirPool{mirror: newMirror(name), dir: dir, reserve: reserve, lock: lock, creating: map[string]claim{}, reflink: probeReflink(dir)}
 }
 
 // Dir is the pool directory.

@@ -46,7 +46,14 @@ func OpenImage(name, dir string, reserve int64) (*ImagePool, error) {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
-	if err := loadDir(&p.mirror, real); err != nil {
+	err = p.collectSnapshotGarbage(os.Remove)
+	if err == nil {
+		err = loadDir(&p.mirror, real)
+	}
+	if err == nil {
+		err = loadSnapshots(&p.mirror, real)
+	}
+	if err != nil {
 		lock.Close()
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}

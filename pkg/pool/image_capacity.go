@@ -37,6 +37,19 @@ func (p *ImagePool) capacity() (Capacity, error) {
 			unbacked += max(c.size-st.Blocks*512, 0)
 		}
 	}
+	// What shares blocks reserves its whole size (see Volume.Shared and
+	// Snapshot.Shared).
+	shared := map[string]bool{}
+	p.vmu.RLock()
+	for key, v := range p.vols {
+		shared[key] = v.Shared
+	}
+	for _, s := range p.snaps {
+		if s.Shared {
+			unbacked += s.SizeBytes
+		}
+	}
+	p.vmu.RUnlock()
 	var sfs unix.Statfs_t
 	if err := p.statfs(p.dir, &sfs); err != nil {
 		return Capacity{}, err
@@ -68,7 +81,9 @@ func (p *ImagePool) capacity() (Capacity, error) {
 			continue // removed meanwhile
 		}
 		c.Allocated += st.Size
-		if missing := st.Size - st.Blocks*512; missing > 0 {
+		if shared[key] {
+			unbacked += st.Size
+		} else if missing := st.Size - st.Blocks*512; missing > 0 {
 			unbacked += missing
 		}
 	}

@@ -13,10 +13,13 @@ type mirror struct {
 	vmu  sync.RWMutex
 	vols map[string]*Volume
 	bad  map[string]error // keys whose stored metadata could not be read
+	// snaps and badSnaps are the same for the pool's snapshots.
+	snaps    map[string]*Snapshot
+	badSnaps map[string]error
 }
 
 func newMirror(name string) mirror {
-	return mirror{name: name, vols: map[string]*Volume{}, bad: map[string]error{}}
+	return mirror{name: name, vols: map[string]*Volume{}, bad: map[string]error{}, snaps: map[string]*Snapshot{}, badSnaps: map[string]error{}}
 }
 
 func (m *mirror) Name() string { return m.name }

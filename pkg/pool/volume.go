@@ -31,6 +31,12 @@ type Volume struct {
 	Created    time.Time         `json:"created"`
 	// ProjectID is the XFS project of a quota pool's volume.
 	ProjectID uint32 `json:"projectID,omitempty"`
+	// Source is the snapshot or volume the volume was made from.
+	Source string `json:"source,omitempty"`
+	// Shared: the volume's data may share blocks with another volume or
+	// snapshot (a reflink), so it reserves its whole size besides the
+	// blocks it has: each of its shared blocks takes a new one when written.
+	Shared bool `json:"shared,omitempty"`
 	NodeState
 }
 
@@ -77,6 +83,8 @@ type Spec struct {
 	Mode       Mode
 	FsType     string
 	Parameters map[string]string
+	// Source is the ID of the snapshot or volume a volume is made from.
+	Source string
 }
 
 // compatible reports whether an existing volume satisfies spec, which makes a
@@ -91,6 +99,8 @@ func (v *Volume) compatible(s Spec) error {
 		return fmt.Errorf("%w: volume %q is a %s volume", ErrAlreadyExists, v.Name, v.Mode)
 	case v.FsType != s.FsType:
 		return fmt.Errorf("%w: volume %q has fsType %q", ErrAlreadyExists, v.Name, v.FsType)
+	case v.Source != s.Source:
+		return fmt.Errorf("%w: volume %q was made from %q", ErrAlreadyExists, v.Name, v.Source)
 	case !maps.Equal(v.Parameters, s.Parameters) && !(len(v.Parameters) == 0 && len(s.Parameters) == 0):
 		return fmt.Errorf("%w: volume %q was created with other parameters", ErrAlreadyExists, v.Name)
 	}

@@ -212,7 +212,7 @@ func (e *Env) start(t testing.TB, o Options) {
 	if o.MaxVolumes == 0 {
 		o.MaxVolumes = 100
 	}
-	opts := config.Options{NodeID: o.NodeID, KubeletDir: e.KubeletDir, MaxVolumes: o.MaxVolumes, FsType: o.FsType}
+	opts := config.Options{NodeID: o.NodeID, KubeletDir: e.KubeletDir, StateDir: filepath.Join(e.Root, "state"), MaxVolumes: o.MaxVolumes, FsType: o.FsType}
 	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
 		spec, err := config.ParsePoolSpec(name + "=" + e.Pools[name])
 		if err != nil {

@@ -56,6 +56,7 @@ func config(t *testing.T, r run) *sanity.TestConfig {
 	cfg.IdempotentCount = 3
 	cfg.TestNodeVolumeAttachLimit = true
 	cfg.IDGen = idGen{}
+	cfg.TestSnapshotParameters = map[string]string{}
 	return &cfg
 }
 
