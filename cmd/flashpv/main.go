@@ -1,6 +1,8 @@
 // Command flashpv is the flashpv CSI driver: Identity, Controller and Node
 // services for the node-local pools of the node it runs on, plus kubelet
-// plugin registration, /healthz and /metrics.
+// plugin registration, /healthz and /metrics. `flashpv controller` is the
+// cluster-level controller instead (pkg/clustercontroller), the one part of
+// flashpv that talks to the Kubernetes API.
 package main
 
 import (
@@ -10,14 +12,17 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/clustercontroller"
 	"github.com/flashpv/flashpv/pkg/config"
 	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/pkg/nodeplugin"
+	"github.com/flashpv/flashpv/pkg/orphans"
 	"github.com/flashpv/flashpv/pkg/registration"
 	"github.com/flashpv/flashpv/pkg/unixsock"
 	"github.com/flashpv/flashpv/pkg/wellknown"
@@ -27,6 +32,9 @@ import (
 var version = "dev"
 
 func main() {
+	if len(os.Args) > 1 && os.Args[1] == "controller" {
+		os.Exit(clustercontroller.Main(os.Args[2:], version))
+	}
 	var opts config.Options
 	fs := flag.NewFlagSet("flashpv", flag.ExitOnError)
 	opts.AddFlags(fs)
@@ -77,6 +85,15 @@ func run(opts config.Options) error {
 		sock := registration.SocketPath(opts.RegistrationDir, wellknown.DriverName)
 		tasks = append(tasks, func() error { return r.Serve(ctx, sock) })
 	}
+	if opts.VolumeListDir != "" {
+		finder, err := orphans.New(orphans.Config{Node: opts.NodeID, ListDir: opts.VolumeListDir, Pools: pools,
+			Deleter: d, Delete: orphanPools(opts.DeleteOrphans), Grace: opts.OrphanGrace, Metrics: reg})
+		if err != nil {
+			return err
+		}
+		checker.Orphans = finder
+		tasks = append(tasks, func() error { return finder.Run(ctx, time.Minute) })
+	}
 	if opts.HealthAddress != "" {
 		h := health.Handler(checker, reg)
 		tasks = append(tasks, func() error { return health.Serve(ctx, opts.HealthAddress, h) })
@@ -99,4 +116,12 @@ func run(opts config.Options) error {
 		}
 	}
 	return first
+}
+
+func orphanPools(names []string) map[string]bool {
+	m := map[string]bool{}
+	for _, n := range names {
+		m[n] = true
+	}
+	return m
 }

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"time"
 
 	"github.com/flashpv/flashpv/pkg/pool"
 )
@@ -37,6 +38,14 @@ type Options struct {
 	HealthAddress    string
 	RegistrationPath string
 	RegistrationDir  string
+
+	// VolumeListDir is where the cluster controller's volume list
+	// ConfigMap is mounted ("": no orphan check).
+	VolumeListDir string
+	// DeleteOrphans names the pools whose orphaned volumes are deleted
+	// once orphaned for OrphanGrace.
+	DeleteOrphans []string
+	OrphanGrace   time.Duration
 }
 
 // AddFlags registers the options on fs.
@@ -59,6 +68,16 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.HealthAddress, "health-address", ":9808", "address of /healthz and /metrics (empty: off)")
 	fs.StringVar(&o.RegistrationPath, "kubelet-registration-path", "", "the CSI socket's path as the kubelet sees it; when set, flashpv registers itself with the kubelet")
 	fs.StringVar(&o.RegistrationDir, "registration-dir", "/var/lib/kubelet/plugins_registry", "the kubelet's plugin registration directory")
+	fs.StringVar(&o.VolumeListDir, "volume-list-dir", "", "where the flashpv controller's volume list ConfigMap is mounted; volumes no PV names are reported as orphans (empty: no orphan check)")
+	fs.Func("delete-orphans", "a pool whose orphaned volumes are deleted after --orphan-grace (repeatable, or comma-separated; default: none, orphans are only reported)", func(s string) error {
+		for _, name := range strings.Split(s, ",") {
+			if name = strings.TrimSpace(name); name != "" {
+				o.DeleteOrphans = append(o.DeleteOrphans, name)
+			}
+		}
+		return nil
+	})
+	fs.DurationVar(&o.OrphanGrace, "orphan-grace", time.Hour, "how long a volume must stay without a PV before a pool named by --delete-orphans deletes it")
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
 }
 
@@ -106,6 +125,17 @@ func (o *Options) Validate() error {
 				errs = append(errs, fmt.Errorf("pools %q and %q overlap (%s, %s)", q.Name, p.Name, q.Path, p.Path))
 			}
 		}
+	}
+	for _, d := range o.DeleteOrphans {
+		if !names[d] {
+			errs = append(errs, fmt.Errorf("--delete-orphans %q: no such pool", d))
+		}
+	}
+	if len(o.DeleteOrphans) > 0 && o.VolumeListDir == "" {
+		errs = append(errs, errors.New("--delete-orphans needs --volume-list-dir"))
+	}
+	if o.OrphanGrace < time.Minute {
+		errs = append(errs, fmt.Errorf("--orphan-grace %s: at least 1m", o.OrphanGrace))
 	}
 	return errors.Join(errs...)
 }

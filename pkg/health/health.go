@@ -27,6 +27,8 @@ type Checker struct {
 	Pools        []pool.Pool
 	Registration interface{ Healthy() error } // nil when not registering
 	Timeout      time.Duration
+	// Orphans, when set, adds its warnings (volumes no PV names).
+	Orphans interface{ Warnings() []string }
 }
 
 // Check returns why flashpv is unhealthy, or nil.
@@ -74,13 +76,16 @@ func probeCSI(ctx context.Context, socket string) error {
 }
 
 // Warnings lists what is wrong but would not be fixed by a restart: pools
-// whose storage is not set up for their kind.
+// whose storage is not set up for their kind, orphaned volumes.
 func (c *Checker) Warnings() []string {
 	var out []string
 	for _, p := range c.Pools {
 		if !pool.Usable(p) {
 			out = append(out, p.Probe(context.Background()).Error())
 		}
+	}
+	if c.Orphans != nil {
+		out = append(out, c.Orphans.Warnings()...)
 	}
 	return out
 }

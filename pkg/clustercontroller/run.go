@@ -1,0 +1,330 @@
+// Package clustercontroller is `flashpv controller`: the one process of
+// flashpv that talks to the Kubernetes API. With client-go informers, one
+// active replica (a Lease), /healthz and /metrics, it
+//   - handles nodes gone for good (pkg/nodeloss): claims of opted-in classes
+//     are deleted so StatefulSets recreate them on live nodes, the others
+//     are reported;
+//   - tells every node plugin which of its volumes have a PV, through one
+//     ConfigMap the DaemonSet mounts, so orphans are found on the node
+//     without the node plugin calling the API.
+package clustercontroller
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"net"
+	"net/http"
+	"os"
+	"os/signal"
+	"sync"
+	"syscall"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+	corev1 "k8s.io/api/core/v1"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/informers"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/kubernetes/scheme"
+	typedcorev1 "k8s.io/client-go/kubernetes/typed/core/v1"
+	"k8s.io/client-go/rest"
+	"k8s.io/client-go/tools/cache"
+	"k8s.io/client-go/tools/clientcmd"
+	"k8s.io/client-go/tools/leaderelection"
+	"k8s.io/client-go/tools/leaderelection/resourcelock"
+	"k8s.io/client-go/tools/record"
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/nodeloss"
+)
+
+// Main runs `flashpv controller ARGS...` and returns the exit code.
+func Main(args []string, version string) int {
+	var opts Options
+	fs := flag.NewFlagSet("flashpv controller", flag.ExitOnError)
+	opts.AddFlags(fs)
+	klog.InitFlags(fs)
+	_ = fs.Parse(args)
+	if err := opts.Validate(); err != nil {
+		fmt.Fprintln(os.Stderr, "flashpv controller:", err)
+		return 2
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
+	defer stop()
+	if err := Run(ctx, opts, version); err != nil {
+		klog.ErrorS(err, "flashpv controller stopped")
+		klog.Flush()
+		return 1
+	}
+	klog.Flush()
+	return 0
+}
+
+func restConfig(kubeconfig string) (*rest.Config, error) {
+	if kubeconfig != "" {
+		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+	}
+	return rest.InClusterConfig()
+}
+
+// stripManagedFields keeps the caches small: nothing here reads them.
+func stripManagedFields(obj any) (any, error) {
+	if m, ok := obj.(metav1.Object); ok {
+		m.SetManagedFields(nil)
+	}
+	return obj, nil
+}
+
+// Run runs the controller until ctx ends or it loses its leadership.
+func Run(ctx context.Context, opts Options, version string) error {
+	cfg, err := restConfig(opts.Kubeconfig)
+	if err != nil {
+		return err
+	}
+	cfg.UserAgent = "flashpv-controller/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	metrics, err := nodeloss.NewMetrics(reg)
+	if err != nil {
+		return err
+	}
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
+	core, storage := factory.Core().V1(), factory.Storage().V1()
+	listers := nodeloss.Listers{
+		Nodes: core.Nodes().Lister(), PVs: core.PersistentVolumes().Lister(),
+		Claims: core.PersistentVolumeClaims().Lister(), Pods: core.Pods().Lister(),
+		Classes: storage.StorageClasses().Lister(),
+	}
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartStructuredLogging(2)
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	defer broadcaster.Shutdown()
+	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "flashpv-controller"})
+
+	rec := nodeloss.New(nodeloss.Config{Client: client, Listers: listers, Recorder: recorder, Metrics: metrics, Grace: opts.NodeLossGrace})
+	if _, err := core.Nodes().Informer().AddEventHandler(nodeHandler(rec)); err != nil {
+		return err
+	}
+	writer, err := newListWriter(client, opts.Namespace, listers.Nodes, listers.PVs, opts.VolumeListRefresh, reg)
+	if err != nil {
+		return err
+	}
+	factory.Start(ctx.Done())
+	defer factory.Shutdown()
+
+	st := &status{}
+	var le *leaderelection.LeaderElector
+	var tasks []func(context.Context) error
+	work := func(ctx context.Context) error {
+		for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
+			if !ok {
+				return fmt.Errorf("cache of %v did not sync", typ)
+			}
+		}
+		st.setSynced()
+		klog.InfoS("Caches synced: watching for lost nodes", "grace", opts.NodeLossGrace)
+		loop(ctx, opts.Resync, "node loss", rec.Sync, st)
+		return nil
+	}
+	writeLists := func(ctx context.Context) error {
+		if !cache.WaitForCacheSync(ctx.Done(), core.Nodes().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced) {
+			return nil
+		}
+		loop(ctx, opts.Resync, "volume lists", writer.Sync, st)
+		return nil
+	}
+	if opts.LeaderElection {
+		id, _ := os.Hostname()
+		lock, err := resourcelock.New(resourcelock.LeasesResourceLock, opts.Namespace, opts.LeaseName,
+			client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id, EventRecorder: recorder})
+		if err != nil {
+			return err
+		}
+		lost := make(chan struct{})
+		le, err = leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
+			Lock: lock, Name: opts.LeaseName, ReleaseOnCancel: true,
+			LeaseDuration: opts.LeaseDuration, RenewDeadline: opts.RenewDeadline, RetryPeriod: opts.RetryPeriod,
+			WatchDog: leaderelection.NewLeaderHealthzAdaptor(20 * time.Second),
+			Callbacks: leaderelection.LeaderCallbacks{
+				OnStartedLeading: func(ctx context.Context) {
+					klog.InfoS("Leading", "lease", klog.KRef(opts.Namespace, opts.LeaseName), "identity", id)
+					var wg sync.WaitGroup
+					wg.Go(func() { _ = work(ctx) })
+					wg.Go(func() { _ = writeLists(ctx) })
+					wg.Wait()
+				},
+				OnStoppedLeading: func() { close(lost) },
+			},
+		})
+		if err != nil {
+			return err
+		}
+		tasks = append(tasks, func(ctx context.Context) error {
+			le.Run(ctx)
+			select {
+			case <-lost:
+				if ctx.Err() == nil {
+					return errors.New("lost the leader election Lease")
+				}
+			default:
+			}
+			return nil
+		})
+	} else {
+		tasks = append(tasks, work, writeLists)
+	}
+	if opts.HealthAddress != "" {
+		h := handler(st, le, reg)
+		tasks = append(tasks, func(ctx context.Context) error { return serve(ctx, opts.HealthAddress, h) })
+	}
+	return runAll(ctx, tasks)
+}
+
+func nodeHandler(rec *nodeloss.Reconciler) cache.ResourceEventHandlerFuncs {
+	name := func(obj any) string {
+		if t, ok := obj.(cache.DeletedFinalStateUnknown); ok {
+			obj = t.Obj
+		}
+		if n, ok := obj.(*corev1.Node); ok {
+			return n.Name
+		}
+		return ""
+	}
+	return cache.ResourceEventHandlerFuncs{
+		AddFunc: func(obj any) {
+			if n := name(obj); n != "" {
+				rec.NodeAdded(n)
+			}
+		},
+		DeleteFunc: func(obj any) {
+			if n := name(obj); n != "" {
+				rec.NodeDeleted(n)
+			}
+		},
+	}
+}
+
+// loop runs f every period until ctx ends, recording its outcome.
+func loop(ctx context.Context, period time.Duration, what string, f func(context.Context) error, st *status) {
+	t := time.NewTicker(period)
+	defer t.Stop()
+	for {
+		err := f(ctx)
+		if err != nil && ctx.Err() == nil {
+			klog.ErrorS(err, "Sync failed", "loop", what)
+		}
+		st.record(what, err)
+		select {
+		case <-ctx.Done():
+			return
+		case <-t.C:
+		}
+	}
+}
+
+// runAll runs tasks until ctx ends; the first to fail ends the others.
+func runAll(ctx context.Context, tasks []func(context.Context) error) error {
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	errc := make(chan error, len(tasks))
+	for _, task := range tasks {
+		go func() {
+			err := task(ctx)
+			if err != nil {
+				cancel(err)
+			} else {
+				cancel(nil)
+			}
+			errc <- err
+		}()
+	}
+	var first error
+	for range tasks {
+		if err := <-errc; err != nil && first == nil {
+			first = err
+		}
+	}
+	return first
+}
+
+// status is what /healthz reports.
+type status struct {
+	mu     sync.Mutex
+	synced bool
+	errs   map[string]error
+}
+
+func (s *status) setSynced() {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.synced = true
+}
+
+func (s *status) record(what string, err error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.errs == nil {
+		s.errs = map[string]error{}
+	}
+	s.errs[what] = err
+}
+
+func (s *status) warnings() []string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	var out []string
+	for what, err := range s.errs {
+		if err != nil {
+			out = append(out, what+": "+err.Error())
+		}
+	}
+	return out
+}
+
+// handler serves /healthz (503 when the leader cannot renew its Lease;
+// failing syncs are warnings under a 200, since a restart would not fix
+// an API error) and /metrics.
+func handler(st *status, le *leaderelection.LeaderElector, g prometheus.Gatherer) http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
+		if le != nil {
+			if err := le.Check(20 * time.Second); err != nil {
+				http.Error(w, err.Error(), http.StatusServiceUnavailable)
+				return
+			}
+		}
+		fmt.Fprintln(w, "ok")
+		for _, warn := range st.warnings() {
+			fmt.Fprintln(w, "warning:", warn)
+		}
+	})
+	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
+	return mux
+}
+
+func serve(ctx context.Context, addr string, h http.Handler) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		_ = srv.Shutdown(sctx)
+	}()
+	klog.InfoS("Serving health and metrics", "address", lis.Addr().String())
+	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
+		return err
+	}
+	return nil
+}
