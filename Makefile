@@ -63,19 +63,24 @@ fault: deps
 	if [ -n "$$failed" ]; then echo "fault injection failed with seeds:$$failed (_output/fault/test-SEED.log)"; exit 1; fi
 
 # The lvm and quota backends need device-mapper and XFS project quotas, which
-# this machine's kernel lacks. Their integration tests and csi-sanity run in
+# many hosts' kernels lack. Their integration tests and csi-sanity run in
 # qemu VMs booting Debian's kernel: one fresh VM per test binary and backend
 # (go test -exec hack/vm/vmexec). The guest image is built once and cached in
 # _output/vm. VM_BACKENDS picks backends; FLASHPV_VM_TIMEOUT (seconds) kills
 # a VM that hangs.
 VM_BACKENDS ?= lvm-thick lvm-thin quota
+# A short fault-injection run per backend (the guest has no Go: the binary
+# is built here and run from the share).
+VM_FAULT_OPS ?= 100
 test-vm: deps
 	hack/install-deps.sh --vm
 	hack/vm/build.sh
+	CGO_ENABLED=0 $(GO) build -o _output/vm/flashpv ./cmd/flashpv
 	@set -e; for b in $(VM_BACKENDS); do \
 		echo "=== backend $$b, in a VM"; \
-		FLASHPV_TEST_BACKEND=$$b CGO_ENABLED=0 $(GO) test -count=1 -p 1 -timeout 60m \
-			-exec $(CURDIR)/hack/vm/vmexec ./test/integration/ ./test/sanity/; \
+		FLASHPV_TEST_BACKEND=$$b FLASHPV_FAULT_BIN=$(CURDIR)/_output/vm/flashpv FLASHPV_FAULT_OPS=$(VM_FAULT_OPS) \
+		CGO_ENABLED=0 $(GO) test -count=1 -p 1 -timeout 60m \
+			-exec $(CURDIR)/hack/vm/vmexec ./test/integration/ ./test/sanity/ ./test/fault/; \
 	done
 
 verify:
