@@ -476,3 +476,44 @@ func classify(stderr []byte) error {
 	}
 	return nil
 }
+
+// SnapshotOptions describe a thin snapshot of a thin LV.
+type SnapshotOptions struct {
+	VG, Origin, Name string
+	Tags             []string
+	// Activate activates the snapshot now and lets it be activated later
+	// (-kn -ay); otherwise activation is skipped (-ky) until it is cleared:
+	// a snapshot that is only kept has no device.
+	Activate bool
+}
+
+// Snapshot makes a thin snapshot of a thin LV (or of a thin snapshot). An
+// active origin is suspended for an instant, which flushes its I/O and
+// freezes a filesystem mounted from it.
+func (r *Runner) Snapshot(ctx context.Context, o SnapshotOptions) error {
+	if err := checkNames(o.VG, o.Origin, o.Name); err != nil {
+		return err
+	}
+	if err := checkTags(o.Tags); err != nil {
+		return err
+	}
+	args := []string{"-y", "-s", "-n", o.Name}
+	for _, t := range o.Tags {
+		args = append(args, "--addtag", t)
+	}
+	if o.Activate {
+		args = append(args, "-kn", "-ay")
+	} else {
+		args = append(args, "-ky")
+	}
+	return r.mutate(ctx, o.VG, "lvcreate", append(args, o.VG+"/"+o.Origin)...)
+}
+
+// ActivateSkipped activates an LV even when its activation is skipped (a
+// thin snapshot kept inactive), to wipe it, say.
+func (r *Runner) ActivateSkipped(ctx context.Context, vg, name string) error {
+	if err := checkNames(vg, name); err != nil {
+		return err
+	}
+	return r.mutate(ctx, vg, "lvchange", "-ay", "-K", vg+"/"+name)
+}

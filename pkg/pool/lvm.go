@@ -85,7 +85,7 @@ func OpenLVM(ctx context.Context, c Config) (*LVMPool, error) {
 	}
 	for _, l := range lvs {
 		key, ok := p.keyOf(l)
-		if !ok {
+		if !ok || incomplete(l) {
 			continue
 		}
 		v, err := p.decode(l)
@@ -95,6 +95,9 @@ func OpenLVM(ctx context.Context, c Config) (*LVMPool, error) {
 			continue
 		}
 		p.vols[key] = v
+	}
+	if err := p.loadSnapshots(ctx, lvs); err != nil {
+		return nil, fmt.Errorf("pool %s: %w", c.Name, err)
 	}
 	return p, nil
 }

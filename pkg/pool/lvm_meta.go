@@ -16,7 +16,10 @@ import (
 // metadata is one lvchange, one LVM metadata commit.
 
 // tags encodes a volume's metadata as LV tags.
-func (p *LVMPool) tags(v *Volume) ([]string, error) {
+func (p *LVMPool) tags(v *Volume) ([]string, error) { return p.metaTags(v) }
+
+// metaTags encodes a volume's or a snapshot's metadata as LV tags.
+func (p *LVMPool) metaTags(v any) ([]string, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
 		return nil, err
@@ -34,6 +37,24 @@ func (p *LVMPool) tags(v *Volume) ([]string, error) {
 // decode reads a volume back from its LV: metadata from the tags, the size
 // from the LV itself.
 func (p *LVMPool) decode(l lvm.LV) (*Volume, error) {
+	data, err := metaJSON(l)
+	if err != nil {
+		return nil, err
+	}
+	var v Volume
+	if err := json.Unmarshal(data, &v); err != nil {
+		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
+	}
+	key, _ := p.keyOf(l)
+	if v.ID != (VolumeID{p.name, key}).String() {
+		return nil, fmt.Errorf("LV %s: metadata names volume %s", l.Name, v.ID)
+	}
+	v.SizeBytes = l.Size
+	return &v, nil
+}
+
+// metaJSON reassembles the metadata of an LV from its tags.
+func metaJSON(l lvm.LV) ([]byte, error) {
 	chunks := map[int]string{}
 	for _, t := range l.Tags {
 		rest, ok := strings.CutPrefix(t, lvTagMeta)
@@ -59,16 +80,7 @@ func (p *LVMPool) decode(l lvm.LV) (*Volume, error) {
 	if err != nil {
 		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
 	}
-	var v Volume
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
-	}
-	key, _ := p.keyOf(l)
-	if v.ID != (VolumeID{p.name, key}).String() {
-		return nil, fmt.Errorf("LV %s: metadata names volume %s", l.Name, v.ID)
-	}
-	v.SizeBytes = l.Size
-	return &v, nil
+	return data, nil
 }
 
 // SetNodeState rewrites the volume's metadata tags in one LVM metadata
@@ -124,3 +136,5 @@ func tagChanges(old, tags []string) (add, del []string) {
 	}
 	return add, del
 }
+
+func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }

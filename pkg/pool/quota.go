@@ -53,7 +53,13 @@ func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
 	p := &QuotaPool{dirPool: newDirPool(name, real, reserve, lock), root: root}
 	err = loadDir(&p.mirror, real)
 	if err == nil {
+		err = loadSnapshots(&p.mirror, real)
+	}
+	if err == nil {
 		err = p.collectGarbage()
+	}
+	if err == nil {
+		err = p.collectSnapshotGarbage(p.removeTree)
 	}
 	if err != nil {
 		root.Close()
@@ -120,7 +126,12 @@ func (p *QuotaPool) collectGarbage() error {
 // removeDir deletes a volume directory and frees its project. RemoveAll
 // never follows symlinks out of the directory.
 func (p *QuotaPool) removeDir(key string) error {
-	dir := p.VolumeDir(key)
+	return p.removeTree(p.VolumeDir(key))
+}
+
+// removeTree deletes a volume's or snapshot's directory and frees its
+// project.
+func (p *QuotaPool) removeTree(dir string) error {
 	var project uint32
 	if f, err := os.Open(dir); err == nil {
 		project, _, _ = xfsquota.Project(f)
@@ -143,7 +154,13 @@ func (p *QuotaPool) removeDir(key string) error {
 }
 
 // Create makes a volume directory with its own project and limit.
-func (p *QuotaPool) Create(_ context.Context, s Spec) (*Volume, bool, error) {
+func (p *QuotaPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
+	return p.create(ctx, s, Content{})
+}
+
+// create makes a volume directory with its own project and limit, filled
+// with a copy of c when c names a source.
+func (p *QuotaPool) create(ctx context.Context, s Spec, c Content) (*Volume, bool, error) {
 	if err := ValidateName(s.Name); err != nil {
 		return nil, false, err
 	}
@@ -166,12 +183,21 @@ func (p *QuotaPool) Create(_ context.Context, s Spec) (*Volume, bool, error) {
 				return claim{}, err
 			}
 		}
-		c, err := p.capacity()
+		need := s.SizeBytes
+		if c.Volume != nil {
+			if err := p.idle(c.Volume.Key()); err != nil {
+				return claim{}, err
+			}
+			if p.reflink {
+				need += c.Volume.SizeBytes // the source shares its blocks too
+			}
+		}
+		cp, err := p.capacity()
 		if err != nil {
 			return claim{}, err
 		}
-		if s.SizeBytes > c.Available {
-			return claim{}, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, c.Available)
+		if need > cp.Available {
+			return claim{}, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, need, cp.Available)
 		}
 		project, err = p.freeProject()
 		return claim{size: s.SizeBytes, project: project}, err
@@ -186,27 +212,17 @@ func (p *QuotaPool) Create(_ context.Context, s Spec) (*Volume, bool, error) {
 		xfsquota.SetLimit(p.root, project, 0, 0)
 		return nil, false, err
 	}
-	// The limit comes first: the directory is never without it.
-	if err := xfsquota.SetLimit(p.root, project, s.SizeBytes, 0); err != nil {
+	if err := p.makeProjectDir(dir, project, s.SizeBytes); err != nil {
 		return undo(err)
 	}
-	if err := os.Mkdir(dir, 0o755); err != nil {
-		return undo(err)
-	}
-	f, err := os.Open(dir)
-	if err != nil {
-		return undo(err)
-	}
-	err = xfsquota.SetProject(f, project)
-	if err == nil {
-		err = f.Sync()
-	}
-	f.Close()
-	if err != nil {
-		return undo(err)
+	if c.ID() != "" {
+		if err := p.fill(ctx, dir, c); err != nil {
+			return undo(err)
+		}
 	}
 	v := newVolume(p.name, key, s, p.Layout())
 	v.ProjectID = project
+	v.Shared = c.ID() != "" && p.reflink
 	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
 		return undo(err)
 	}
@@ -222,6 +238,9 @@ func (p *QuotaPool) freeProject() (uint32, error) {
 	p.vmu.RLock()
 	for _, v := range p.vols {
 		used[v.ProjectID] = true
+	}
+	for _, sn := range p.snaps {
+		used[sn.ProjectID] = true
 	}
 	p.vmu.RUnlock()
 	for _, c := range p.creating {
@@ -287,9 +306,24 @@ func (p *QuotaPool) capacity() (Capacity, error) {
 		if err != nil {
 			return Capacity{}, err
 		}
-		unused += max(v.SizeBytes-q.BlockUsed, 0)
+		if v.Shared {
+			// Its shared blocks are charged to it already, and each
+			// takes a new one when written.
+			unused += v.SizeBytes
+		} else {
+			unused += max(v.SizeBytes-q.BlockUsed, 0)
+		}
 		c.Allocated += v.SizeBytes
 		c.Volumes++
+	}
+	snaps, err := p.ListSnapshots()
+	if err != nil {
+		return Capacity{}, err
+	}
+	for _, sn := range snaps {
+		if sn.Shared {
+			unused += sn.SizeBytes
+		}
 	}
 	bsize := int64(sfs.Bsize)
 	c.Total = max(int64(sfs.Blocks)*bsize-p.reserve, 0)
