@@ -117,13 +117,20 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 		return err
 	}
 	byNode := map[string][]*corev1.PersistentVolume{}
+	exists := map[types.UID]bool{}
 	for _, pv := range pvs {
 		if n := NodeOf(pv); n != "" {
 			byNode[n] = append(byNode[n], pv)
+			exists[pv.UID] = true
 		}
 	}
 	now := r.now()
 	r.mu.Lock()
+	for uid := range r.reported {
+		if !exists[uid] {
+			delete(r.reported, uid)
+		}
+	}
 	for n := range byNode {
 		_, err := r.list.Nodes.Get(n)
 		switch {
