@@ -100,7 +100,8 @@ log "starting flashpv (default flags; socket, node ID and directories in $work)"
 	--state-dir "$state" --kubelet-dir "$kubelet" --health-address 127.0.0.1:0 \
 	"${fstype_flag[@]}" >"$out/flashpv.log" 2>&1 &
 driver_pid=$!
-for _ in $(seq 100); do
+# Up to a minute: on a loaded machine opening the pool can be slow.
+for _ in $(seq 600); do
 	[ -S "$sock" ] && break
 	kill -0 "$driver_pid" 2>/dev/null || { cat "$out/flashpv.log" >&2; die "flashpv exited"; }
 	sleep 0.1
