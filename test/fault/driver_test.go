@@ -37,6 +37,9 @@ func buildBinary(t *testing.T) string {
 	return bin
 }
 
+// startTimeout bounds a start of the driver.
+const startTimeout = 3 * time.Minute
+
 // driverProc is one incarnation of the flashpv binary, in its own process
 // group (its pgid is its pid).
 type driverProc struct {
@@ -96,7 +99,9 @@ func (r *run) startDriver() error {
 		return err
 	}
 	p.conn, p.ctl, p.node = conn, csi.NewControllerClient(conn), csi.NewNodeClient(conn)
-	deadline := time.Now().Add(30 * time.Second)
+	// Opening pools runs commands (lvm reports), which in a VM on a busy
+	// host take long; a start that hangs still fails.
+	deadline := time.Now().Add(startTimeout)
 	for {
 		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 		_, err := p.node.NodeGetInfo(ctx, &csi.NodeGetInfoRequest{})
@@ -110,7 +115,13 @@ func (r *run) startDriver() error {
 		default:
 		}
 		if time.Now().After(deadline) {
-			return fmt.Errorf("flashpv does not answer on %s after 30s: %v", r.sock, err)
+			// Its goroutines' stacks go to its log: where did it hang?
+			syscall.Kill(p.pid, syscall.SIGQUIT)
+			select {
+			case <-p.exited:
+			case <-time.After(5 * time.Second):
+			}
+			return fmt.Errorf("flashpv does not answer on %s after %v (stacks in %s): %v", r.sock, startTimeout, r.driverLog.Name(), err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
