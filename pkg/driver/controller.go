@@ -44,6 +44,12 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	}
 	content, err := s.d.content(req.GetVolumeContentSource())
 	if err != nil {
+		// A retry after the source was deleted finds what it made.
+		if p, v := s.d.madeFrom(name, req.GetVolumeContentSource()); v != nil {
+			vol := s.d.csiVolume(p, v)
+			vol.ContentSource = req.GetVolumeContentSource()
+			return vol, nil
+		}
 		return nil, err
 	}
 	p, err := s.d.poolFor(params)

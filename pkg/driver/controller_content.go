@@ -137,3 +137,21 @@ func (d *Driver) createFrom(ctx context.Context, s pool.Spec, c *volumeContent) 
 	}
 	return c.pool.cloner.CreateFrom(ctx, s, pc)
 }
+
+// madeFrom finds the volume named name made from src, in any pool.
+func (d *Driver) madeFrom(name string, src *csi.VolumeContentSource) (*poolEntry, *pool.Volume) {
+	id := src.GetSnapshot().GetSnapshotId()
+	if id == "" {
+		id = src.GetVolume().GetVolumeId()
+	}
+	if id == "" {
+		return nil, nil
+	}
+	for _, pn := range d.poolNames {
+		p := d.pools[pn]
+		if v, err := p.GetByName(name); err == nil && v.Source == id {
+			return p, v
+		}
+	}
+	return nil, nil
+}

@@ -200,6 +200,13 @@ func TestSnapshotRPCs(t *testing.T) {
 		})
 	}
 
+	if v, err := e.create(t, "ra", 1<<20, blockCaps(), fromSnapshot(s.SnapshotId), nil); err != nil || v.CapacityBytes != src.CapacityBytes {
+		t.Fatalf("retried restore: %v %v", v, err)
+	}
+	if _, err := e.create(t, "ra", 1<<20, blockCaps(), fromVolume(src.VolumeId), nil); status.Code(err) != codes.AlreadyExists {
+		t.Fatalf("same name, other source: %v", err)
+	}
+
 	// The source goes, the snapshot stays.
 	if _, err := e.c.DeleteVolume(ctx, &csi.DeleteVolumeRequest{VolumeId: src.VolumeId}); err != nil {
 		t.Fatal(err)
@@ -208,6 +215,17 @@ func TestSnapshotRPCs(t *testing.T) {
 		t.Fatalf("restore after the source's delete: %v", err)
 	}
 	for _, id := range []string{s.SnapshotId, s.SnapshotId, "vol-123", "nvme.0123456789abcdef0123456789abcdef"} {
+		if _, err := e.c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id}); err != nil {
+			t.Fatalf("DeleteSnapshot %s: %v", id, err)
+		}
+	}
+	if v, err := e.create(t, "late", 8<<20, blockCaps(), fromSnapshot(s.SnapshotId), nil); err != nil || v.ContentSource == nil {
+		t.Fatalf("retried restore after the snapshot's delete: %v %v", v, err)
+	}
+	if _, err := e.create(t, "later", 8<<20, blockCaps(), fromSnapshot(s.SnapshotId), nil); status.Code(err) != codes.NotFound {
+		t.Fatalf("new restore of a deleted snapshot: %v", err)
+	}
+	for _, id := range []string{s.SnapshotId} {
 		if _, err := e.c.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: id}); err != nil {
 			t.Fatalf("DeleteSnapshot %s: %v", id, err)
 		}

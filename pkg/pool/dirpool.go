@@ -171,7 +171,7 @@ func (p *dirPool) SetNodeState(_ context.Context, key string, st NodeState) (*Vo
 func newVolume(pool, key string, s Spec, l Layout) *Volume {
 	v := &Volume{
 		ID: VolumeID{pool, key}.String(), Name: s.Name, SizeBytes: s.SizeBytes,
-		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
+		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters, Source: s.Source,
 		Created: time.Now().UTC().Truncate(time.Second),
 	}
 	if s.Mode == ModeFilesystem && !l.Directory {
