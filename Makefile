@@ -71,7 +71,7 @@ fault: deps
 VM_BACKENDS ?= lvm-thick lvm-thin quota
 # A short fault-injection run per backend (the guest has no Go: the binary
 # is built here and run from the share).
-VM_FAULT_OPS ?= 100
+VM_FAULT_OPS ?= 40
 test-vm: deps
 	hack/install-deps.sh --vm
 	hack/vm/build.sh
