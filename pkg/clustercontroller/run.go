@@ -14,7 +14,6 @@ import (
 	"errors"
 	"flag"
 	"fmt"
-	"net"
 	"net/http"
 	"os"
 	"os/signal"
@@ -39,6 +38,7 @@ import (
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/pkg/nodeloss"
 )
 
@@ -183,7 +183,7 @@ func Run(ctx context.Context, opts Options, version string) error {
 	}
 	if opts.HealthAddress != "" {
 		h := handler(st, le, reg)
-		tasks = append(tasks, func(ctx context.Context) error { return serve(ctx, opts.HealthAddress, h) })
+		tasks = append(tasks, func(ctx context.Context) error { return health.Serve(ctx, opts.HealthAddress, h) })
 	}
 	return runAll(ctx, tasks)
 }
@@ -308,23 +308,4 @@ func handler(st *status, le *leaderelection.LeaderElector, g prometheus.Gatherer
 	})
 	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
 	return mux
-}
-
-func serve(ctx context.Context, addr string, h http.Handler) error {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		_ = srv.Shutdown(sctx)
-	}()
-	klog.InfoS("Serving health and metrics", "address", lis.Addr().String())
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }
