@@ -102,7 +102,9 @@ bench:
 verify-cluster:
 	cd hack/cluster/checktools && $(GO) test -count=1 ./...
 
-# A real single-node Kubernetes on this machine (root), with flashpv.
+# A real Kubernetes on this machine (root), with flashpv: NODES kubelet
+# nodes (default 1), each in its own namespaces with its own pool filesystem
+# (POOL_SIZES, default 10G for one node, else 3G 6G 10G ...).
 cluster-up:
 	hack/cluster/up.sh
 	hack/cluster/deploy.sh
@@ -114,19 +116,24 @@ cluster-down:
 demo:
 	hack/cluster/demo.sh
 
-# End-to-end tests against the local cluster (brought up if needed).
+# End-to-end tests against the local cluster (brought up if needed) with
+# three nodes unless NODES says otherwise. Logs of every node in
+# _output/cluster-logs when they fail.
+E2E_NODES = $(or $(NODES),3)
 e2e: deps
-	hack/cluster/up.sh
-	FLASHPV_RESTART=1 hack/cluster/deploy.sh
+	NODES=$(E2E_NODES) hack/cluster/up.sh
+	NODES=$(E2E_NODES) FLASHPV_RESTART=1 hack/cluster/deploy.sh
 	mkdir -p _output
-	$(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)'; exit $${PIPESTATUS[0]}
+	set -o pipefail; $(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | \
+		grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)' || \
+		{ hack/cluster/logs.sh "make e2e failed"; exit 1; }
 
 # Kubernetes' own storage e2e suite (External.Storage of e2e.test v1.37.2)
-# against the local cluster (brought up and flashpv deployed if needed), the
-# driver as test/e2e/testdriver.yaml declares it. Results in
+# against the local cluster (three nodes; brought up and flashpv deployed if
+# needed), the driver as test/e2e/testdriver.yaml declares it. Results in
 # _output/conformance. CONFORMANCE_PROCS=1 runs it serially (default 2).
 conformance: deps
-	hack/cluster/conformance.sh
+	NODES=$(E2E_NODES) hack/cluster/conformance.sh
 
 clean:
 	rm -rf bin _output/bin

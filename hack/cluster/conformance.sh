@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Kubernetes' own storage conformance for flashpv: the External.Storage tests of
 # e2e.test (k8s.io/kubernetes v1.37.2, the cluster's version) against the local
-# one-node cluster, with the driver as test/e2e/testdriver.yaml declares it.
+# cluster (make conformance: three nodes), with the driver as
+# test/e2e/testdriver.yaml declares it.
 # Brings the cluster up and deploys flashpv as `make e2e` does, and leaves both
 # running (`make cluster-down`). Root, from anywhere; runs from the repository.
 #
@@ -26,8 +27,10 @@ REPORT=$REPO/_output/conformance
 FLASHPV_RESTART=1 "$HERE/deploy.sh"
 # The e2e suite's images, under the names test/e2e/repo-list.yaml gives them.
 "$HERE/images.sh" e2e
-for t in "$STATE"/images/e2e-*.tar; do
-	ctr -a "$CONTAINERD_SOCK" -n k8s.io images import "$t" >/dev/null
+for n in $(node_names); do
+	for t in "$STATE"/images/e2e-*.tar; do
+		ctr -a "$(containerd_sock "$n")" -n k8s.io images import "$t" >/dev/null
+	done
 done
 log "e2e images imported"
 
@@ -127,7 +130,8 @@ took="$(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s"
 
 # The driver's side of the story, failed or not.
 kubectl -n flashpv logs daemonset/flashpv-node --all-containers --prefix --tail=-1 >"$REPORT/flashpv.log" 2>&1 || true
-cp "$STATE/logs/kubelet.log" "$REPORT/kubelet.log" 2>/dev/null || true
+for n in $(node_names); do cp "$STATE/$n/logs/kubelet.log" "$REPORT/kubelet-$n.log" 2>/dev/null || true; done
+[ "$rc" = 0 ] || "$HERE/logs.sh" "make conformance failed"
 
 # Ginkgo's "Skipped" also counts the thousands of specs outside the focus;
 # the specs the focus and skip list selected that skipped themselves (an

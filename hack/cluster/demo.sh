@@ -18,6 +18,9 @@ echo
 echo "== CSIStorageCapacity (what the scheduler sees per node and class)"
 kubectl get csistoragecapacities -n flashpv -o custom-columns='CLASS:.storageClassName,NODE:.nodeTopology.matchLabels,AVAILABLE:.capacity,MAX VOLUME:.maximumVolumeSize'
 echo
+echo "== Nodes"
+kubectl get nodes -o wide
+echo
 echo "== What journal-0 wrote on its volume"
 kubectl logs journal-0
 echo

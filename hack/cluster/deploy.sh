@@ -1,15 +1,17 @@
 #!/usr/bin/env bash
 # Deploys flashpv on the local cluster from deploy/kubernetes, as a user
-# would: an overlay that points the images at the locally built ones and the
-# pool host directory into the cluster's state directory.
+# would, through an overlay that changes only what a local cluster needs:
+#   - the images: the locally built ones;
+#   - the pools ConfigMap: the default pool's reserve is 256Mi, not 1Gi
+#     (the nodes' pool filesystems are small: 3, 6, 10 GiB);
+#   - the DaemonSet stays off nodes labelled flashpv.dev/e2e-no-driver, so a
+#     test can take one node's flashpv away and give it back.
+# The pool hostPath stays /var/lib/flashpv: in each node's mount namespace
+# that is the node's own pool filesystem.
 source "$(dirname "$0")/lib.sh"
-mkdir -p "$STATE/deploy" "$STATE/pool"
-# The DaemonSet mounts the pool with HostToContainer propagation, which needs
-# a shared mount on the host. systemd hosts share everything; this one may not.
-if ! awk -v p="$STATE/pool" '$5 == p {found=1} END {exit !found}' /proc/self/mountinfo; then
-	mount --bind "$STATE/pool" "$STATE/pool"
-	mount --make-shared "$STATE/pool"
-fi
+[ "$(id -u)" = 0 ] || die "run as root"
+"$(dirname "$0")/install-deps.sh"
+mkdir -p "$STATE/deploy"
 rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
 cat >"$STATE/deploy/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1
@@ -26,6 +28,14 @@ images:
     newName: localhost/csi-resizer
 patches:
   - patch: |-
+      apiVersion: v1
+      kind: ConfigMap
+      metadata:
+        name: flashpv-pools
+      data:
+        pools: |
+          default=/var/lib/flashpv/pools/default,reserve=256Mi
+  - patch: |-
       apiVersion: apps/v1
       kind: DaemonSet
       metadata:
@@ -33,17 +43,23 @@ patches:
       spec:
         template:
           spec:
-            volumes:
-              - name: pools
-                hostPath:
-                  path: $STATE/pool
+            affinity:
+              nodeAffinity:
+                requiredDuringSchedulingIgnoredDuringExecution:
+                  nodeSelectorTerms:
+                    - matchExpressions:
+                        - key: flashpv.dev/e2e-no-driver
+                          operator: DoesNotExist
 CFG
 kubectl apply -k "$STATE/deploy" >/dev/null
 # A new image under the same tag (a rebuilt flashpv) needs new pods.
 if [ "${FLASHPV_RESTART:-}" = 1 ]; then
 	kubectl -n flashpv rollout restart daemonset/flashpv-node >/dev/null
 fi
-kubectl -n flashpv rollout status daemonset/flashpv-node --timeout=180s >/dev/null
-registered() { kubectl get csinode "$NODE_NAME" -o jsonpath='{.spec.drivers[*].name}' | grep -qw flashpv.dev; }
-wait_for 120 "flashpv registered with the kubelet" registered
-log "flashpv deployed; pool at $STATE/pool"
+kubectl -n flashpv rollout status daemonset/flashpv-node --timeout=300s >/dev/null
+count=$(wc -l <"$STATE/nodes")
+registered() {
+	[ "$(kubectl get csinodes -o jsonpath='{range .items[*]}{.spec.drivers[*].name}{"\n"}{end}' | grep -cw flashpv.dev)" = "$count" ]
+}
+wait_for 180 "flashpv registered with $count kubelet(s)" registered
+log "flashpv deployed on $count node(s)"

@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Generates the cluster's certificates and kubeconfigs once: a CA, the
 # apiserver's serving certificate, client certificates for every component,
-# the kubelet's serving certificate and the service-account key pair.
+# one client and one serving certificate per node (system:node:node-N, so the
+# Node authorizer and NodeRestriction treat each node as its own machine), and
+# the service-account key pair.
 source "$(dirname "$0")/lib.sh"
 P=$STATE/pki
 KC=$STATE/kc
-if [ -f "$P/.done" ] && [ "$(cat "$P/.done")" = "$NODE_NAME $NODE_IP" ]; then exit 0; fi
+stamp="$CP_IP $(node_names | tr '\n' ' ')"
+if [ -f "$P/.done" ] && [ "$(cat "$P/.done")" = "$stamp" ]; then exit 0; fi
 rm -rf "$P" "$KC"
 mkdir -p "$P" "$KC"
 chmod 700 "$P"
@@ -32,18 +35,20 @@ issue() {
 	openssl x509 -req -in "$name.csr" -CA ca.crt -CAkey ca.key -CAcreateserial -days 3650 -extfile "$name.ext" -out "$name.crt" 2>/dev/null
 	rm -f "$name.csr" "$name.ext"
 }
-issue apiserver "/CN=kube-apiserver" "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,DNS:$NODE_NAME,IP:127.0.0.1,IP:$NODE_IP,IP:10.96.0.1"
+issue apiserver "/CN=kube-apiserver" "DNS:kubernetes,DNS:kubernetes.default,DNS:kubernetes.default.svc,DNS:kubernetes.default.svc.cluster.local,DNS:localhost,IP:127.0.0.1,IP:$CP_IP,IP:${SERVICE_CIDR%.0/*}.1"
 issue apiserver-kubelet-client "/O=system:masters/CN=kube-apiserver-kubelet-client"
 issue admin "/O=system:masters/CN=kubernetes-admin"
 issue controller-manager "/CN=system:kube-controller-manager"
 issue scheduler "/CN=system:kube-scheduler"
 issue kube-proxy "/CN=system:kube-proxy"
-issue kubelet "/O=system:nodes/CN=system:node:$NODE_NAME"
-issue kubelet-serving "/CN=$NODE_NAME" "DNS:$NODE_NAME,DNS:localhost,IP:127.0.0.1,IP:$NODE_IP"
+for n in $(node_names); do
+	issue "kubelet-$n" "/O=system:nodes/CN=system:node:$n"
+	issue "kubelet-$n-serving" "/CN=$n" "DNS:$n,IP:$(node_ip "$n")"
+done
 openssl genrsa -out sa.key 2048 2>/dev/null
 openssl rsa -in sa.key -pubout -out sa.pub 2>/dev/null
 
-for user in admin controller-manager scheduler kube-proxy kubelet; do
+for user in admin controller-manager scheduler kube-proxy $(node_names | sed 's/^/kubelet-/'); do
 	cat >"$KC/$user.kubeconfig" <<KC
 apiVersion: v1
 kind: Config
@@ -51,7 +56,7 @@ clusters:
 - name: local
   cluster:
     certificate-authority: $P/ca.crt
-    server: https://$NODE_IP:6443
+    server: https://$CP_IP:6443
 users:
 - name: $user
   user:
@@ -63,5 +68,5 @@ contexts:
 current-context: local
 KC
 done
-echo "$NODE_NAME $NODE_IP" >"$P/.done"
+echo "$stamp" >"$P/.done"
 log "PKI and kubeconfigs in $STATE"

@@ -21,8 +21,6 @@ var (
 	repo, _   = filepath.Abs("../..")
 	stateDir  = envOr("STATE", filepath.Join(repo, "_output/cluster"))
 	binDir    = envOr("BIN", filepath.Join(repo, "_output/bin"))
-	poolDir   = filepath.Join(stateDir, "pool", "pools", "default") // the default pool, seen from the host
-	nodeName  = envOr("NODE_NAME", hostname())
 	logsDir   = filepath.Join(repo, "_output", "e2e-logs")
 	kubectlEx = filepath.Join(binDir, "kubectl")
 )
@@ -34,7 +32,46 @@ func envOr(k, def string) string {
 	return def
 }
 
-func hostname() string { h, _ := os.Hostname(); return strings.ToLower(h) }
+// clusterNodes are the names of the harness's nodes (node-1 ... node-N).
+func clusterNodes(t *testing.T) []string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(stateDir, "nodes"))
+	if err != nil {
+		t.Fatalf("the cluster's node list: %v (is it up? make cluster-up)", err)
+	}
+	return strings.Fields(string(b))
+}
+
+// needNodes skips a test that needs more nodes than the cluster has.
+func needNodes(t *testing.T, n int) []string {
+	t.Helper()
+	nodes := clusterNodes(t)
+	if len(nodes) < n {
+		t.Skipf("needs %d nodes, the cluster has %d (NODES=%d make e2e)", n, len(nodes), n)
+	}
+	return nodes
+}
+
+// nodeRoot is a path to a node's root directory as the host sees it: the
+// node's holder process's root, seen through /proc, resolves paths in the
+// node's own mount namespace (its pool filesystem, its mounts).
+func nodeRoot(t *testing.T, node string) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(stateDir, node, "holder.pid"))
+	if err != nil {
+		t.Fatalf("holder of %s: %v", node, err)
+	}
+	f := strings.Fields(string(b))
+	if len(f) == 0 {
+		t.Fatalf("holder of %s: empty pid file", node)
+	}
+	return "/proc/" + f[0] + "/root"
+}
+
+// poolDir is a node's default pool, seen from the host.
+func poolDir(t *testing.T, node string) string {
+	return filepath.Join(nodeRoot(t, node), "var/lib/flashpv/pools/default")
+}
 
 // kubectl runs kubectl against the local cluster.
 func kubectl(args ...string) (string, error) {
@@ -111,14 +148,17 @@ func collectLogs(t *testing.T, ns string) {
 	save("pv.txt", "describe", "pv")
 	save("csistoragecapacities.txt", "get", "csistoragecapacities", "-A", "-o", "yaml")
 	for _, c := range []string{"flashpv", "csi-provisioner", "csi-resizer"} {
-		save(c+".log", "logs", "-n", "flashpv", "-l", "app.kubernetes.io/name=flashpv", "-c", c, "--tail=400")
+		save(c+".log", "logs", "-n", "flashpv", "-l", "app.kubernetes.io/name=flashpv", "-c", c, "--tail=400", "--prefix", "--max-log-requests=10")
 	}
-	for _, f := range []string{"kubelet.log", "kube-controller-manager.log", "kube-scheduler.log", "containerd.log"} {
-		if b, err := os.ReadFile(filepath.Join(stateDir, "logs", f)); err == nil {
+	save("nodes.txt", "describe", "nodes")
+	logs, _ := filepath.Glob(filepath.Join(stateDir, "*", "logs", "*.log"))
+	for _, f := range logs {
+		if b, err := os.ReadFile(f); err == nil {
 			if len(b) > 400_000 {
 				b = b[len(b)-400_000:]
 			}
-			os.WriteFile(filepath.Join(dir, f), b, 0o644)
+			machine := filepath.Base(filepath.Dir(filepath.Dir(f)))
+			os.WriteFile(filepath.Join(dir, machine+"-"+filepath.Base(f)), b, 0o644)
 		}
 	}
 	t.Logf("cluster and driver logs saved in %s", dir)
@@ -151,10 +191,20 @@ func pvOf(t *testing.T, ns, pvc string) (pv, handle string) {
 	return pv, jsonpath(t, "", "pv/"+pv, "{.spec.csi.volumeHandle}")
 }
 
-// imageOf is the pool file of a volume handle (<pool>.<key>).
-func imageOf(handle string) string {
+// imageOf is the pool file of a volume handle (<pool>.<key>) on a node.
+func imageOf(t *testing.T, node, handle string) string {
 	_, key, _ := strings.Cut(handle, ".")
-	return filepath.Join(poolDir, key+".img")
+	return filepath.Join(poolDir(t, node), key+".img")
+}
+
+// podNode is the node a pod runs on.
+func podNode(t *testing.T, ns, pod string) string {
+	t.Helper()
+	n := jsonpath(t, ns, "pod/"+pod, "{.spec.nodeName}")
+	if n == "" {
+		t.Fatalf("pod %s has no node", pod)
+	}
+	return n
 }
 
 type nodeAffinity struct {

@@ -10,8 +10,6 @@ import (
 	"strings"
 	"testing"
 	"time"
-
-	"github.com/flashpv/flashpv/pkg/mounter"
 )
 
 func TestMain(m *testing.M) {
@@ -24,36 +22,127 @@ func TestMain(m *testing.M) {
 	os.Exit(m.Run())
 }
 
-// TestStatefulSet: the example StatefulSet gets a volume per replica on this
-// node, and a replica's data survives the replica.
-func TestStatefulSet(t *testing.T) {
-	ns := namespace(t, "e2e-sts")
-	must(t, "apply", "-n", ns, "-f", filepath.Join(repo, "examples", "statefulset.yaml"))
-	for i := range 3 {
-		waitPodReady(t, ns, fmt.Sprintf("journal-%d", i), 3*time.Minute)
+// exampleStatefulSet is examples/statefulset.yaml; with required set, its
+// preferred anti-affinity becomes required (one replica per node).
+func exampleStatefulSet(t *testing.T, required bool) string {
+	t.Helper()
+	b, err := os.ReadFile(filepath.Join(repo, "examples", "statefulset.yaml"))
+	if err != nil {
+		t.Fatal(err)
 	}
+	m := string(b)
+	if !required {
+		return m
+	}
+	const preferred = `          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              podAffinityTerm:
+                topologyKey: kubernetes.io/hostname
+                labelSelector:
+                  matchLabels:
+                    app: journal
+`
+	const req = `          requiredDuringSchedulingIgnoredDuringExecution:
+            - topologyKey: kubernetes.io/hostname
+              labelSelector:
+                matchLabels:
+                  app: journal
+`
+	if !strings.Contains(m, preferred) {
+		t.Fatalf("examples/statefulset.yaml no longer has the preferred anti-affinity this test makes required:\n%s", m)
+	}
+	return strings.Replace(m, preferred, req, 1)
+}
+
+// TestStatefulSet: the example StatefulSet gets a volume per replica on the
+// replica's node (with three nodes or more, with required anti-affinity: one
+// replica per node), each replica's data survives deleting its pod, which
+// comes back on the same node; a replica whose node is cordoned stays
+// Pending for its volume's node affinity and runs again after uncordon.
+func TestStatefulSet(t *testing.T) {
+	nodes := clusterNodes(t)
+	spread := len(nodes) >= 3
+	ns := namespace(t, "e2e-sts")
+	applyYAML(t, ns, exampleStatefulSet(t, spread))
 	for i := range 3 {
-		pvc := fmt.Sprintf("data-journal-%d", i)
+		waitPodReady(t, ns, fmt.Sprintf("journal-%d", i), 4*time.Minute)
+	}
+	placed := map[string]string{} // pod -> node
+	used := map[string]bool{}
+	for i := range 3 {
+		pod, pvc := fmt.Sprintf("journal-%d", i), fmt.Sprintf("data-journal-%d", i)
 		if phase := jsonpath(t, ns, "pvc/"+pvc, "{.status.phase}"); phase != "Bound" {
 			t.Fatalf("%s is %s", pvc, phase)
 		}
+		node := podNode(t, ns, pod)
+		placed[pod] = node
+		if spread && used[node] {
+			t.Errorf("two replicas on %s despite the required anti-affinity: %v", node, placed)
+		}
+		used[node] = true
 		pv, handle := pvOf(t, ns, pvc)
-		if n := pinnedNode(t, pv); n != nodeName {
-			t.Errorf("%s is pinned to %q, want flashpv.dev/node=%s", pv, n, nodeName)
+		if n := pinnedNode(t, pv); n != node {
+			t.Errorf("%s (of %s on %s) is pinned to flashpv.dev/node=%q", pv, pod, node, n)
 		}
-		if st, err := os.Stat(imageOf(handle)); err != nil || st.Size() != 1<<30 {
-			t.Errorf("image of %s in the pool: %v", handle, err)
+		if st, err := os.Stat(imageOf(t, node, handle)); err != nil || st.Size() != 1<<30 {
+			t.Errorf("image of %s in %s's pool: %v", handle, node, err)
+		}
+		for _, other := range nodes {
+			if other != node {
+				if _, err := os.Stat(imageOf(t, other, handle)); err == nil {
+					t.Errorf("image of %s (on %s) also in %s's pool", handle, node, other)
+				}
+			}
 		}
 	}
-	before := must(t, "logs", "-n", ns, "journal-1")
-	if strings.Count(before, "journal-1 started") != 1 {
-		t.Fatalf("journal-1's first log: %q", before)
+	if t.Failed() {
+		return
 	}
-	must(t, "delete", "pod", "-n", ns, "journal-1", "--wait=true")
-	waitPodReady(t, ns, "journal-1", 3*time.Minute)
-	after := must(t, "logs", "-n", ns, "journal-1")
-	if strings.Count(after, "journal-1 started") != 2 || !strings.Contains(after, strings.TrimSpace(before)) {
-		t.Fatalf("the replacement of journal-1 does not see what the first wrote:\n%s", after)
+	for i := range 3 {
+		pod := fmt.Sprintf("journal-%d", i)
+		before := must(t, "logs", "-n", ns, pod)
+		if strings.Count(before, pod+" started") != 1 {
+			t.Fatalf("%s's first log: %q", pod, before)
+		}
+		must(t, "delete", "pod", "-n", ns, pod, "--wait=true")
+		waitPodReady(t, ns, pod, 3*time.Minute)
+		after := must(t, "logs", "-n", ns, pod)
+		if strings.Count(after, pod+" started") != 2 || !strings.Contains(after, strings.TrimSpace(before)) {
+			t.Fatalf("the replacement of %s does not see what the first wrote:\n%s", pod, after)
+		}
+		if n := podNode(t, ns, pod); n != placed[pod] {
+			t.Fatalf("%s came back on %s, its volume is on %s", pod, n, placed[pod])
+		}
+	}
+	if len(nodes) < 2 {
+		return // cordoning the only node leaves nothing to compare with
+	}
+
+	// A cordoned node keeps its replica's volume: the replica waits for it.
+	pod := "journal-0"
+	node := placed[pod]
+	must(t, "cordon", node)
+	t.Cleanup(func() { kubectl("uncordon", node) })
+	must(t, "delete", "pod", "-n", ns, pod, "--wait=true")
+	eventually(t, 2*time.Minute, pod+" Pending for its volume's node affinity", func() error {
+		msg := jsonpath(t, ns, "pod/"+pod, `{.status.conditions[?(@.type=="PodScheduled")].message}`)
+		// The scheduler's wording: "didn't match PersistentVolume's node
+		// affinity" (1.37), "had volume node affinity conflict" (older).
+		if !strings.Contains(msg, "PersistentVolume's node affinity") && !strings.Contains(msg, "volume node affinity conflict") {
+			return fmt.Errorf("phase %q, PodScheduled: %q", jsonpath(t, ns, "pod/"+pod, "{.status.phase}"), msg)
+		}
+		return nil
+	})
+	if n := jsonpath(t, ns, "pod/"+pod, "{.spec.nodeName}"); n != "" {
+		t.Fatalf("%s was scheduled to %s while %s is cordoned", pod, n, node)
+	}
+	must(t, "uncordon", node)
+	waitPodReady(t, ns, pod, 3*time.Minute)
+	if n := podNode(t, ns, pod); n != node {
+		t.Fatalf("%s runs on %s after uncordon, its volume is on %s", pod, n, node)
+	}
+	if out := must(t, "logs", "-n", ns, pod); strings.Count(out, pod+" started") != 3 {
+		t.Fatalf("%s after uncordon does not see its history:\n%s", pod, out)
 	}
 }
 
@@ -134,41 +223,52 @@ func parseQuantity(t *testing.T, q string) int64 {
 	return v
 }
 
-func capacityFor(t *testing.T, class string) int64 {
+func capacityFor(t *testing.T, class, node string) int64 {
 	for _, c := range capacities(t) {
-		if c.Class == class && c.Node == nodeName {
+		if c.Class == class && c.Node == node {
 			return c.Bytes
 		}
 	}
 	return -1
 }
 
-// TestCapacity: CSIStorageCapacity describes this node's pool, drops when a
-// volume is made, and a claim larger than the pool is refused for lack of
-// space without leaving anything behind.
+// poolImages counts the volume images in every node's pool.
+func poolImages(t *testing.T) int {
+	n := 0
+	for _, node := range clusterNodes(t) {
+		m, _ := filepath.Glob(filepath.Join(poolDir(t, node), "*.img"))
+		n += len(m)
+	}
+	return n
+}
+
+// TestCapacity: CSIStorageCapacity describes each node's pool, drops on the
+// node where a volume is made, and a claim larger than every pool is refused
+// for lack of space without leaving anything behind.
 func TestCapacity(t *testing.T) {
 	ns := namespace(t, "e2e-capacity")
-	var before int64
-	eventually(t, 2*time.Minute, "a CSIStorageCapacity for class flashpv on "+nodeName, func() error {
-		if before = capacityFor(t, "flashpv"); before <= 0 {
-			return fmt.Errorf("objects: %v", capacities(t))
+	nodes := clusterNodes(t)
+	before := map[string]int64{}
+	eventually(t, 2*time.Minute, "a CSIStorageCapacity for class flashpv on every node", func() error {
+		for _, n := range nodes {
+			if before[n] = capacityFor(t, "flashpv", n); before[n] <= 0 {
+				return fmt.Errorf("none for %s; objects: %v", n, capacities(t))
+			}
 		}
 		return nil
 	})
 	claim(t, ns, "four-gig", "flashpv", "4Gi", "")
 	waitPodReady(t, ns, "four-gig", 2*time.Minute)
-	eventually(t, 2*time.Minute, "capacity to drop by the new volume", func() error {
-		// The pool shares the node's filesystem: other files come and go
-		// meanwhile, so allow 64 MiB either way.
-		if now := capacityFor(t, "flashpv"); before-now < 4<<30-64<<20 {
-			return fmt.Errorf("capacity %d, was %d", now, before)
+	node := podNode(t, ns, "four-gig")
+	eventually(t, 2*time.Minute, "capacity of "+node+" to drop by the new volume", func() error {
+		if now := capacityFor(t, "flashpv", node); before[node]-now < 4<<30-64<<20 {
+			return fmt.Errorf("capacity %d, was %d", now, before[node])
 		}
 		return nil
 	})
 
-	images := func() int { m, _ := filepath.Glob(filepath.Join(poolDir, "*.img")); return len(m) }
 	pvs := func() int { return len(strings.Fields(must(t, "get", "pv", "-o", "name"))) }
-	imgBefore, pvBefore := images(), pvs()
+	imgBefore, pvBefore := poolImages(t), pvs()
 	claim(t, ns, "too-big", "flashpv", "100Ti", "")
 	eventually(t, 2*time.Minute, "an event naming the lack of space", func() error {
 		ev := must(t, "get", "events", "-n", ns, "-o", `jsonpath={range .items[*]}{.reason}: {.message}{"\n"}{end}`)
@@ -185,8 +285,8 @@ func TestCapacity(t *testing.T) {
 	if phase := jsonpath(t, ns, "pvc/too-big", "{.status.phase}"); phase != "Pending" {
 		t.Fatalf("too-big is %s", phase)
 	}
-	if images() != imgBefore || pvs() != pvBefore {
-		t.Fatalf("a refused claim left something: images %d->%d, PVs %d->%d", imgBefore, images(), pvBefore, pvs())
+	if poolImages(t) != imgBefore || pvs() != pvBefore {
+		t.Fatalf("a refused claim left something: images %d->%d, PVs %d->%d", imgBefore, poolImages(t), pvBefore, pvs())
 	}
 }
 
@@ -199,7 +299,7 @@ func TestOnlineExpansion(t *testing.T) {
 			waitPodReady(t, ns, "grow", 2*time.Minute)
 			sum := execIn(t, ns, "grow", "cat", "/data/blob.md5")
 			must(t, "patch", "pvc", "-n", ns, "grow", "-p", `{"spec":{"resources":{"requests":{"storage":"2Gi"}}}}`)
-			if tc.fs == "ext4" && !mounter.CanGrowMountedExt4() {
+			if tc.fs == "ext4" && !canGrowMountedExt4(t, podNode(t, ns, "grow")) {
 				// The kernel grows a mounted ext4 only for CAP_SYS_RESOURCE,
 				// which this machine withholds even from privileged pods:
 				// flashpv says so, and grows the filesystem when the volume
@@ -236,6 +336,20 @@ func TestOnlineExpansion(t *testing.T) {
 	}
 }
 
+// canGrowMountedExt4: the kernel grows a mounted ext4 only for a process
+// with CAP_SYS_RESOURCE; does flashpv's container on the node have it?
+func canGrowMountedExt4(t *testing.T, node string) bool {
+	t.Helper()
+	// The image has a shell but no cat.
+	v := must(t, "exec", "-n", "flashpv", flashpvPod(t, node), "-c", "flashpv", "--",
+		"sh", "-c", `while read -r k v; do [ "$k" = CapEff: ] && echo "$v"; done </proc/1/status; exit 0`)
+	caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
+	if err != nil {
+		t.Fatalf("flashpv's CapEff %q: %v", v, err)
+	}
+	return caps&(1<<24) != 0 // CAP_SYS_RESOURCE
+}
+
 // TestBlockVolume: the example Block claim gives the pod a device of the
 // requested size that keeps what is written, and grows online.
 func TestBlockVolume(t *testing.T) {
@@ -268,8 +382,8 @@ func TestDriverRestart(t *testing.T) {
 	waitPodReady(t, ns, "writer", 2*time.Minute)
 	time.Sleep(2 * time.Second)
 	first := execIn(t, ns, "writer", "head", "-n", "5", "/data/log")
-	old := must(t, "get", "pod", "-n", "flashpv", "-l", "app.kubernetes.io/name=flashpv", "-o", "name")
-	must(t, "delete", "-n", "flashpv", old, "--wait=true")
+	old := flashpvPod(t, podNode(t, ns, "writer"))
+	must(t, "delete", "-n", "flashpv", "pod/"+old, "--wait=true")
 	must(t, "rollout", "status", "-n", "flashpv", "daemonset/flashpv-node", "--timeout=180s")
 	linesBefore := len(strings.Split(execIn(t, ns, "writer", "cat", "/data/log"), "\n"))
 	time.Sleep(2 * time.Second)
@@ -292,10 +406,11 @@ func TestTeardown(t *testing.T) {
 	for i := range 3 {
 		waitPodReady(t, ns, fmt.Sprintf("journal-%d", i), 3*time.Minute)
 	}
-	var handles, pvNames []string
+	var handles, pvNames, nodes []string
 	for i := range 3 {
 		pv, h := pvOf(t, ns, fmt.Sprintf("data-journal-%d", i))
 		handles, pvNames = append(handles, h), append(pvNames, pv)
+		nodes = append(nodes, podNode(t, ns, fmt.Sprintf("journal-%d", i)))
 	}
 	must(t, "delete", "-n", ns, "statefulset/journal", "--wait=true")
 	eventually(t, 2*time.Minute, "the pods to go", func() error {
@@ -306,18 +421,21 @@ func TestTeardown(t *testing.T) {
 	})
 	must(t, "delete", "-n", ns, "pvc", "--all", "--wait=true")
 	eventually(t, 2*time.Minute, "the PVs, images, loop devices and mounts to go", func() error {
-		for _, h := range handles {
-			if _, err := os.Stat(imageOf(h)); err == nil {
-				return fmt.Errorf("image of %s still in the pool", h)
+		for i, h := range handles {
+			if _, err := os.Stat(imageOf(t, nodes[i], h)); err == nil {
+				return fmt.Errorf("image of %s still in the pool of %s", h, nodes[i])
 			}
 			if out, _ := kubectl("get", "pv", "-o", "jsonpath={.items[*].spec.csi.volumeHandle}"); strings.Contains(out, h) {
 				return fmt.Errorf("PV of %s still exists", h)
 			}
 		}
-		mounts, _ := os.ReadFile("/proc/self/mountinfo")
-		for _, pv := range pvNames {
+		for i, pv := range pvNames {
+			mounts, err := os.ReadFile(filepath.Join(nodeRoot(t, nodes[i]), "..", "mountinfo"))
+			if err != nil {
+				return err
+			}
 			if strings.Contains(string(mounts), pv) {
-				return fmt.Errorf("a mount of %s is left", pv)
+				return fmt.Errorf("a mount of %s is left on %s", pv, nodes[i])
 			}
 		}
 		out, _ := execHost("losetup", "-n", "-O", "BACK-FILE")
