@@ -22,11 +22,11 @@ stop)
 		pids=""
 		for d in $(cgroup_dirs "$n"); do
 			[ -d "$d" ] || continue
-			pids="$pids $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ')"
+			pids="$pids $(find "$d" -name cgroup.procs -exec cat {} + 2>/dev/null | tr '\n' ' ' || true)"
 		done
 		if [ -s "$STATE/$n/mntns" ]; then
 			pids="$pids $(find /proc/[0-9]*/ns -maxdepth 1 -name mnt -lname "$(sed 's/[][]/\\&/g' "$STATE/$n/mntns")" 2>/dev/null |
-				cut -d/ -f3 | grep -vx "$h" | tr '\n' ' ')"
+				cut -d/ -f3 | grep -vx "$h" | tr '\n' ' ' || true)"
 		fi
 		[ -n "${pids// /}" ] || break
 		kill -9 $pids 2>/dev/null || true
