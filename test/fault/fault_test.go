@@ -23,8 +23,7 @@ import (
 	"testing"
 	"time"
 
-	"golang.org/x/sys/unix"
-
+	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
@@ -57,29 +56,12 @@ func loadConfig(t *testing.T) config {
 	}
 	// Where this process may grow a mounted ext4, half the seeds run the
 	// driver without the capability, so both ways of growing ext4 are hit.
-	if canGrowMountedExt4() {
+	if mounter.CanGrowMountedExt4() {
 		if _, err := exec.LookPath("setpriv"); err == nil {
 			c.dropCap = c.seed%2 == 1
 		}
 	}
 	return c
-}
-
-// canGrowMountedExt4 tells whether this process, and so the driver it
-// starts, has CAP_SYS_RESOURCE, which the kernel wants for growing a mounted
-// ext4.
-func canGrowMountedExt4() bool {
-	data, err := os.ReadFile("/proc/self/status")
-	if err != nil {
-		return false
-	}
-	for _, line := range strings.Split(string(data), "\n") {
-		if v, ok := strings.CutPrefix(line, "CapEff:"); ok {
-			caps, err := strconv.ParseUint(strings.TrimSpace(v), 16, 64)
-			return err == nil && caps&(1<<unix.CAP_SYS_RESOURCE) != 0
-		}
-	}
-	return false
 }
 
 // run is one fault injection run.
@@ -117,7 +99,7 @@ func TestFault(t *testing.T) {
 	fmt.Fprintf(os.Stderr, "fault: seed %d, %d operations, backend %s\n", cfg.seed, cfg.ops, cfg.backend)
 
 	r := &run{t: t, cfg: cfg, opRng: newRng(cfg.seed, 1), killRng: newRng(cfg.seed, 2),
-		learned: newLearned(), stats: newStats(), canGrowExt4: canGrowMountedExt4() && !cfg.dropCap}
+		learned: newLearned(), stats: newStats(), canGrowExt4: mounter.CanGrowMountedExt4() && !cfg.dropCap}
 	r.setup()
 	r.loop()
 	r.finish()
