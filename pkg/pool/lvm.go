@@ -334,13 +334,9 @@ func (p *LVMPool) Delete(ctx context.Context, key string) error {
 	} else if err != nil {
 		return err // unreadable metadata: keep the LV for an operator
 	}
-	zero := true
-	if p.Thin() {
-		tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
-		if err != nil {
-			return err
-		}
-		zero = !tp.ZeroesNewBlocks()
+	zero, err := p.mustZero(ctx)
+	if err != nil {
+		return err
 	}
 	// Zeroing a big LV takes a while: it runs without the pool's lock (the
 	// caller holds the volume's), and the extents stay the LV's until the
@@ -436,4 +432,17 @@ func (p *LVMPool) Check(ctx context.Context, vols []*Volume) map[string][]Proble
 		}
 	}
 	return out
+}
+
+// mustZero tells whether a removed LV's bytes must be wiped first: a later
+// LV could see them unless it is thin in a pool that zeroes new blocks.
+func (p *LVMPool) mustZero(ctx context.Context) (bool, error) {
+	if !p.Thin() {
+		return true, nil
+	}
+	tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
+	if err != nil {
+		return false, err
+	}
+	return !tp.ZeroesNewBlocks(), nil
 }

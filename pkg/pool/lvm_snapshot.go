@@ -371,13 +371,9 @@ func copyDevice(ctx context.Context, src, dst string, n int64) error {
 // destroy wipes LV name where a later LV could see its bytes (thick, or a
 // thin pool that does not zero new blocks), then removes it.
 func (p *LVMPool) destroy(ctx context.Context, name string) error {
-	zero := true
-	if p.Thin() {
-		tp, err := p.lvm.LV(ctx, p.cfg.VG, p.cfg.ThinPool)
-		if err != nil {
-			return err
-		}
-		zero = !tp.ZeroesNewBlocks()
+	zero, err := p.mustZero(ctx)
+	if err != nil {
+		return err
 	}
 	if zero {
 		dev, err := p.lvDevice(ctx, name)
