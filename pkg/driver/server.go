@@ -38,6 +38,9 @@ func (d *Driver) Serve(ctx context.Context, lis net.Listener) error {
 	case <-time.After(30 * time.Second):
 		srv.Stop()
 	}
+	// A stop that came before srv.Serve took the listener leaves it open,
+	// and a new process would find the socket still answering.
+	lis.Close()
 	return nil
 }
 
