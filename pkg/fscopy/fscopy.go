@@ -1,7 +1,10 @@
 // Package fscopy copies files and directory trees as cheaply as the
 // filesystem allows: a reflink (FICLONE) where the source and destination
 // can share blocks (XFS made with reflink=1, btrfs), else a sparse-aware copy
-// that moves only the source's data extents and leaves its holes as holes.
+// that moves only the source's data extents, leaves its holes as holes and
+// allocates the space the source has allocated but never written
+// (fallocate) without copying its zeros: a copy of a preallocated file is
+// as preallocated as its source.
 //
 // Copies are cancellable through their context between chunks, and a copy
 // that fails or is cancelled leaves no partial destination behind: a file is
@@ -98,8 +101,10 @@ type Options struct {
 type Result struct {
 	Method Method
 	// Size is the destination's size, Copied the data bytes moved (zero for
-	// a reflink; holes are never moved).
-	Size, Copied int64
+	// a reflink; holes are never moved). Preallocated is the space the
+	// source had allocated but never written (fallocate), allocated in the
+	// destination the same way instead of copied as zeros.
+	Size, Copied, Preallocated int64
 }
 
 // File copies the regular file src to dst, which must not exist: an
@@ -132,7 +137,7 @@ func File(ctx context.Context, src, dst string, opt Options) (Result, error) {
 	}
 	defer out.discard()
 	c := newCopier(opt)
-	method, copied, err := c.copyFile(ctx, in, out.f, st.Size())
+	method, m, err := c.copyFile(ctx, in, out.f, st.Size())
 	if err != nil {
 		return Result{}, fmt.Errorf("copy %s to %s: %w", src, dst, err)
 	}
@@ -142,7 +147,7 @@ func File(ctx context.Context, src, dst string, opt Options) (Result, error) {
 	if err := out.publish(); err != nil {
 		return Result{}, err
 	}
-	return Result{Method: method, Size: st.Size(), Copied: copied}, nil
+	return Result{Method: method, Size: st.Size(), Copied: m.copied, Preallocated: m.preallocated}, nil
 }
 
 // copier holds what one File or Tree call learns as it goes.
@@ -151,7 +156,10 @@ type copier struct {
 	// noReflink is set once the destination filesystem refused a clone, so
 	// that a tree does not ask again for every file.
 	noReflink bool
-	buf       []byte
+	// noFallocate is set once the destination filesystem refused to
+	// preallocate: unwritten ranges then stay holes.
+	noFallocate bool
+	buf         []byte
 }
 
 func newCopier(opt Options) *copier {
@@ -163,17 +171,17 @@ func newCopier(opt Options) *copier {
 
 // copyFile copies size bytes of in into the empty file out. It does not
 // sync out.
-func (c *copier) copyFile(ctx context.Context, in, out *os.File, size int64) (Method, int64, error) {
+func (c *copier) copyFile(ctx context.Context, in, out *os.File, size int64) (Method, moved, error) {
 	if c.opt.Mode != CopyOnly && !c.noReflink {
 		err := unix.IoctlFileClone(int(out.Fd()), int(in.Fd()))
 		if err == nil {
-			return Reflink, 0, nil
+			return Reflink, moved{}, nil
 		}
 		if !cloneUnsupported(err) {
-			return 0, 0, fmt.Errorf("FICLONE: %w", err)
+			return 0, moved{}, fmt.Errorf("FICLONE: %w", err)
 		}
 		if c.opt.Mode == ReflinkOnly {
-			return 0, 0, fmt.Errorf("%w: %v", ErrNoReflink, err)
+			return 0, moved{}, fmt.Errorf("%w: %v", ErrNoReflink, err)
 		}
 		c.noReflink = true
 	}

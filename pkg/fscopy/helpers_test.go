@@ -126,50 +126,45 @@ func sameExtents(t *testing.T, src, dst string) {
 	}
 }
 
-// sharedBytes sums the extents of path that FIEMAP flags as shared.
-func sharedBytes(t *testing.T, path string) int64 {
+// fiemapOf lists path's extents as FIEMAP reports them, after a sync.
+func fiemapOf(t *testing.T, path string) []fiemapExtent {
 	t.Helper()
-	const (
-		fsIocFiemap  = 0xC020660B
-		flagSync     = 0x1
-		extentLast   = 0x1
-		extentShared = 0x2000
-	)
-	type fiemapExtent struct {
-		Logical, Physical, Length uint64
-		_                         [2]uint64
-		Flags                     uint32
-		_                         [3]uint32
-	}
-	type fiemap struct {
-		Start, Length                          uint64
-		Flags, MappedExtents, ExtentCount, Res uint32
-		Extents                                [256]fiemapExtent
-	}
 	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer f.Close()
-	var shared int64
+	var all []fiemapExtent
 	for start := uint64(0); ; {
-		m := fiemap{Start: start, Length: ^uint64(0), Flags: flagSync, ExtentCount: 256}
-		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&m))); errno != 0 {
+		var q fiemapReq
+		q.fiemapHeader = fiemapHeader{Start: start, Length: ^uint64(0), Flags: fiemapFlagSync, ExtentCount: fiemapBatch}
+		if _, _, errno := unix.Syscall(unix.SYS_IOCTL, f.Fd(), fsIocFiemap, uintptr(unsafe.Pointer(&q))); errno != 0 {
 			t.Fatalf("FIEMAP %s: %v", path, errno)
 		}
-		if m.MappedExtents == 0 {
-			return shared
+		if q.MappedExtents == 0 {
+			return all
 		}
-		for _, e := range m.Extents[:m.MappedExtents] {
-			if e.Flags&extentShared != 0 {
-				shared += int64(e.Length)
-			}
-			if e.Flags&extentLast != 0 {
-				return shared
+		for _, e := range q.Extents[:q.MappedExtents] {
+			all = append(all, e)
+			if e.Flags&fiemapLast != 0 {
+				return all
 			}
 			start = e.Logical + e.Length
 		}
 	}
+}
+
+// sharedBytes sums the extents of path that FIEMAP flags as shared.
+func sharedBytes(t *testing.T, path string) int64 {
+	t.Helper()
+	const extentShared = 0x2000
+	var shared int64
+	for _, e := range fiemapOf(t, path) {
+		if e.Flags&extentShared != 0 {
+			shared += int64(e.Length)
+		}
+	}
+	return shared
 }
 
 // countdownCtx is a context whose Err reports cancellation from its n-th

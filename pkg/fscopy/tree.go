@@ -20,8 +20,10 @@ type TreeResult struct {
 	// Method is the slowest method any regular file was copied with, zero
 	// when there was none.
 	Method Method
-	// Copied is the data bytes moved (holes and reflinked files move none).
-	Copied int64
+	// Copied is the data bytes moved (holes and reflinked files move none),
+	// Preallocated the unwritten space allocated as in the source (see
+	// Result).
+	Copied, Preallocated int64
 }
 
 // Tree copies the directory tree at src to dst: directories, regular files
@@ -221,12 +223,13 @@ func (t *treeCopier) copyRegular(sfd, dfd int, name, rel string, st *unix.Stat_t
 	}
 	out := os.NewFile(uintptr(ofd), rel)
 	defer out.Close()
-	method, copied, err := t.copyFile(t.ctx, in, out, now.Size)
+	method, m, err := t.copyFile(t.ctx, in, out, now.Size)
 	if err != nil {
 		return err
 	}
 	t.res.Method = max(t.res.Method, method)
-	t.res.Copied += copied
+	t.res.Copied += m.copied
+	t.res.Preallocated += m.preallocated
 	return nil
 }
 
