@@ -55,7 +55,7 @@ fault: deps
 	@mkdir -p _output/fault; rm -f _output/fault/report*.txt; failed=; \
 	for s in $(FAULT_SEEDS); do \
 		echo "=== fault injection: seed $$s, $(FAULT_OPS) operations"; \
-		FLASHPV_FAULT=1 FLASHPV_FAULT_SEED=$$s FLASHPV_FAULT_OPS=$(FAULT_OPS) $(GO) test -count=1 -timeout 60m \
+		FLASHPV_FAULT_SEED=$$s FLASHPV_FAULT_OPS=$(FAULT_OPS) $(GO) test -count=1 -timeout 60m \
 			-run '^TestFault$$' -v ./test/fault/ >_output/fault/test-$$s.log 2>&1 || failed="$$failed $$s"; \
 		cat _output/fault/report-$$s.txt 2>/dev/null || tail -n 30 _output/fault/test-$$s.log; \
 	done; \

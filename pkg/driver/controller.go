@@ -214,6 +214,9 @@ func (s *Controller) deleteVolume(ctx context.Context, volumeID string) error {
 	if err := s.d.releaseForDelete(ctx, p, v); err != nil {
 		return err
 	}
+	if err := s.d.mounts.ForgetExtGrowth(volumeID); err != nil {
+		return err
+	}
 	if err := p.Delete(ctx, v.Key()); err != nil {
 		return err
 	}

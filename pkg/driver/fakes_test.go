@@ -122,7 +122,14 @@ func (f *fakeMounts) Format(_ context.Context, dev, fsType string) error {
 	return nil
 }
 
-func (f *fakeMounts) CheckExt(_ context.Context, dev string) error {
+func (f *fakeMounts) ForgetExtGrowth(id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("forget growth %s", id)
+	return nil
+}
+
+func (f *fakeMounts) CheckExt(_ context.Context, dev, _ string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.record("e2fsck %s", dev)

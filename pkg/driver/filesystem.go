@@ -64,7 +64,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 	// ext4 is checked and grows before it is mounted (no CAP_SYS_RESOURCE
 	// needed).
 	if format == "ext4" {
-		if err := d.mounts.CheckExt(ctx, dev); err != nil {
+		if err := d.mounts.CheckExt(ctx, dev, nv.vol.ID); err != nil {
 			return err
 		}
 	}
@@ -156,7 +156,7 @@ func (d *Driver) growExtBeforePublish(ctx context.Context, nv *nodeVolume, dev, 
 	if err := d.mounts.Unmount(staging); err != nil {
 		return errors.Join(err, d.setRemount(ctx, nv, nil))
 	}
-	growErr := d.mounts.CheckExt(ctx, dev)
+	growErr := d.mounts.CheckExt(ctx, dev, nv.vol.ID)
 	if err := d.mounts.Mount(dev, staging, "ext4", flags); err != nil {
 		return errors.Join(growErr, err)
 	}
@@ -197,7 +197,7 @@ func (d *Driver) restoreMount(ctx context.Context, nv *nodeVolume) error {
 	}
 	if m == nil {
 		if nv.vol.FsType == "ext4" {
-			if err := d.mounts.CheckExt(ctx, dev); err != nil {
+			if err := d.mounts.CheckExt(ctx, dev, nv.vol.ID); err != nil {
 				return err
 			}
 		}

@@ -71,8 +71,18 @@ func (Linux) ExtNeedsGrow(dev string) (bool, error) {
 // CheckExt checks an unmounted ext4 filesystem before it is mounted (a
 // preen, as fsck at boot does) and grows it to its device. Offline growth
 // needs no CAP_SYS_RESOURCE (online growth does) and is what finishes an
-// expansion done while the volume was not staged.
-func (l Linux) CheckExt(ctx context.Context, dev string) error {
+// expansion done while the volume was not staged. The growth is protected
+// by a copy of the metadata (see extundo.go): a growth of the volume that a
+// kill interrupted is undone first, then done again.
+func (l Linux) CheckExt(ctx context.Context, dev, volumeID string) error {
+	undo := l.extUndoPath(volumeID)
+	restored, err := restoreExtMetadata(dev, undo)
+	if err != nil {
+		return err
+	}
+	if restored {
+		klog.InfoS("Undid an interrupted offline growth of an ext4; growing it again", "device", dev, "volumeID", volumeID)
+	}
 	grow, err := l.ExtNeedsGrow(dev)
 	if err != nil {
 		return err
@@ -91,8 +101,25 @@ func (l Linux) CheckExt(ctx context.Context, dev string) error {
 	if !grow {
 		return nil
 	}
+	if undo != "" {
+		if err := saveExtMetadata(ctx, dev, undo); err != nil {
+			return err
+		}
+	}
 	if out, err := command.Output(ctx, "resize2fs", dev); err != nil {
-		return fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)
+		err = fmt.Errorf("resize2fs %s: %v: %s", dev, err, out)
+		if ctx.Err() == nil {
+			// It gave up by itself: put the old metadata back now. (Killed,
+			// the copy stays for the next check.)
+			_, rerr := restoreExtMetadata(dev, undo)
+			err = errors.Join(err, rerr)
+		}
+		return err
+	}
+	if undo != "" {
+		if err := errors.Join(removeIfExists(undo), syncDir(l.undoDir)); err != nil {
+			return err
+		}
 	}
 	klog.V(2).InfoS("Filesystem grown offline", "device", dev)
 	return nil

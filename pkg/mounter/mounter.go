@@ -44,8 +44,12 @@ type Interface interface {
 	Probe(ctx context.Context, dev string) (string, error)
 	// Format makes a new filesystem on dev, over whatever is there.
 	Format(ctx context.Context, dev, fsType string) error
-	// CheckExt checks an unmounted ext4 and grows it to its device.
-	CheckExt(ctx context.Context, dev string) error
+	// CheckExt checks an unmounted ext4 and grows it to its device,
+	// first undoing a growth of the volume that was interrupted.
+	CheckExt(ctx context.Context, dev, volumeID string) error
+	// ForgetExtGrowth drops what an interrupted growth of a deleted volume
+	// left behind.
+	ForgetExtGrowth(volumeID string) error
 	// ExtNeedsGrow tells whether dev has outgrown its ext4.
 	ExtNeedsGrow(dev string) (bool, error)
 	// Grow grows the filesystem on dev, mounted at mountPath, to dev.
@@ -67,10 +71,16 @@ type Stats struct {
 // Linux is the real mount layer.
 type Linux struct {
 	growMountedExt4 bool
+	// undoDir keeps the metadata copies that make offline ext4 growth
+	// restartable (on the node's own disk); "" leaves growth unprotected.
+	undoDir string
 }
 
-// New returns the real mount layer of this process.
-func New() Linux { return Linux{growMountedExt4: CanGrowMountedExt4()} }
+// New returns the real mount layer of this process, keeping what it needs
+// to recover from an interrupted growth in undoDir.
+func New(undoDir string) Linux {
+	return Linux{growMountedExt4: CanGrowMountedExt4(), undoDir: undoDir}
+}
 
 var _ Interface = Linux{}
 

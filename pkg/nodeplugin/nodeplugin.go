@@ -73,7 +73,7 @@ func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error)
 		MaxVolumes:    opts.MaxVolumes,
 		DefaultFsType: opts.FsType,
 		Loops:         loopdev.New(),
-		Mounts:        mounter.New(),
+		Mounts:        mounter.New(filepath.Join(opts.StateDir, "grow")),
 		Metrics:       s.Metrics,
 		Freezer:       freezer,
 	})

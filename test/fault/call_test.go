@@ -31,10 +31,10 @@ var expectedCommands = map[string][]string{
 	"CreateVolume/*":         {"fallocate", "lvm"},
 	"NodeExpandVolume/*":     {"fallocate", "lvm"},
 	"DeleteVolume/*":         {"lvm"},
-	"NodeStageVolume/ext4":   {"mkfs.ext4", "e2fsck", "resize2fs"},
+	"NodeStageVolume/ext4":   {"mkfs.ext4", "e2fsck", "e2image", "resize2fs"},
 	"NodeStageVolume/xfs":    {"mkfs.xfs", "xfs_growfs"},
 	"NodeStageVolume/btrfs":  {"mkfs.btrfs", "btrfs"},
-	"NodePublishVolume/ext4": {"e2fsck", "resize2fs"},
+	"NodePublishVolume/ext4": {"e2fsck", "e2image", "resize2fs"},
 	"NodeExpandVolume/ext4":  {"resize2fs"},
 	"NodeExpandVolume/xfs":   {"xfs_growfs"},
 	"NodeExpandVolume/btrfs": {"btrfs"},
@@ -139,7 +139,7 @@ func (r *run) focus(rpc string, v *volume) []string {
 	case rpc == "NodeStageVolume" && v.kind != "block" && !v.formatted:
 		out = []string{"mkfs." + v.kind}
 	case rpc == "NodeStageVolume" && v.kind == "ext4", rpc == "NodePublishVolume" && v.fsBehind:
-		out = []string{"e2fsck", "resize2fs"}
+		out = []string{"e2fsck", "e2image", "resize2fs"}
 	case rpc == "NodeExpandVolume":
 		out = append([]string{"fallocate", "lvm"}, expectedCommands[rpc+"/"+v.kind]...)
 	}

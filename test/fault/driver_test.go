@@ -55,7 +55,7 @@ type driverProc struct {
 func (r *run) startDriver() error {
 	args := []string{
 		"--endpoint", "unix://" + r.sock, "--node-id", nodeID, "--kubelet-dir", r.kubeletDir,
-		"--pool", "default=" + r.poolArg, "--health-address", "", "--max-volumes", "100", "-v", "2",
+		"--pool", "default=" + r.poolArg, "--state-dir", r.stateDir, "--health-address", "", "--max-volumes", "100", "-v", "2",
 	}
 	name := r.bin
 	if r.cfg.dropCap {

@@ -2,8 +2,10 @@ package fault
 
 import (
 	"fmt"
+	"io/fs"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"slices"
 	"sort"
 	"strings"
@@ -74,6 +76,11 @@ func (r *run) checkLeftovers() {
 	if devs := r.poolLoopDevices(); len(devs) > 0 {
 		r.failf(nil, "loop devices left attached to pool images: %v", devs)
 	}
+	// The state directory keeps freeze records and the metadata copies of
+	// offline ext4 growths only while they are needed.
+	if left := filesUnder(r.stateDir); len(left) > 0 {
+		r.failf(nil, "the driver's state directory holds %v after every volume was deleted", left)
+	}
 	if got := r.poolContents(); !slices.Equal(got, r.baseline) {
 		r.failf(nil, "the pool holds %v after every volume was deleted; empty it held %v", got, r.baseline)
 	}
@@ -108,4 +115,16 @@ func (r *run) cleanup() {
 			}
 		}
 	}
+}
+
+// filesUnder lists the regular files below dir.
+func filesUnder(dir string) []string {
+	var out []string
+	_ = filepath.WalkDir(dir, func(p string, d fs.DirEntry, err error) error {
+		if err == nil && d.Type().IsRegular() {
+			out = append(out, p)
+		}
+		return nil
+	})
+	return out
 }

@@ -1,0 +1,168 @@
+package mounter
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// extOnLoop makes a 16 MiB ext4 (1 KiB blocks, as flashpv's small volumes
+// have) holding a file, in an image that then grows to 64 MiB, and attaches
+// it to a loop device. It returns the device, the pristine 16 MiB and the
+// file's content. Needs root and a loop device; skips without.
+func extOnLoop(t *testing.T) (dev string, pristine, data []byte) {
+	t.Helper()
+	for _, tool := range []string{"mkfs.ext4", "e2image", "resize2fs", "debugfs", "losetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
+	}
+	if os.Geteuid() != 0 {
+		t.Skip("needs root for a loop device")
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "fs.img")
+	data = bytes.Repeat([]byte("flashpv keeps this file through an interrupted growth\n"), 40000)
+	src := filepath.Join(dir, "data")
+	must(t, os.WriteFile(src, data, 0o600))
+	must(t, os.WriteFile(img, nil, 0o600))
+	must(t, os.Truncate(img, 16<<20))
+	run(t, "mkfs.ext4", "-q", "-F", "-b", "1024", img)
+	run(t, "debugfs", "-w", "-R", "write "+src+" data", img)
+	var err error
+	pristine, err = os.ReadFile(img)
+	must(t, err)
+	must(t, os.Truncate(img, 64<<20))
+	out, err := exec.Command("losetup", "--find", "--show", img).Output()
+	if err != nil {
+		t.Skipf("no loop device: %v", err)
+	}
+	dev = strings.TrimSpace(string(out))
+	t.Cleanup(func() { _ = exec.Command("losetup", "-d", dev).Run() })
+	return dev, pristine, data
+}
+
+func must(t *testing.T, err error) {
+	t.Helper()
+	if err != nil {
+		t.Fatal(err)
+	}
+}
+
+func run(t *testing.T, name string, args ...string) string {
+	t.Helper()
+	out, err := exec.Command(name, args...).CombinedOutput()
+	if err != nil {
+		t.Fatalf("%s %v: %v: %s", name, args, err, out)
+	}
+	return string(out)
+}
+
+// checkGrown asserts the filesystem on dev is clean, fills its device and
+// still holds data.
+func checkGrown(t *testing.T, l Linux, dev string, data []byte) {
+	t.Helper()
+	if out, err := exec.Command("e2fsck", "-f", "-n", dev).CombinedOutput(); err != nil {
+		t.Fatalf("e2fsck -fn after the check: %v: %s", err, out)
+	}
+	if need, err := l.ExtNeedsGrow(dev); err != nil || need {
+		t.Fatalf("still needs growing: %v %v", need, err)
+	}
+	got, err := exec.Command("debugfs", "-R", "cat data", dev).Output()
+	if err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("file changed by the growth (%d bytes, want %d): %v", len(got), len(data), err)
+	}
+}
+
+func writeAt(t *testing.T, dev string, b []byte, off int64) {
+	t.Helper()
+	f, err := os.OpenFile(dev, os.O_WRONLY, 0)
+	must(t, err)
+	defer f.Close()
+	_, err = f.WriteAt(b, off)
+	must(t, err)
+	must(t, f.Sync())
+}
+
+// A growth that resize2fs did not finish is undone from the saved metadata
+// and done again: first a deterministic stand-in (the growth written, the
+// primary superblock torn, as a kill between resize2fs's superblock writes
+// leaves it, which e2fsck -p refuses), then resize2fs killed at moments
+// spread over its run.
+func TestCheckExtUndoesInterruptedGrowth(t *testing.T) {
+	dev, pristine, data := extOnLoop(t)
+	l := Linux{undoDir: t.TempDir()}
+	undo := l.extUndoPath("pool.vol")
+	ctx := context.Background()
+
+	must(t, saveExtMetadata(ctx, dev, undo))
+	run(t, "resize2fs", dev)
+	sb := make([]byte, 4)
+	f, err := os.Open(dev)
+	must(t, err)
+	_, err = f.ReadAt(sb, 1024+0x0c) // s_free_blocks_count, without its checksum update
+	f.Close()
+	must(t, err)
+	sb[0] ^= 0xff
+	writeAt(t, dev, sb, 1024+0x0c)
+	if err := exec.Command("e2fsck", "-p", dev).Run(); err == nil {
+		t.Fatal("e2fsck -p accepted the torn superblock: the stand-in tests nothing")
+	}
+	must(t, l.CheckExt(ctx, dev, "pool.vol"))
+	if _, err := os.Stat(undo); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the metadata copy outlived the growth: %v", err)
+	}
+	checkGrown(t, l, dev, data)
+
+	broken := 0
+	for i := range 16 {
+		writeAt(t, dev, pristine, 0)
+		must(t, saveExtMetadata(ctx, dev, undo))
+		cmd := exec.Command("resize2fs", dev)
+		must(t, cmd.Start())
+		time.AfterFunc(time.Duration(i)*2*time.Millisecond, func() { _ = cmd.Process.Kill() })
+		_ = cmd.Wait()
+		if exec.Command("e2fsck", "-f", "-n", dev).Run() != nil {
+			broken++
+		}
+		must(t, l.CheckExt(ctx, dev, "pool.vol"))
+		checkGrown(t, l, dev, data)
+	}
+	t.Logf("%d of 16 kills left a filesystem e2fsck -n faults; all were undone and grown again", broken)
+}
+
+// What is left over but must not be applied: a copy whose saving never
+// finished (resize2fs had not started), and a copy of another filesystem
+// under the same volume ID (the volume deleted and made again).
+func TestCheckExtIgnoresForeignCopies(t *testing.T) {
+	dev, _, data := extOnLoop(t)
+	l := Linux{undoDir: t.TempDir()}
+	undo := l.extUndoPath("pool.vol")
+	must(t, os.WriteFile(undo+".tmp", []byte("half an image"), 0o600))
+
+	other := filepath.Join(t.TempDir(), "other.img")
+	must(t, os.WriteFile(other, nil, 0o600))
+	must(t, os.Truncate(other, 16<<20))
+	run(t, "mkfs.ext4", "-q", "-F", "-b", "1024", other)
+	run(t, "e2image", "-r", other, undo)
+
+	must(t, l.CheckExt(context.Background(), dev, "pool.vol"))
+	for _, p := range []string{undo, undo + ".tmp"} {
+		if _, err := os.Stat(p); !errors.Is(err, os.ErrNotExist) {
+			t.Errorf("%s left behind: %v", p, err)
+		}
+	}
+	checkGrown(t, l, dev, data)
+
+	must(t, os.WriteFile(undo, []byte("x"), 0o600))
+	must(t, l.ForgetExtGrowth("pool.vol"))
+	if _, err := os.Stat(undo); !errors.Is(err, os.ErrNotExist) {
+		t.Errorf("ForgetExtGrowth left %s: %v", undo, err)
+	}
+}
