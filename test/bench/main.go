@@ -7,7 +7,9 @@
 //   - control path: p50/p99 of each CSI call and lifecycles per second at
 //     several concurrencies;
 //   - scale: one node with 1000 published volumes, per-call latency against a
-//     node with 10, and a driver restart (time to serve, RSS).
+//     node with 10, and a driver restart (time to serve, RSS);
+//   - snapshot: snapshot, restore and clone latency of a volume on an XFS
+//     pool with reflinks and on an ext4 pool, against cp (snapshot.go).
 //
 // It runs the real flashpv binary on a real socket, as root. Nothing here is
 // a test: it reports medians and ratios, and asserts no time.
@@ -43,6 +45,7 @@ type bench struct {
 	expandFs       string
 	scale          int
 	scaleSize      int64
+	snap           snapshotOptions
 }
 
 func (b *bench) driverConfig(maxVolumes int) driverConfig {
@@ -59,7 +62,7 @@ func main() {
 	flag.StringVar(&b.out, "out", "_output/bench", "directory of the report")
 	flag.StringVar(&b.work, "work", "", "where the bench makes its pool, kubelet paths and raw file (in WORK/flashpv-bench), on the filesystem to measure (default: OUT)")
 	flag.StringVar(&b.bin, "flashpv", "", "flashpv binary (default: built from this checkout)")
-	flag.StringVar(&phases, "phases", "data,control,scale", "what to run")
+	flag.StringVar(&phases, "phases", "data,control,scale,snapshot", "what to run")
 	flag.IntVar(&b.rounds, "rounds", 5, "data path: rounds of every case on every target")
 	flag.DurationVar(&b.runtime, "runtime", 5*time.Second, "data path: measured time of each fio run")
 	flag.DurationVar(&b.ramp, "ramp", time.Second, "data path: unmeasured warm-up of each fio run")
@@ -70,7 +73,11 @@ func main() {
 	flag.IntVar(&b.scale, "scale", 1000, "scale: volumes on the node")
 	flag.StringVar(&scaleSize, "scale-size", "8Mi", "scale: size of each volume")
 	flag.BoolVar(&quick, "quick", false, "a short run that checks the bench itself: 1 round, tiny sizes, 50 volumes")
+	b.snap.addFlags(flag.CommandLine)
 	flag.Parse()
+	if err := b.snap.finish(quick); err != nil {
+		log.Fatal(err)
+	}
 	if quick {
 		b.rounds, b.runtime, b.ramp, fioSize, b.volumes, conc, b.scale = 1, time.Second, 0, "64Mi", 8, "1,8", 50
 	}
@@ -146,6 +153,8 @@ func (b *bench) run(phases string) error {
 			rep.Control, err = b.runControl(ctx)
 		case "scale":
 			rep.Scale, err = b.runScale(ctx)
+		case "snapshot":
+			rep.Snapshot, err = b.runSnapshot(ctx)
 		default:
 			err = fmt.Errorf("unknown phase %q", phase)
 		}

@@ -19,12 +19,13 @@ type settings struct {
 }
 
 type report struct {
-	Machine  machine         `json:"machine"`
-	Settings settings        `json:"settings"`
-	Seconds  float64         `json:"seconds"`
-	Data     []dataResult    `json:"data,omitempty"`
-	Control  []controlResult `json:"control,omitempty"`
-	Scale    *scaleResult    `json:"scale,omitempty"`
+	Machine  machine          `json:"machine"`
+	Settings settings         `json:"settings"`
+	Seconds  float64          `json:"seconds"`
+	Data     []dataResult     `json:"data,omitempty"`
+	Control  []controlResult  `json:"control,omitempty"`
+	Scale    *scaleResult     `json:"scale,omitempty"`
+	Snapshot []snapshotResult `json:"snapshot,omitempty"`
 }
 
 // volumeTargets are the volume kinds compared with raw, in report order.
@@ -119,6 +120,7 @@ func (r *report) markdown() string {
 		}
 		fmt.Fprintf(&b, "\n")
 	}
+	b.WriteString(snapshotMarkdown(r.Snapshot))
 	return b.String()
 }
 
