@@ -55,8 +55,8 @@ func (o *snapshotOptions) finish(quick bool) error {
 }
 
 // snapshotResult is the snapshot phase on one pool filesystem. Latencies are
-// per round, in ms; ratios are flashpv's call ÷ cp with fsync of the same
-// round.
+// per run, in ms; a ratio is flashpv's call ÷ the cp with fsync run right
+// before or after it.
 type snapshotResult struct {
 	Pool         string               `json:"pool"`   // the pool's filesystem
 	Method       string               `json:"method"` // how the pool copies images
@@ -64,6 +64,7 @@ type snapshotResult struct {
 	WrittenBytes int64                `json:"written_bytes"`
 	Runs         map[string][]float64 `json:"runs_ms"`
 	Latency      map[string]spread    `json:"latency_ms"`
+	RatioRuns    map[string][]float64 `json:"ratio_runs"`
 	Ratio        map[string]spread    `json:"ratio_to_cp"`
 	// Blocks allocated to a snapshot (its reservation, kept by copying
 	// preallocated space as preallocated) and to cp's copy (sparse).
@@ -147,7 +148,7 @@ func (b *bench) snapshotPool(ctx context.Context, name, fstype, method string, m
 		return nil, err
 	}
 	res = &snapshotResult{Pool: name, Method: method, VolumeBytes: o.sizeB, WrittenBytes: o.writtenB,
-		Runs: map[string][]float64{}, Latency: map[string]spread{}, Ratio: map[string]spread{}}
+		Runs: map[string][]float64{}, RatioRuns: map[string][]float64{}, Latency: map[string]spread{}, Ratio: map[string]spread{}}
 	cpDst := filepath.Join(mnt, "cp-copy")
 	for round := range b.rounds {
 		if err := b.snapshotRound(ctx, d, cfg.pool, srcImage, cpDst, src, round, res); err != nil {
@@ -158,11 +159,7 @@ func (b *bench) snapshotPool(ctx context.Context, name, fstype, method string, m
 		res.Latency[op] = spreadOf(res.Runs[op])
 	}
 	for _, op := range []string{opSnapshot, opRestore, opClone} {
-		var r []float64
-		for i, v := range res.Runs[op] {
-			r = append(r, v/res.Runs[opCpSync][i])
-		}
-		res.Ratio[op] = spreadOf(r)
+		res.Ratio[op] = spreadOf(res.RatioRuns[op])
 	}
 	log.Printf("snapshot: %s: medians CreateSnapshot %.0f ms, restore %.0f ms, clone %.0f ms, cp+fsync %.0f ms; CreateSnapshot ÷ cp+fsync %.2f",
 		name, res.Latency[opSnapshot].Median, res.Latency[opRestore].Median, res.Latency[opClone].Median,
@@ -170,9 +167,12 @@ func (b *bench) snapshotPool(ctx context.Context, name, fstype, method string, m
 	return res, nil
 }
 
-// snapshotRound times one snapshot, one restore from it, one clone of the
-// volume and cp of its image, each from a cold page cache, then removes
-// what they made. cp runs first in even rounds and last in odd ones.
+// snapshotRound times one snapshot, one restore from it and one clone of
+// the volume, each paired with a cp of the volume's image, all from a cold
+// page cache, then removes what they made. The machine's disk is shared and
+// slows down after bursts of writes: cp runs first in the pairs of even
+// rounds and second in odd ones, so that neither side always follows the
+// other's writes.
 func (b *bench) snapshotRound(ctx context.Context, d *driverProc, pool, srcImage, cpDst string, src *vol, round int, res *snapshotResult) error {
 	timed := func(op string, f func() error) error {
 		if err := coldCache(pool); err != nil {
@@ -202,14 +202,23 @@ func (b *bench) snapshotRound(ctx context.Context, d *driverProc, pool, srcImage
 		res.CpAllocated = allocatedBytes(cpDst)
 		return os.Remove(cpDst)
 	}
-	if round%2 == 0 {
-		if err := cp(); err != nil {
-			return err
+	pair := func(op string, f func() error) error {
+		steps := []func() error{cp, func() error { return timed(op, f) }}
+		if round%2 == 1 {
+			steps[0], steps[1] = steps[1], steps[0]
 		}
+		for _, step := range steps {
+			if err := step(); err != nil {
+				return err
+			}
+		}
+		last := func(xs []float64) float64 { return xs[len(xs)-1] }
+		res.RatioRuns[op] = append(res.RatioRuns[op], last(res.Runs[op])/last(res.Runs[opCpSync]))
+		return nil
 	}
 	snapName := fmt.Sprintf("bench-snap-%d", round)
 	var snapID string
-	if err := timed(opSnapshot, func() error {
+	if err := pair(opSnapshot, func() error {
 		resp, err := d.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: snapName, SourceVolumeId: src.id})
 		snapID = resp.GetSnapshot().GetSnapshotId()
 		return err
@@ -227,7 +236,7 @@ func (b *bench) snapshotRound(ctx context.Context, d *driverProc, pool, srcImage
 				d.ctl.DeleteVolume(context.Background(), &csi.DeleteVolumeRequest{VolumeId: id})
 			}
 		}()
-		return timed(op, func() error {
+		return pair(op, func() error {
 			resp, err := d.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 				Name: name, CapacityRange: &csi.CapacityRange{RequiredBytes: b.snap.sizeB},
 				VolumeCapabilities: []*csi.VolumeCapability{mountCap("ext4")}, VolumeContentSource: source,
@@ -244,15 +253,10 @@ func (b *bench) snapshotRound(ctx context.Context, d *driverProc, pool, srcImage
 		Type: &csi.VolumeContentSource_Volume{Volume: &csi.VolumeContentSource_VolumeSource{VolumeId: src.id}}}); err != nil {
 		return err
 	}
-	if round%2 == 1 {
-		if err := cp(); err != nil {
-			return err
-		}
-	}
-	r := res.Runs
-	n := len(r[opCpSync]) - 1
-	log.Printf("snapshot: round %d: CreateSnapshot %.0f ms, restore %.0f ms, clone %.0f ms, cp %.0f ms, cp+fsync %.0f ms",
-		round+1, r[opSnapshot][n], r[opRestore][n], r[opClone][n], r[opCp][n], r[opCpSync][n])
+	r, n := res.Runs, round
+	c := r[opCpSync][3*n:]
+	log.Printf("snapshot: round %d: CreateSnapshot %.0f ms (cp+fsync %.0f), restore %.0f ms (cp+fsync %.0f), clone %.0f ms (cp+fsync %.0f)",
+		round+1, r[opSnapshot][n], c[0], r[opRestore][n], c[1], r[opClone][n], c[2])
 	return nil
 }
 
@@ -407,8 +411,8 @@ func snapshotMarkdown(rs []snapshotResult) string {
 	fmt.Fprintf(&b, "## Snapshots and clones\n\n")
 	fmt.Fprintf(&b, "A %d MiB ext4 volume (created, staged, published through CSI) with %d MiB written by fio (O_DIRECT), on pool filesystems the bench makes on loop devices (direct I/O). ",
 		r0.VolumeBytes>>20, r0.WrittenBytes>>20)
-	fmt.Fprintf(&b, "Each round, from a cold page cache: CreateSnapshot of the published volume (frozen around the copy), CreateVolume from that snapshot, CreateVolume from the volume, and `cp --sparse=always` of the volume's image on the same filesystem, alone and with an fsync of the copy (flashpv's copies are durable when the call returns). ")
-	fmt.Fprintf(&b, "%d rounds; ms, median [lowest–highest]; ratios per round, flashpv's call ÷ cp with fsync.\n\n", len(r0.Runs[opSnapshot]))
+	fmt.Fprintf(&b, "Each round, from a cold page cache: CreateSnapshot of the published volume (frozen around the copy), CreateVolume from that snapshot, CreateVolume from the volume, each paired with `cp --sparse=always` of the volume's image on the same filesystem, timed alone and with an fsync of the copy (flashpv's copies are durable when the call returns); cp runs first in the pairs of every other round. ")
+	fmt.Fprintf(&b, "%d rounds; ms, median [lowest–highest]; ratios per pair, flashpv's call ÷ cp with fsync.\n\n", len(r0.Runs[opSnapshot]))
 	fmt.Fprintf(&b, "| pool | method |")
 	for _, op := range snapshotOps {
 		fmt.Fprintf(&b, " %s |", op)
