@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Builds (once) every binary the local cluster runs: Kubernetes from the module
-# k8s.io/kubernetes, etcd, csi-provisioner, csi-resizer, and flashpv. A binary is
+# k8s.io/kubernetes, etcd, csi-provisioner, csi-resizer, csi-snapshotter,
+# snapshot-controller, and flashpv. A binary is
 # rebuilt only when its tools module or flashpv's sources change.
 #   build.sh            the cluster's binaries
 #   build.sh e2e.test   only what `make conformance` adds, from the same tools
@@ -72,6 +73,8 @@ build kubernetes "$kv" "${k8s[@]}"
 build etcd "" etcd=go.etcd.io/etcd/server/v3
 build provisioner "" csi-provisioner=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
 build resizer "" csi-resizer=github.com/kubernetes-csi/external-resizer/v2/cmd/csi-resizer
+build snapshotter "" csi-snapshotter=github.com/kubernetes-csi/external-snapshotter/v8/cmd/csi-snapshotter \
+	snapshot-controller=github.com/kubernetes-csi/external-snapshotter/v8/cmd/snapshot-controller
 # flashpv and the pause program are the project's own: go build is incremental.
 (cd "$REPO" && go build -trimpath -ldflags "-s -w -X main.version=$(git describe --always --dirty 2>/dev/null || echo dev)" -o "$BIN/flashpv" ./cmd/flashpv)
 (cd "$REPO" && go build -trimpath -ldflags "-s -w" -o "$BIN/pause" ./hack/cluster/pause)

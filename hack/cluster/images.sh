@@ -5,7 +5,8 @@
 #   flashpv       the binary on a minimal Debian userland: the same tools as
 #                 the Dockerfile's runtime stage (util-linux, e2fsprogs,
 #                 xfsprogs, btrfs-progs), copied from this Debian machine
-#   csi-provisioner, csi-resizer, pause   static binaries alone
+#   csi-provisioner, csi-resizer, csi-snapshotter, snapshot-controller, pause
+#                 static binaries alone
 #   busybox       Debian's busybox-static, the examples' workload image
 # `images.sh e2e` writes instead the images Kubernetes' storage e2e tests run
 # (make conformance), named as e2e.test asks for them with
@@ -96,6 +97,8 @@ fi
 static_image localhost/pause:local pause
 static_image localhost/csi-provisioner:v6.4.0 csi-provisioner
 static_image localhost/csi-resizer:v2.3.0 csi-resizer
+static_image localhost/csi-snapshotter:v8.7.0 csi-snapshotter
+static_image localhost/snapshot-controller:v8.7.0 snapshot-controller
 
 root=$(mktemp -d)
 busybox_root "$root"

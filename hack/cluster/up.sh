@@ -229,7 +229,7 @@ done
 import_images() {
 	local sock; sock=$(containerd_sock "$1")
 	wait_for 30 "containerd on $1" ctr -a "$sock" version
-	for img in pause busybox csi-provisioner csi-resizer flashpv; do
+	for img in pause busybox csi-provisioner csi-resizer csi-snapshotter snapshot-controller flashpv; do
 		ctr -a "$sock" -n k8s.io images import "$STATE/images/$img.tar" >/dev/null
 	done
 }

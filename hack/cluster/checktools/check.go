@@ -36,7 +36,8 @@ var essential = set(`
 // in PATH; Check verifies that build.sh still names each.
 var built = set(`
 	kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy
-	kubectl etcd csi-provisioner csi-resizer flashpv pause e2e.test agnhost ginkgo`)
+	kubectl etcd csi-provisioner csi-resizer csi-snapshotter
+	snapshot-controller flashpv pause e2e.test agnhost ginkgo`)
 
 // builtins are shell builtins and keywords that parse as commands.
 var builtins = set(`
