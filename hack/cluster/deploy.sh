@@ -8,9 +8,34 @@
 #     test can take one node's flashpv away and give it back.
 # The pool hostPath stays /var/lib/flashpv: in each node's mount namespace
 # that is the node's own pool filesystem.
+# Before flashpv, what VolumeSnapshots need once per cluster: the
+# VolumeSnapshot CRDs, from the module cache (the client module of the
+# release hack/tools/snapshotter pins, config/crd; never copied into the
+# repository), and deploy/kubernetes/snapshot-controller with its image.
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 "$(dirname "$0")/install-deps.sh"
+crd=$(cd "$REPO/hack/tools/snapshotter" && GOFLAGS=-mod=mod go mod download -json github.com/kubernetes-csi/external-snapshotter/client/v8 |
+	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+[ -d "$crd/config/crd" ] || die "no config/crd in the snapshot client module (go mod download gave '$crd')"
+for c in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+	kubectl apply --server-side --force-conflicts -f "$crd/config/crd/snapshot.storage.k8s.io_$c.yaml" >/dev/null
+done
+for c in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
+	kubectl wait --for=condition=Established --timeout=60s "crd/$c.snapshot.storage.k8s.io" >/dev/null
+done
+mkdir -p "$STATE/deploy/snapshot-controller"
+rel=$(realpath --relative-to="$STATE/deploy/snapshot-controller" "$REPO/deploy/kubernetes/snapshot-controller")
+cat >"$STATE/deploy/snapshot-controller/kustomization.yaml" <<CFG
+apiVersion: kustomize.config.k8s.io/v1beta1
+kind: Kustomization
+resources:
+  - $rel
+images:
+  - name: registry.k8s.io/sig-storage/snapshot-controller
+    newName: localhost/snapshot-controller
+CFG
+kubectl apply -k "$STATE/deploy/snapshot-controller" >/dev/null
 mkdir -p "$STATE/deploy"
 rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
 cat >"$STATE/deploy/kustomization.yaml" <<CFG
@@ -26,6 +51,8 @@ images:
     newName: localhost/csi-provisioner
   - name: registry.k8s.io/sig-storage/csi-resizer
     newName: localhost/csi-resizer
+  - name: registry.k8s.io/sig-storage/csi-snapshotter
+    newName: localhost/csi-snapshotter
 patches:
   - patch: |-
       apiVersion: v1
@@ -57,6 +84,7 @@ if [ "${FLASHPV_RESTART:-}" = 1 ]; then
 	kubectl -n flashpv rollout restart daemonset/flashpv-node >/dev/null
 fi
 kubectl -n flashpv rollout status daemonset/flashpv-node --timeout=300s >/dev/null
+kubectl -n kube-system rollout status deployment/snapshot-controller --timeout=300s >/dev/null
 count=$(wc -l <"$STATE/nodes")
 registered() {
 	[ "$(kubectl get csinodes -o jsonpath='{range .items[*]}{.spec.drivers[*].name}{"\n"}{end}' | grep -cw flashpv.dev)" = "$count" ]

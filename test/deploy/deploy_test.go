@@ -89,7 +89,7 @@ func TestBase(t *testing.T) {
 			t.Errorf("sidecar %s is not needed: flashpv registers itself and serves /healthz", c.Image)
 		}
 	}
-	if !slices.Equal(names, []string{"flashpv", "csi-provisioner", "csi-resizer"}) {
+	if !slices.Equal(names, []string{"flashpv", "csi-provisioner", "csi-resizer", "csi-snapshotter"}) {
 		t.Errorf("containers %v", names)
 	}
 	if pod.PriorityClassName != "system-node-critical" || len(pod.Tolerations) == 0 || pod.Tolerations[0].Operator != corev1.TolerationOpExists {
@@ -144,6 +144,18 @@ func TestBase(t *testing.T) {
 		t.Errorf("resizer image %s", res.Image)
 	}
 
+	snap := pod.Containers[3]
+	wantArgs(t, snap, "--node-deployment=true", "--csi-address=/csi/csi.sock", "--feature-gates=CSIVolumeGroupSnapshot=false")
+	if !strings.HasPrefix(snap.Image, "registry.k8s.io/sig-storage/csi-snapshotter:v8.") {
+		t.Errorf("snapshotter image %s", snap.Image)
+	}
+	if len(snap.Env) != 1 || snap.Env[0].Name != "NODE_NAME" || snap.Env[0].ValueFrom == nil || snap.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
+		t.Errorf("snapshotter's NODE_NAME not from the downward API: %+v", snap.Env)
+	}
+	if len(snap.VolumeMounts) != 1 || snap.VolumeMounts[0].MountPath != "/csi" {
+		t.Errorf("snapshotter mounts %+v, want the socket only", snap.VolumeMounts)
+	}
+
 	var cm corev1.ConfigMap
 	r.decode(t, "ConfigMap", "flashpv-pools", &cm)
 	if !strings.HasPrefix(cm.Data["pools"], "default=/var/lib/flashpv/") {
@@ -160,8 +172,8 @@ func wantArgs(t *testing.T, c corev1.Container, want ...string) {
 	}
 }
 
-// allowed is the most each resource may be granted: what the two sidecars
-// need in node deployment, nothing more.
+// allowed is the most each resource may be granted: what the three
+// sidecars need in node deployment, nothing more.
 var allowed = map[string][]string{
 	"/persistentvolumes":                  {"get", "list", "watch", "create", "patch", "delete"},
 	"/persistentvolumeclaims":             {"get", "list", "watch", "update"},
@@ -174,6 +186,10 @@ var allowed = map[string][]string{
 	"storage.k8s.io/csistoragecapacities": {"get", "list", "watch", "create", "update", "patch", "delete"},
 	"apps/daemonsets":                     {"get"},
 	"coordination.k8s.io/leases":          {"get", "list", "watch", "create", "update", "delete"},
+	// snapshotter: no create or delete (the snapshot-controller's), no secrets.
+	"snapshot.storage.k8s.io/volumesnapshotclasses":         {"get", "list", "watch"},
+	"snapshot.storage.k8s.io/volumesnapshotcontents":        {"get", "list", "watch", "patch"},
+	"snapshot.storage.k8s.io/volumesnapshotcontents/status": {"update", "patch"},
 }
 
 func checkRules(t *testing.T, who string, rules []rbacv1.PolicyRule, namespaced map[string]bool) {
@@ -210,6 +226,8 @@ func TestRBACLeastPrivilege(t *testing.T) {
 	checkRules(t, "ClusterRole", cr.Rules, map[string]bool{
 		"/persistentvolumes": true, "/persistentvolumeclaims": true, "/persistentvolumeclaims/status": true,
 		"/nodes": true, "/events": true, "storage.k8s.io/storageclasses": true, "storage.k8s.io/csinodes": true,
+		"snapshot.storage.k8s.io/volumesnapshotclasses": true, "snapshot.storage.k8s.io/volumesnapshotcontents": true,
+		"snapshot.storage.k8s.io/volumesnapshotcontents/status": true,
 	})
 	var role rbacv1.Role
 	r.decode(t, "Role", "flashpv-node", &role)

@@ -10,6 +10,7 @@ import (
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
 	storagev1 "k8s.io/api/storage/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
 	"sigs.k8s.io/yaml"
 )
 
@@ -89,5 +90,54 @@ func TestExamples(t *testing.T) {
 	var pod corev1.Pod
 	if err := yaml.UnmarshalStrict(all["Pod/raw-user"], &pod); err != nil || len(pod.Spec.Containers[0].VolumeDevices) != 1 {
 		t.Errorf("block pod: %v", err)
+	}
+}
+
+// TestSnapshotExamples: the class is flashpv's and takes no parameters (the
+// driver refuses any), the snapshot is of the StatefulSet's first claim,
+// and the restore and the clone are made from it on its node: their pods
+// go where the source claim's pod runs.
+func TestSnapshotExamples(t *testing.T) {
+	all := docs(t)
+	var class struct {
+		Driver         string
+		DeletionPolicy string
+		Parameters     map[string]string
+	}
+	if err := yaml.Unmarshal(all["VolumeSnapshotClass/flashpv"], &class); err != nil || class.Driver != "flashpv.dev" ||
+		class.DeletionPolicy != "Delete" || len(class.Parameters) != 0 {
+		t.Errorf("VolumeSnapshotClass flashpv: %+v %v", class, err)
+	}
+	var snap struct {
+		Spec struct {
+			VolumeSnapshotClassName string
+			Source                  struct{ PersistentVolumeClaimName string }
+		}
+	}
+	if err := yaml.Unmarshal(all["VolumeSnapshot/journal-0-snap"], &snap); err != nil || snap.Spec.VolumeSnapshotClassName != "flashpv" ||
+		snap.Spec.Source.PersistentVolumeClaimName != "data-journal-0" {
+		t.Errorf("VolumeSnapshot journal-0-snap: %+v %v", snap, err)
+	}
+	for name, source := range map[string]string{"journal-0-restore": "VolumeSnapshot/journal-0-snap", "journal-0-clone": "PersistentVolumeClaim/data-journal-0"} {
+		var pvc corev1.PersistentVolumeClaim
+		if err := yaml.UnmarshalStrict(all["PersistentVolumeClaim/"+name], &pvc); err != nil {
+			t.Fatal(name, err)
+		}
+		ds := pvc.Spec.DataSource
+		if ds == nil || ds.Kind+"/"+ds.Name != source || pvc.Spec.Resources.Requests.Storage().Cmp(resource.MustParse("1Gi")) < 0 {
+			t.Errorf("%s: data source %+v, request %v", name, ds, pvc.Spec.Resources.Requests)
+		}
+		var pod corev1.Pod
+		if err := yaml.UnmarshalStrict(all["Pod/"+name], &pod); err != nil {
+			t.Fatal(name, err)
+		}
+		a := pod.Spec.Affinity
+		if a == nil || a.PodAffinity == nil || len(a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution) != 1 ||
+			a.PodAffinity.RequiredDuringSchedulingIgnoredDuringExecution[0].LabelSelector.MatchLabels["statefulset.kubernetes.io/pod-name"] != "journal-0" {
+			t.Errorf("pod %s is not sent to journal-0's node: %+v", name, a)
+		}
+		if pod.Spec.Volumes[0].PersistentVolumeClaim.ClaimName != name {
+			t.Errorf("pod %s uses %+v", name, pod.Spec.Volumes)
+		}
 	}
 }
