@@ -92,8 +92,8 @@ make_machine() {
 	if ! alive "$m" holder; then
 		rm -f "$STATE/$m/holder.started"
 		# The holder writes its own PID (the shell's, which exec keeps).
-		setsid sh -c 'echo $$ >"$0"; exec unshare "$@" -- sleep infinity' \
-			"$STATE/$m/holder.started" "$@" </dev/null >/dev/null 2>&1 &
+		(close_fds; exec setsid sh -c 'echo $$ >"$0"; exec unshare "$@" -- sleep infinity' \
+			"$STATE/$m/holder.started" "$@") </dev/null >/dev/null 2>&1 &
 		wait_for 10 "the holder of $m" test -s "$STATE/$m/holder.started"
 		local pid; pid=$(cat "$STATE/$m/holder.started")
 		wait_for 10 "the namespaces of $m" test "$(readlink "/proc/$pid/ns/net")" != "$(readlink /proc/self/ns/net)"
@@ -127,6 +127,19 @@ on() {
 	else nsenter -t "$pid" -n -m -u -- "$@"; fi
 }
 
+# close_fds: closes every file descriptor above 2 of the calling (sub)shell.
+# A daemon must not keep what its starter had open: `flock LOCK up.sh`
+# would otherwise leave LOCK held by every daemon of the cluster for as
+# long as it runs, and the next `flock LOCK ...` would wait forever.
+close_fds() {
+	local fd
+	for fd in /proc/$BASHPID/fd/*; do
+		fd=${fd##*/}
+		[ "$fd" -gt 2 ] && eval "exec $fd>&-"
+	done
+	return 0
+}
+
 # start_on MACHINE NAME CMD...: a daemon inside a machine, its log in
 # $STATE/MACHINE/logs/NAME.log. Nothing happens when it already runs.
 start_on() {
@@ -135,7 +148,7 @@ start_on() {
 	pid=$(pid_of "$m" holder) || die "$m is not running"
 	local ns=(-n)
 	[ "$m" = cp ] || ns=(-n -m -u)
-	nohup nsenter -t "$pid" "${ns[@]}" -- "$@" >>"$STATE/$m/logs/$name.log" 2>&1 </dev/null &
+	(close_fds; exec nohup nsenter -t "$pid" "${ns[@]}" -- "$@") >>"$STATE/$m/logs/$name.log" 2>&1 </dev/null &
 	record_pid "$m" "$name" $!
 }
 
