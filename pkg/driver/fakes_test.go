@@ -122,6 +122,10 @@ func (f *fakeMounts) Format(_ context.Context, dev, fsType string) error {
 	return nil
 }
 
+func (f *fakeMounts) UndoExtGrowth(dev, id string) (bool, error) {
+	return false, nil
+}
+
 func (f *fakeMounts) ForgetExtGrowth(id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()

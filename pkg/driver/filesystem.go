@@ -46,6 +46,12 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 	// made over. Any other filesystem was put there by someone else and is
 	// never formatted over.
 	fresh := v.Format == pool.FormatPending
+	if v.FsType == "ext4" {
+		// An interrupted growth is undone before anything reads the filesystem.
+		if _, err := d.mounts.UndoExtGrowth(dev, v.ID); err != nil {
+			return err
+		}
+	}
 	format, err := d.mounts.Probe(ctx, dev)
 	if err != nil {
 		return err

@@ -67,6 +67,17 @@ func (l Linux) ForgetExtGrowth(volumeID string) error {
 	return err
 }
 
+// UndoExtGrowth puts back the metadata of the volume's ext4 on dev if an
+// offline growth of it was interrupted, and reports whether it did. Callers
+// run it before anything else reads the filesystem.
+func (l Linux) UndoExtGrowth(dev, volumeID string) (bool, error) {
+	restored, err := restoreExtMetadata(dev, l.extUndoPath(volumeID))
+	if restored {
+		klog.InfoS("Undid an interrupted offline growth of an ext4", "device", dev, "volumeID", volumeID)
+	}
+	return restored, err
+}
+
 // saveExtMetadata copies the metadata blocks of the unmounted ext4 on dev
 // to path, durably, before a growth.
 func saveExtMetadata(ctx context.Context, dev, path string) error {

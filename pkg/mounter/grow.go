@@ -75,14 +75,10 @@ func (Linux) ExtNeedsGrow(dev string) (bool, error) {
 // by a copy of the metadata (see extundo.go): a growth of the volume that a
 // kill interrupted is undone first, then done again.
 func (l Linux) CheckExt(ctx context.Context, dev, volumeID string) error {
-	undo := l.extUndoPath(volumeID)
-	restored, err := restoreExtMetadata(dev, undo)
-	if err != nil {
+	if _, err := l.UndoExtGrowth(dev, volumeID); err != nil {
 		return err
 	}
-	if restored {
-		klog.InfoS("Undid an interrupted offline growth of an ext4; growing it again", "device", dev, "volumeID", volumeID)
-	}
+	undo := l.extUndoPath(volumeID)
 	grow, err := l.ExtNeedsGrow(dev)
 	if err != nil {
 		return err

@@ -47,6 +47,9 @@ type Interface interface {
 	// CheckExt checks an unmounted ext4 and grows it to its device,
 	// first undoing a growth of the volume that was interrupted.
 	CheckExt(ctx context.Context, dev, volumeID string) error
+	// UndoExtGrowth undoes an interrupted offline growth of the volume's
+	// ext4 on dev, if there was one.
+	UndoExtGrowth(dev, volumeID string) (bool, error)
 	// ForgetExtGrowth drops what an interrupted growth of a deleted volume
 	// left behind.
 	ForgetExtGrowth(volumeID string) error

@@ -81,8 +81,9 @@ func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	if len(focus) > 0 || len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
 		p *= 1.4 // calls that run commands have more places to be killed at
 	}
-	// A volume is formatted once in its life: most of those get a kill.
-	if slices.ContainsFunc(focus, func(c string) bool { return strings.HasPrefix(c, "mkfs.") }) {
+	// A volume is formatted once in its life, and an offline growth
+	// happens once per expansion: most of those get a kill.
+	if slices.ContainsFunc(focus, func(c string) bool { return strings.HasPrefix(c, "mkfs.") || c == "resize2fs" }) {
 		p = max(p, 0.8)
 	}
 	if kills > 0 {
@@ -102,7 +103,9 @@ func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	if len(cmds) > 0 && pCmd < 0.75 {
 		switch {
 		case len(focus) > 0 && pick%3 != 0:
-			cmds = focus
+			// One of them: aimed at all, the kill would land in the
+			// first to run (e2fsck before e2image before resize2fs).
+			cmds = []string{focus[(pick/3)%len(focus)]}
 		case pick%2 == 0:
 			// One command the call was seen or is known to run.
 			cmds = []string{cmds[(pick/2)%len(cmds)]}
