@@ -122,7 +122,7 @@ func (f *fakeMounts) Format(_ context.Context, dev, fsType string) error {
 	return nil
 }
 
-func (f *fakeMounts) UndoExtGrowth(dev, id string) (bool, error) {
+func (f *fakeMounts) UndoExtGrowth(_ context.Context, dev, id string) (bool, error) {
 	return false, nil
 }
 

@@ -48,7 +48,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 	fresh := v.Format == pool.FormatPending
 	if v.FsType == "ext4" {
 		// An interrupted growth is undone before anything reads the filesystem.
-		if _, err := d.mounts.UndoExtGrowth(dev, v.ID); err != nil {
+		if _, err := d.mounts.UndoExtGrowth(ctx, dev, v.ID); err != nil {
 			return err
 		}
 	}

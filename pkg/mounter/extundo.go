@@ -8,6 +8,8 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
+	"strconv"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -29,11 +31,13 @@ import (
 // old filesystem reads except its metadata blocks: new groups' tables go to
 // space beyond the old end or to blocks the old filesystem counts as free.
 // Before resize2fs runs, e2image -r saves every metadata block of the
-// unmounted filesystem (a sparse file of the filesystem's size) and the copy
-// is made durable and renamed into place. resize2fs then runs, and the copy
+// unmounted filesystem (a sparse file of the filesystem's size, without the
+// blocks that are all zeros) and the copy is made durable and renamed into
+// place. resize2fs then runs, and the copy
 // is removed once it has finished. If the copy is still there when the
 // volume is next checked, the growth was interrupted: the saved blocks are
-// written back, which leaves the filesystem exactly as it was before the
+// written back, and so are the superblocks, descriptors and reserved
+// descriptor blocks of every group, zeros included (see writeBackGeometry), which leaves the filesystem exactly as it was before the
 // growth (its data were never touched), and the growth starts over.
 // Writing them back is idempotent, so a kill during the restore is handled
 // the same way.
@@ -70,8 +74,8 @@ func (l Linux) ForgetExtGrowth(volumeID string) error {
 // UndoExtGrowth puts back the metadata of the volume's ext4 on dev if an
 // offline growth of it was interrupted, and reports whether it did. Callers
 // run it before anything else reads the filesystem.
-func (l Linux) UndoExtGrowth(dev, volumeID string) (bool, error) {
-	restored, err := restoreExtMetadata(dev, l.extUndoPath(volumeID))
+func (l Linux) UndoExtGrowth(ctx context.Context, dev, volumeID string) (bool, error) {
+	restored, err := restoreExtMetadata(ctx, dev, l.extUndoPath(volumeID))
 	if restored {
 		klog.InfoS("Undid an interrupted offline growth of an ext4", "device", dev, "volumeID", volumeID)
 	}
@@ -110,7 +114,7 @@ func saveExtMetadata(ctx context.Context, dev, path string) error {
 // restoreExtMetadata writes back the metadata saved before a growth that
 // did not finish, then removes the copy. It reports whether it restored
 // anything. A copy of another filesystem (other UUID) is discarded unused.
-func restoreExtMetadata(dev, path string) (bool, error) {
+func restoreExtMetadata(ctx context.Context, dev, path string) (bool, error) {
 	if path == "" {
 		return false, nil
 	}
@@ -139,6 +143,9 @@ func restoreExtMetadata(dev, path string) (bool, error) {
 		return false, errors.Join(removeIfExists(path), syncDir(filepath.Dir(path)))
 	}
 	if err := writeBackExtents(img, d); err != nil {
+		return false, fmt.Errorf("restoring the metadata of %s from %s: %w", dev, path, err)
+	}
+	if err := writeBackGeometry(ctx, img, d); err != nil {
 		return false, fmt.Errorf("restoring the metadata of %s from %s: %w", dev, path, err)
 	}
 	if err := d.Sync(); err != nil {
@@ -171,6 +178,62 @@ func sameExtFilesystem(img, dev *os.File) (bool, error) {
 		return false, err
 	}
 	return bytes.Equal(a, b), nil
+}
+
+// superblock and descriptor copies of a group, and the blocks reserved for
+// descriptors, as dumpe2fs lists them.
+var (
+	groupCopiesRE = regexp.MustCompile(`superblock at (\d+), Group descriptors at (\d+)-(\d+)`)
+	reservedGDTRE = regexp.MustCompile(`Reserved GDT blocks at (\d+)-(\d+)`)
+	blockSizeRE   = regexp.MustCompile(`(?m)^Block size:\s+(\d+)`)
+)
+
+// writeBackGeometry writes back, from the copy, the superblock, the group
+// descriptors and the reserved descriptor blocks of every group of the old
+// filesystem, primary and backups, zeros included. e2image leaves out
+// blocks that are all zeros, so the sparse copy alone cannot tell a zero
+// metadata block from one it did not save; and a growth writes into
+// exactly such blocks: the reserved descriptor blocks of a filesystem with
+// a single group list no backups and are all zeros, until the growth adds
+// the backups of the group it makes. dumpe2fs reads where they are from
+// the copy itself, which holds the old filesystem's metadata.
+func writeBackGeometry(ctx context.Context, img, dev *os.File) error {
+	out, err := command.Output(ctx, "dumpe2fs", img.Name())
+	if err != nil {
+		return fmt.Errorf("dumpe2fs %s: %v", img.Name(), err)
+	}
+	m := blockSizeRE.FindSubmatch(out)
+	if m == nil {
+		return fmt.Errorf("dumpe2fs %s shows no block size", img.Name())
+	}
+	bs, _ := strconv.ParseInt(string(m[1]), 10, 64)
+	var ranges [][2]int64 // first and last block
+	for _, g := range groupCopiesRE.FindAllSubmatch(out, -1) {
+		sb, _ := strconv.ParseInt(string(g[1]), 10, 64)
+		last, _ := strconv.ParseInt(string(g[3]), 10, 64)
+		ranges = append(ranges, [2]int64{sb, last})
+	}
+	for _, g := range reservedGDTRE.FindAllSubmatch(out, -1) {
+		first, _ := strconv.ParseInt(string(g[1]), 10, 64)
+		last, _ := strconv.ParseInt(string(g[2]), 10, 64)
+		ranges = append(ranges, [2]int64{first, last})
+	}
+	if bs <= 0 || len(ranges) == 0 {
+		return fmt.Errorf("dumpe2fs %s shows no superblock or descriptors", img.Name())
+	}
+	buf := make([]byte, bs)
+	for _, r := range ranges {
+		for b := r[0]; b <= r[1]; b++ {
+			// A hole of the copy reads as zeros, which is what that block held.
+			if _, err := img.ReadAt(buf, b*bs); err != nil && !errors.Is(err, io.EOF) {
+				return err
+			}
+			if _, err := dev.WriteAt(buf, b*bs); err != nil {
+				return err
+			}
+		}
+	}
+	return nil
 }
 
 // writeBackExtents writes every data range of the sparse file src (its

@@ -12,11 +12,28 @@ import (
 	"time"
 )
 
-// extOnLoop makes a 16 MiB ext4 (1 KiB blocks, as flashpv's small volumes
-// have) holding a file, in an image that then grows to 64 MiB, and attaches
-// it to a loop device. It returns the device, the pristine 16 MiB and the
-// file's content. Needs root and a loop device; skips without.
-func extOnLoop(t *testing.T) (dev string, pristine, data []byte) {
+// growth is an ext4 geometry and the growth it gets.
+type growth struct {
+	name          string
+	block         string // mkfs.ext4 -b
+	before, after int64
+}
+
+// Two kinds of growth: 16 to 64 MiB with 1 KiB blocks stays within the
+// backup groups the filesystem has (2 groups to 8); 96 to 160 MiB with
+// 4 KiB blocks (what flashpv's volumes get on its 4 KiB loop devices)
+// turns a filesystem of one group, whose reserved descriptor blocks are all
+// zeros, into one of two, the second holding backups.
+var growths = []growth{
+	{"1k-blocks", "1024", 16 << 20, 64 << 20},
+	{"one-group-to-two", "4096", 96 << 20, 160 << 20},
+}
+
+// extOnLoop makes an ext4 of g.before holding a file, in an image that then
+// grows to g.after, and attaches it to a loop device. It returns the
+// device, the pristine filesystem and the file's content. Needs root and a
+// loop device; skips without.
+func extOnLoop(t *testing.T, g growth) (dev string, pristine, data []byte) {
 	t.Helper()
 	for _, tool := range []string{"mkfs.ext4", "e2image", "resize2fs", "debugfs", "losetup"} {
 		if _, err := exec.LookPath(tool); err != nil {
@@ -32,13 +49,13 @@ func extOnLoop(t *testing.T) (dev string, pristine, data []byte) {
 	src := filepath.Join(dir, "data")
 	must(t, os.WriteFile(src, data, 0o600))
 	must(t, os.WriteFile(img, nil, 0o600))
-	must(t, os.Truncate(img, 16<<20))
-	run(t, "mkfs.ext4", "-q", "-F", "-b", "1024", img)
+	must(t, os.Truncate(img, g.before))
+	run(t, "mkfs.ext4", "-q", "-F", "-b", g.block, "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", img)
 	run(t, "debugfs", "-w", "-R", "write "+src+" data", img)
 	var err error
 	pristine, err = os.ReadFile(img)
 	must(t, err)
-	must(t, os.Truncate(img, 64<<20))
+	must(t, os.Truncate(img, g.after))
 	out, err := exec.Command("losetup", "--find", "--show", img).Output()
 	if err != nil {
 		t.Skipf("no loop device: %v", err)
@@ -96,7 +113,13 @@ func writeAt(t *testing.T, dev string, b []byte, off int64) {
 // leaves it, which e2fsck -p refuses), then resize2fs killed at moments
 // spread over its run.
 func TestCheckExtUndoesInterruptedGrowth(t *testing.T) {
-	dev, pristine, data := extOnLoop(t)
+	for _, g := range growths {
+		t.Run(g.name, func(t *testing.T) { testUndoGrowth(t, g) })
+	}
+}
+
+func testUndoGrowth(t *testing.T, g growth) {
+	dev, pristine, data := extOnLoop(t, g)
 	l := Linux{undoDir: t.TempDir()}
 	undo := l.extUndoPath("pool.vol")
 	ctx := context.Background()
@@ -126,7 +149,7 @@ func TestCheckExtUndoesInterruptedGrowth(t *testing.T) {
 		must(t, saveExtMetadata(ctx, dev, undo))
 		cmd := exec.Command("resize2fs", dev)
 		must(t, cmd.Start())
-		time.AfterFunc(time.Duration(i)*2*time.Millisecond, func() { _ = cmd.Process.Kill() })
+		time.AfterFunc(time.Duration(i)*3*time.Millisecond, func() { _ = cmd.Process.Kill() })
 		_ = cmd.Wait()
 		if exec.Command("e2fsck", "-f", "-n", dev).Run() != nil {
 			broken++
@@ -141,7 +164,7 @@ func TestCheckExtUndoesInterruptedGrowth(t *testing.T) {
 // finished (resize2fs had not started), and a copy of another filesystem
 // under the same volume ID (the volume deleted and made again).
 func TestCheckExtIgnoresForeignCopies(t *testing.T) {
-	dev, _, data := extOnLoop(t)
+	dev, _, data := extOnLoop(t, growths[0])
 	l := Linux{undoDir: t.TempDir()}
 	undo := l.extUndoPath("pool.vol")
 	must(t, os.WriteFile(undo+".tmp", []byte("half an image"), 0o600))

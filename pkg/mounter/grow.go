@@ -75,7 +75,7 @@ func (Linux) ExtNeedsGrow(dev string) (bool, error) {
 // by a copy of the metadata (see extundo.go): a growth of the volume that a
 // kill interrupted is undone first, then done again.
 func (l Linux) CheckExt(ctx context.Context, dev, volumeID string) error {
-	if _, err := l.UndoExtGrowth(dev, volumeID); err != nil {
+	if _, err := l.UndoExtGrowth(ctx, dev, volumeID); err != nil {
 		return err
 	}
 	undo := l.extUndoPath(volumeID)
@@ -107,7 +107,7 @@ func (l Linux) CheckExt(ctx context.Context, dev, volumeID string) error {
 		if ctx.Err() == nil {
 			// It gave up by itself: put the old metadata back now. (Killed,
 			// the copy stays for the next check.)
-			_, rerr := restoreExtMetadata(dev, undo)
+			_, rerr := restoreExtMetadata(context.WithoutCancel(ctx), dev, undo)
 			err = errors.Join(err, rerr)
 		}
 		return err

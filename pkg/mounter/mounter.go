@@ -49,7 +49,7 @@ type Interface interface {
 	CheckExt(ctx context.Context, dev, volumeID string) error
 	// UndoExtGrowth undoes an interrupted offline growth of the volume's
 	// ext4 on dev, if there was one.
-	UndoExtGrowth(dev, volumeID string) (bool, error)
+	UndoExtGrowth(ctx context.Context, dev, volumeID string) (bool, error)
 	// ForgetExtGrowth drops what an interrupted growth of a deleted volume
 	// left behind.
 	ForgetExtGrowth(volumeID string) error
