@@ -50,6 +50,9 @@ func startDriver(ctx context.Context, c driverConfig) (*driverProc, time.Duratio
 	defer logs.Close()
 	cmd := exec.Command(c.bin, "--endpoint", "unix://"+c.socket, "--node-id", "bench",
 		"--kubelet-dir", c.kubelet, "--pool", "default="+c.pool,
+		// Beside the kubelet directory: nothing of the bench's driver
+		// lands in the machine's own /var/lib/flashpv.
+		"--state-dir", filepath.Join(filepath.Dir(c.kubelet), "state"),
 		"--max-volumes", strconv.Itoa(c.maxVolumes), "--health-address", "")
 	cmd.Stdout, cmd.Stderr = logs, logs
 	start := time.Now()
