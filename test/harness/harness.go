@@ -61,7 +61,7 @@ func PoolFS(t testing.TB, size string) string {
 	dev := Run(t, "losetup", "--find", "--show", img)
 	t.Cleanup(func() { exec.Command("losetup", "-d", dev).Run() })
 	Run(t, "mount", dev, mnt)
-	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	t.Cleanup(func() { unmountPool(t, mnt) })
 	return mnt
 }
 
@@ -322,5 +322,24 @@ func BlockCap() *csi.VolumeCapability {
 	return &csi.VolumeCapability{
 		AccessType: &csi.VolumeCapability_Block{Block: &csi.VolumeCapability_BlockVolume{}},
 		AccessMode: &csi.VolumeCapability_AccessMode{Mode: csi.VolumeCapability_AccessMode_SINGLE_NODE_WRITER},
+	}
+}
+
+// unmountPool takes a test pool's filesystem down. A process the test
+// started may still be closing files on it (a driver being stopped): retry
+// for a while, then detach it lazily, so that neither the mount nor its loop
+// device outlives the test.
+func unmountPool(t testing.TB, mnt string) {
+	var out []byte
+	var err error
+	for range 50 {
+		if out, err = exec.Command("umount", mnt).CombinedOutput(); err == nil {
+			return
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	t.Logf("unmounting %s: %v: %s; detaching it lazily", mnt, err, out)
+	if out, err := exec.Command("umount", "-l", mnt).CombinedOutput(); err != nil {
+		t.Errorf("umount -l %s: %v: %s", mnt, err, out)
 	}
 }
