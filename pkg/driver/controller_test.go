@@ -152,6 +152,9 @@ func TestDeleteRefusesStagedVolume(t *testing.T) {
 	if status.Code(err) != codes.FailedPrecondition {
 		t.Fatalf("delete of a published volume: %v", err)
 	}
+	if mounts.did("forget growth " + id) {
+		t.Fatal("a refused delete dropped the volume's growth state")
+	}
 	if _, err := c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err != nil {
 		t.Fatalf("volume gone after a refused delete: %v", err)
 	}
@@ -166,6 +169,10 @@ func TestDeleteRefusesStagedVolume(t *testing.T) {
 	}
 	if devs.attached[img] != "" {
 		t.Fatal("the leftover loop device was not detached")
+	}
+	// What an interrupted ext4 growth of the volume kept goes with it.
+	if !mounts.did("forget growth " + id) {
+		t.Fatal("the delete left the volume's growth state behind")
 	}
 	_, err = c.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id})
 	if status.Code(err) != codes.NotFound {
