@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity sanity-cli fault test-vm verify deps clean cluster-up cluster-down demo e2e bench conformance verify-cluster
+.PHONY: all build image test test-unit test-integration sanity sanity-cli fault test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
 
 all: build
 
@@ -91,10 +91,22 @@ verify:
 # Benchmarks (root): data path against the pool's filesystem, control path,
 # 1000 volumes and a restart. Writes _output/bench/report.{md,json} and
 # ratios.png. BENCH_FLAGS=-quick checks the bench itself in about a minute.
+# Then the cluster phase (bench-cluster; BENCH_CLUSTER=0 leaves it out).
 BENCH_FLAGS ?=
+BENCH_CLUSTER ?= 1
 bench:
 	hack/install-deps.sh --bench
 	$(GO) run ./test/bench -out _output/bench $(BENCH_FLAGS)
+	if [ "$(BENCH_CLUSTER)" != 0 ]; then $(MAKE) bench-cluster; fi
+
+# The bench's cluster phase, added to _output/bench/report.*: on the local
+# cluster with three nodes (brought up if needed, flashpv deployed, as make
+# e2e does), a StatefulSet scaled from 0 to 30 against emptyDir and a pod
+# on a claim restored from a VolumeSnapshot. It leaves the cluster up.
+bench-cluster:
+	NODES=$(E2E_NODES) hack/cluster/up.sh
+	NODES=$(E2E_NODES) FLASHPV_RESTART=1 hack/cluster/deploy.sh
+	$(GO) run ./test/bench -cluster -out _output/bench $(BENCH_FLAGS)
 
 # The local cluster harness installs everything it runs or copies: checks
 # every hack/cluster script against hack/cluster/install-deps.sh (and the

@@ -9,7 +9,10 @@
 //   - scale: one node with 1000 published volumes, per-call latency against a
 //     node with 10, and a driver restart (time to serve, RSS);
 //   - snapshot: snapshot, restore and clone latency of a volume on an XFS
-//     pool with reflinks and on an ext4 pool, against cp (snapshot.go).
+//     pool with reflinks and on an ext4 pool, against cp (snapshot.go);
+//   - cluster (-cluster, on its own, added to the report in -out): on the
+//     local cluster, a StatefulSet scaled to 30 replicas against emptyDir,
+//     and a pod on a claim restored from a VolumeSnapshot (cluster.go).
 //
 // It runs the real flashpv binary on a real socket, as root. Nothing here is
 // a test: it reports medians and ratios, and asserts no time.
@@ -46,6 +49,7 @@ type bench struct {
 	scale          int
 	scaleSize      int64
 	snap           snapshotOptions
+	cluster        clusterOptions
 }
 
 func (b *bench) driverConfig(maxVolumes int) driverConfig {
@@ -73,10 +77,20 @@ func main() {
 	flag.IntVar(&b.scale, "scale", 1000, "scale: volumes on the node")
 	flag.StringVar(&scaleSize, "scale-size", "8Mi", "scale: size of each volume")
 	flag.BoolVar(&quick, "quick", false, "a short run that checks the bench itself: 1 round, tiny sizes, 50 volumes")
+	b.cluster.addFlags(flag.CommandLine)
 	b.snap.addFlags(flag.CommandLine)
 	flag.Parse()
 	if err := b.snap.finish(quick); err != nil {
 		log.Fatal(err)
+	}
+	if err := b.cluster.finish(quick); err != nil {
+		log.Fatal(err)
+	}
+	if b.cluster.enabled {
+		if err := b.runClusterPhase(); err != nil {
+			log.Fatal(err)
+		}
+		return
 	}
 	if quick {
 		b.rounds, b.runtime, b.ramp, fioSize, b.volumes, conc, b.scale = 1, time.Second, 0, "64Mi", 8, "1,8", 50

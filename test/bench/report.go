@@ -26,6 +26,7 @@ type report struct {
 	Control  []controlResult  `json:"control,omitempty"`
 	Scale    *scaleResult     `json:"scale,omitempty"`
 	Snapshot []snapshotResult `json:"snapshot,omitempty"`
+	Cluster  *clusterResult   `json:"cluster,omitempty"`
 }
 
 // volumeTargets are the volume kinds compared with raw, in report order.
@@ -121,6 +122,9 @@ func (r *report) markdown() string {
 		fmt.Fprintf(&b, "\n")
 	}
 	b.WriteString(snapshotMarkdown(r.Snapshot))
+	if r.Cluster != nil {
+		b.WriteString(r.Cluster.markdown())
+	}
 	return b.String()
 }
 

@@ -1,0 +1,312 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"maps"
+	"slices"
+	"strings"
+	"time"
+
+	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/resource"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/types"
+)
+
+// scaleUpResult compares a StatefulSet on flashpv volumes scaled from 0 to
+// N replicas with the same StatefulSet on emptyDir, round by round.
+type scaleUpResult struct {
+	Replicas    int          `json:"replicas"`
+	VolumeBytes int64        `json:"volume_bytes"`
+	Rounds      []scaleRound `json:"rounds"`
+	FlashpvSec  spread       `json:"flashpv_ready_sec"`  // scale to all Ready
+	EmptyDirSec spread       `json:"emptydir_ready_sec"` // the same on emptyDir
+	BoundSec    spread       `json:"flashpv_bound_sec"`  // scale to all claims Bound
+	Ratio       spread       `json:"ratio"`              // flashpv ÷ emptyDir, per round
+	TeardownSec spread       `json:"flashpv_teardown_sec"`
+	// Every replica's PV pinned to the replica's node; what was not.
+	Checked    int      `json:"affinity_checked"`
+	Mismatches []string `json:"affinity_mismatches,omitempty"`
+}
+
+type scaleRound struct {
+	FlashpvSec  float64        `json:"flashpv_ready_sec"`
+	EmptyDirSec float64        `json:"emptydir_ready_sec"`
+	BoundSec    float64        `json:"flashpv_bound_sec"`
+	TeardownSec float64        `json:"flashpv_teardown_sec"`
+	PerNode     map[string]int `json:"flashpv_replicas_per_node"`
+}
+
+// scaleTimeout bounds one scale-up or scale-down.
+const scaleTimeout = 10 * time.Minute
+
+// The two StatefulSets of the comparison.
+const flashpvSet, emptyDirSet = "bench-flashpv", "bench-emptydir"
+
+// runScaleUp makes both StatefulSets with 0 replicas from
+// examples/statefulset.yaml, warms up, then in every round scales each to N
+// and back to 0, alternating which goes first; the flashpv claims are
+// deleted after each scale-down, so every round starts without volumes.
+func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) (*scaleUpResult, error) {
+	var model appsv1.StatefulSet
+	if err := readExample("statefulset.yaml", "StatefulSet", &model); err != nil {
+		return nil, err
+	}
+	size := *resource.NewQuantity(o.volumeBytes, resource.BinarySI)
+	for _, s := range []*appsv1.StatefulSet{benchSet(&model, flashpvSet, false, size, class), benchSet(&model, emptyDirSet, true, size, class)} {
+		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: s.Name}, Spec: corev1.ServiceSpec{
+			ClusterIP: corev1.ClusterIPNone, Selector: s.Spec.Selector.MatchLabels,
+			Ports: []corev1.ServicePort{{Name: "none", Port: 80}}}}
+		if _, err := k.cs.CoreV1().Services(k.ns).Create(ctx, svc, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+		if _, err := k.cs.AppsV1().StatefulSets(k.ns).Create(ctx, s, metav1.CreateOptions{}); err != nil {
+			return nil, err
+		}
+	}
+	// An unmeasured round of a few replicas: the first pods on a node pay
+	// for cold caches (binaries, images, the pool's metadata).
+	log.Printf("cluster: warm-up")
+	for _, set := range []string{flashpvSet, emptyDirSet} {
+		if _, err := k.scaleUp(ctx, set, min(3, o.replicas), set == flashpvSet); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+		if _, err := k.scaleDown(ctx, set); err != nil {
+			return nil, fmt.Errorf("warm-up: %w", err)
+		}
+	}
+	res := &scaleUpResult{Replicas: o.replicas, VolumeBytes: o.volumeBytes}
+	for i := range o.rounds {
+		var r scaleRound
+		order := []string{flashpvSet, emptyDirSet}
+		if i%2 == 1 {
+			slices.Reverse(order)
+		}
+		for _, set := range order {
+			up, err := k.scaleUp(ctx, set, o.replicas, set == flashpvSet)
+			if err != nil {
+				return res, fmt.Errorf("round %d, %s: %w", i+1, set, err)
+			}
+			if set == flashpvSet {
+				r.FlashpvSec, r.BoundSec = up.ready.Seconds(), up.bound.Seconds()
+				r.PerNode = up.perNode
+				mism, err := k.checkAffinity(ctx, set, o.replicas)
+				if err != nil {
+					return res, err
+				}
+				res.Checked += o.replicas
+				res.Mismatches = append(res.Mismatches, mism...)
+			} else {
+				r.EmptyDirSec = up.ready.Seconds()
+			}
+			down, err := k.scaleDown(ctx, set)
+			if err != nil {
+				return res, fmt.Errorf("round %d, %s: %w", i+1, set, err)
+			}
+			if set == flashpvSet {
+				r.TeardownSec = down.Seconds()
+			}
+		}
+		log.Printf("cluster: round %d: %d replicas Ready in %.1f s on flashpv (claims Bound in %.1f s, spread %v), %.1f s on emptyDir: %.2fx; torn down in %.1f s",
+			i+1, o.replicas, r.FlashpvSec, r.BoundSec, r.PerNode, r.EmptyDirSec, r.FlashpvSec/r.EmptyDirSec, r.TeardownSec)
+		res.Rounds = append(res.Rounds, r)
+	}
+	res.summarize()
+	return res, nil
+}
+
+func (res *scaleUpResult) summarize() {
+	var fl, ed, bound, down, ratio []float64
+	for _, r := range res.Rounds {
+		fl, ed, bound, down = append(fl, r.FlashpvSec), append(ed, r.EmptyDirSec), append(bound, r.BoundSec), append(down, r.TeardownSec)
+		if r.EmptyDirSec > 0 {
+			ratio = append(ratio, r.FlashpvSec/r.EmptyDirSec)
+		}
+	}
+	res.FlashpvSec, res.EmptyDirSec, res.BoundSec, res.TeardownSec, res.Ratio = spreadOf(fl), spreadOf(ed), spreadOf(bound), spreadOf(down), spreadOf(ratio)
+}
+
+// benchSet is the example StatefulSet renamed, with 0 replicas and volumes
+// of the given size in the given class, or on emptyDir instead of claims.
+func benchSet(model *appsv1.StatefulSet, name string, emptyDir bool, size resource.Quantity, class string) *appsv1.StatefulSet {
+	s := model.DeepCopy()
+	labels := map[string]string{"app": name}
+	s.ObjectMeta = metav1.ObjectMeta{Name: name, Labels: labels}
+	s.Spec.ServiceName = name
+	s.Spec.Replicas = new(int32)
+	s.Spec.Selector = &metav1.LabelSelector{MatchLabels: labels}
+	s.Spec.Template.Labels = maps.Clone(labels)
+	// The example's anti-affinity spreads the replicas of its own set.
+	if a := s.Spec.Template.Spec.Affinity; a != nil && a.PodAntiAffinity != nil {
+		for i := range a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution {
+			a.PodAntiAffinity.PreferredDuringSchedulingIgnoredDuringExecution[i].PodAffinityTerm.LabelSelector = &metav1.LabelSelector{MatchLabels: maps.Clone(labels)}
+		}
+		for i := range a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution {
+			a.PodAntiAffinity.RequiredDuringSchedulingIgnoredDuringExecution[i].LabelSelector = &metav1.LabelSelector{MatchLabels: maps.Clone(labels)}
+		}
+	}
+	claims := s.Spec.VolumeClaimTemplates
+	if emptyDir {
+		s.Spec.VolumeClaimTemplates = nil
+		for _, c := range claims {
+			s.Spec.Template.Spec.Volumes = append(s.Spec.Template.Spec.Volumes,
+				corev1.Volume{Name: c.Name, VolumeSource: corev1.VolumeSource{EmptyDir: &corev1.EmptyDirVolumeSource{}}})
+		}
+		return s
+	}
+	for i := range claims {
+		claims[i].Spec.StorageClassName = &class
+		claims[i].Spec.Resources.Requests = corev1.ResourceList{corev1.ResourceStorage: size}
+	}
+	return s
+}
+
+type scaleUpTimes struct {
+	ready, bound time.Duration
+	perNode      map[string]int
+}
+
+// scaleUp sets a StatefulSet's replicas and waits until all its pods are
+// Ready (and, with claims, all its claims Bound), timed from the update.
+func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (scaleUpTimes, error) {
+	ctx, cancel := context.WithTimeout(ctx, scaleTimeout)
+	defer cancel()
+	var t scaleUpTimes
+	start := time.Now()
+	if err := k.setReplicas(ctx, set, n); err != nil {
+		return t, err
+	}
+	sel := metav1.ListOptions{LabelSelector: "app=" + set}
+	err := poll(ctx, 200*time.Millisecond, func() (bool, string, error) {
+		pods, err := k.cs.CoreV1().Pods(k.ns).List(ctx, sel)
+		if err != nil {
+			return false, "", err
+		}
+		ready, pending := 0, map[string]int{}
+		t.perNode = map[string]int{}
+		for _, p := range pods.Items {
+			if podReady(&p) {
+				ready++
+				t.perNode[p.Spec.NodeName]++
+			} else {
+				pending[podState(&p)]++
+			}
+		}
+		if claims && t.bound == 0 {
+			pvcs, err := k.cs.CoreV1().PersistentVolumeClaims(k.ns).List(ctx, sel)
+			if err != nil {
+				return false, "", err
+			}
+			bound := 0
+			for _, c := range pvcs.Items {
+				if c.Status.Phase == corev1.ClaimBound {
+					bound++
+				}
+			}
+			if bound >= n {
+				t.bound = time.Since(start)
+			}
+		}
+		if ready >= n && (!claims || t.bound > 0) {
+			t.ready = time.Since(start)
+			return true, "", nil
+		}
+		return false, fmt.Sprintf("%s: %d of %d Ready, others %v", set, ready, n, pending), nil
+	})
+	return t, err
+}
+
+// podState says briefly why a pod is not Ready.
+func podState(p *corev1.Pod) string {
+	for _, c := range p.Status.Conditions {
+		if c.Type == corev1.PodScheduled && c.Status != corev1.ConditionTrue {
+			return "unscheduled: " + firstLine(c.Message)
+		}
+	}
+	for _, cs := range append(slices.Clone(p.Status.InitContainerStatuses), p.Status.ContainerStatuses...) {
+		if w := cs.State.Waiting; w != nil && w.Reason != "" {
+			return w.Reason
+		}
+	}
+	return string(p.Status.Phase)
+}
+
+func firstLine(s string) string {
+	s, _, _ = strings.Cut(s, "\n")
+	if len(s) > 120 {
+		s = s[:120]
+	}
+	return s
+}
+
+func (k *kube) setReplicas(ctx context.Context, set string, n int) error {
+	patch := fmt.Appendf(nil, `{"spec":{"replicas":%d}}`, n)
+	_, err := k.cs.AppsV1().StatefulSets(k.ns).Patch(ctx, set, types.MergePatchType, patch, metav1.PatchOptions{})
+	return err
+}
+
+// scaleDown sets a StatefulSet's replicas to 0, waits until its pods are
+// gone, deletes the claims in the namespace and waits until their volumes
+// are deleted, so that the next scale-up starts with empty pools.
+func (k *kube) scaleDown(ctx context.Context, set string) (time.Duration, error) {
+	ctx, cancel := context.WithTimeout(ctx, scaleTimeout)
+	defer cancel()
+	start := time.Now()
+	if err := k.setReplicas(ctx, set, 0); err != nil {
+		return 0, err
+	}
+	sel := metav1.ListOptions{LabelSelector: "app=" + set}
+	err := poll(ctx, 200*time.Millisecond, func() (bool, string, error) {
+		pods, err := k.cs.CoreV1().Pods(k.ns).List(ctx, sel)
+		return err == nil && len(pods.Items) == 0, fmt.Sprintf("%s: pods left", set), err
+	})
+	if err != nil {
+		return 0, err
+	}
+	if err := k.cs.CoreV1().PersistentVolumeClaims(k.ns).DeleteCollection(ctx, metav1.DeleteOptions{}, metav1.ListOptions{}); err != nil {
+		return 0, err
+	}
+	err = poll(ctx, 200*time.Millisecond, func() (bool, string, error) {
+		n, err := k.volumesLeft(ctx)
+		return n == 0, fmt.Sprintf("%d volume(s) left", n), err
+	})
+	return time.Since(start), err
+}
+
+// checkAffinity compares each replica's node with its claim's PV's
+// flashpv.dev/node and returns what differs.
+func (k *kube) checkAffinity(ctx context.Context, set string, n int) ([]string, error) {
+	pods, err := k.cs.CoreV1().Pods(k.ns).List(ctx, metav1.ListOptions{LabelSelector: "app=" + set})
+	if err != nil {
+		return nil, err
+	}
+	if len(pods.Items) != n {
+		return nil, fmt.Errorf("%s: %d pods, want %d", set, len(pods.Items), n)
+	}
+	var bad []string
+	for _, p := range pods.Items {
+		for _, v := range p.Spec.Volumes {
+			if v.PersistentVolumeClaim == nil {
+				continue
+			}
+			pvc, err := k.cs.CoreV1().PersistentVolumeClaims(k.ns).Get(ctx, v.PersistentVolumeClaim.ClaimName, metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			pv, err := k.cs.CoreV1().PersistentVolumes().Get(ctx, pvc.Spec.VolumeName, metav1.GetOptions{})
+			if err != nil {
+				return nil, err
+			}
+			if got := pinnedNode(pv); got != p.Spec.NodeName {
+				bad = append(bad, fmt.Sprintf("%s on %s, its volume %s on %q", p.Name, p.Spec.NodeName, pv.Name, got))
+			}
+		}
+	}
+	for _, b := range bad {
+		log.Printf("cluster: node affinity: %s", b)
+	}
+	return bad, nil
+}
