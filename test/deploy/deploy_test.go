@@ -186,7 +186,9 @@ var allowed = map[string][]string{
 	"storage.k8s.io/csistoragecapacities": {"get", "list", "watch", "create", "update", "patch", "delete"},
 	"apps/daemonsets":                     {"get"},
 	"coordination.k8s.io/leases":          {"get", "list", "watch", "create", "update", "delete"},
-	// snapshotter: no create or delete (the snapshot-controller's), no secrets.
+	// snapshotter: no create or delete (the snapshot-controller's), no
+	// secrets; provisioner: reads a restore's snapshot, keeps a finalizer on it.
+	"snapshot.storage.k8s.io/volumesnapshots":               {"get", "list", "watch", "update"},
 	"snapshot.storage.k8s.io/volumesnapshotclasses":         {"get", "list", "watch"},
 	"snapshot.storage.k8s.io/volumesnapshotcontents":        {"get", "list", "watch", "patch"},
 	"snapshot.storage.k8s.io/volumesnapshotcontents/status": {"update", "patch"},
@@ -227,6 +229,7 @@ func TestRBACLeastPrivilege(t *testing.T) {
 		"/persistentvolumes": true, "/persistentvolumeclaims": true, "/persistentvolumeclaims/status": true,
 		"/nodes": true, "/events": true, "storage.k8s.io/storageclasses": true, "storage.k8s.io/csinodes": true,
 		"snapshot.storage.k8s.io/volumesnapshotclasses": true, "snapshot.storage.k8s.io/volumesnapshotcontents": true,
+		"snapshot.storage.k8s.io/volumesnapshots":               true,
 		"snapshot.storage.k8s.io/volumesnapshotcontents/status": true,
 	})
 	var role rbacv1.Role
