@@ -44,6 +44,9 @@ func (c *copier) copyExtents(ctx context.Context, in, out *os.File, size int64) 
 		if !ok {
 			return method, m, nil
 		}
+		if s.unwritten && c.opt.Sparse {
+			continue // reads as zeros, as the hole it stays does
+		}
 		if s.unwritten {
 			done, err := c.preallocate(out, s.off, s.end-s.off)
 			if err != nil {

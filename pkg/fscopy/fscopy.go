@@ -95,6 +95,11 @@ type Options struct {
 	Mode Mode
 	// ChunkSize is the most data copied between two looks at the context.
 	ChunkSize int64
+	// Sparse leaves the space the source allocated but never wrote
+	// (fallocate) as holes in the copy, instead of allocating it the same
+	// way: for copies that are never written to (snapshots), whose
+	// unwritten space would only take room.
+	Sparse bool
 }
 
 // Result tells how File copied.

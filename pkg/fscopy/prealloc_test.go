@@ -143,6 +143,33 @@ func TestCopyKeepsUnwrittenSpace(t *testing.T) {
 	}
 }
 
+// A sparse copy (Options.Sparse, for snapshots) has the source's data spans
+// and nothing else: the unwritten space stays holes.
+func TestSparseCopyLeavesUnwrittenSpaceOut(t *testing.T) {
+	mnt := loopfs.Mount(t, "ext4", 256<<20)
+	src, dst := filepath.Join(mnt, "src"), filepath.Join(mnt, "dst")
+	writePreallocated(t, src)
+	res, err := File(context.Background(), src, dst, Options{Sparse: true, ChunkSize: 1 << 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if hashFile(t, src) != hashFile(t, dst) {
+		t.Fatal("content differs")
+	}
+	var want []span
+	for _, s := range layout(t, src, preallocSize) {
+		if !s.unwritten {
+			want = append(want, s)
+		}
+	}
+	if got := layout(t, dst, preallocSize); !slices.Equal(got, want) {
+		t.Errorf("sparse copy's extents\n%v, want the source's data only\n%v", got, want)
+	}
+	if res.Preallocated != 0 || res.Copied != sumSpans(want, false) {
+		t.Errorf("result %+v, want %d bytes copied and none preallocated", res, sumSpans(want, false))
+	}
+}
+
 // Where the source's filesystem has no FIEMAP (tmpfs), the copy falls back
 // to SEEK_DATA and SEEK_HOLE and is still exact.
 func TestCopyWithoutFiemap(t *testing.T) {

@@ -55,8 +55,12 @@ func (p *ImagePool) CreateSnapshot(ctx context.Context, s SnapshotSpec) (*Snapsh
 	defer p.done(snapClaim(key))
 	snap := newSnapshot(p.name, key, s)
 	snap.Shared = p.reflink
+	// A copy is never written to: the space its source allocated but never
+	// wrote stays holes in it (a restore allocates its image in full).
+	opt := p.copyOptions()
+	opt.Sparse = true
 	err = s.Quiesce.run(ctx, p.reflink, func(ctx context.Context) error {
-		_, err := fscopy.File(ctx, p.ImagePath(s.Source.Key()), dst, p.copyOptions())
+		_, err := fscopy.File(ctx, p.ImagePath(s.Source.Key()), dst, opt)
 		return err
 	})
 	if err != nil {
