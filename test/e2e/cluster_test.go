@@ -147,9 +147,11 @@ func collectLogs(t *testing.T, ns string) {
 	save("events.txt", "get", "events", "-A", "--sort-by=.lastTimestamp")
 	save("pv.txt", "describe", "pv")
 	save("csistoragecapacities.txt", "get", "csistoragecapacities", "-A", "-o", "yaml")
-	for _, c := range []string{"flashpv", "csi-provisioner", "csi-resizer"} {
+	for _, c := range []string{"flashpv", "csi-provisioner", "csi-resizer", "csi-snapshotter"} {
 		save(c+".log", "logs", "-n", "flashpv", "-l", "app.kubernetes.io/name=flashpv", "-c", c, "--tail=400", "--prefix", "--max-log-requests=10")
 	}
+	save("snapshots.txt", "describe", "volumesnapshots,volumesnapshotcontents", "-A")
+	save("snapshot-controller.log", "logs", "-n", "kube-system", "-l", "app.kubernetes.io/name=snapshot-controller", "--tail=400", "--prefix")
 	save("nodes.txt", "describe", "nodes")
 	logs, _ := filepath.Glob(filepath.Join(stateDir, "*", "logs", "*.log"))
 	for _, f := range logs {
