@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"os"
+	"slices"
 
 	"k8s.io/klog/v2"
 
@@ -83,7 +84,7 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 			return err
 		}
 	}
-	if err := d.mounts.Mount(dev, staging, v.FsType, flags); err != nil {
+	if err := d.mounts.Mount(dev, staging, v.FsType, fsFlags(v.FsType, flags)); err != nil {
 		return err
 	}
 	klog.V(2).InfoS("Volume staged", "volumeID", v.ID, "device", dev, "path", staging, "fsType", v.FsType, "formatted", made)
@@ -95,6 +96,18 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 		return nil
 	}
 	return d.mounts.Grow(ctx, dev, staging, v.FsType)
+}
+
+// fsFlags adds what a filesystem type needs to the staging mount's flags.
+// A restored or cloned xfs carries its source's UUID, and XFS refuses to
+// mount a second filesystem with a UUID already mounted (EINVAL): with
+// nouuid it does not check. A volume's own filesystem is only ever mounted
+// once at a time (staged once per node), so nothing relies on the check.
+func fsFlags(fsType string, flags []string) []string {
+	if fsType != "xfs" || slices.Contains(flags, "nouuid") {
+		return flags
+	}
+	return append(slices.Clone(flags), "nouuid")
 }
 
 // markFormatted records that the volume's filesystem was made and mounted.
@@ -207,7 +220,7 @@ func (d *Driver) restoreMount(ctx context.Context, nv *nodeVolume) error {
 				return err
 			}
 		}
-		if err := d.mounts.Mount(dev, r.Path, nv.vol.FsType, r.Flags); err != nil {
+		if err := d.mounts.Mount(dev, r.Path, nv.vol.FsType, fsFlags(nv.vol.FsType, r.Flags)); err != nil {
 			return err
 		}
 		klog.InfoS("Staging mount restored after an interrupted offline step", "volumeID", nv.vol.ID, "path", r.Path)
