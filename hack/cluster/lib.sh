@@ -148,7 +148,10 @@ start_on() {
 	pid=$(pid_of "$m" holder) || die "$m is not running"
 	local ns=(-n)
 	[ "$m" = cp ] || ns=(-n -m -u)
-	(close_fds; exec nohup nsenter -t "$pid" "${ns[@]}" -- "$@") >>"$STATE/$m/logs/$name.log" 2>&1 </dev/null &
+	# A session of its own: the cluster outlives the shell (and the process
+	# group) that brought it up, whatever ends that shell's jobs. The
+	# subshell is not a group leader, so setsid keeps its PID.
+	(close_fds; exec setsid nohup nsenter -t "$pid" "${ns[@]}" -- "$@") >>"$STATE/$m/logs/$name.log" 2>&1 </dev/null &
 	record_pid "$m" "$name" $!
 }
 
