@@ -6,18 +6,22 @@
 # Brings the cluster up and deploys flashpv as `make e2e` does, and leaves both
 # running (`make cluster-down`). Root, from anywhere; runs from the repository.
 #
-# Results in _output/conformance: e2e.log (everything), junit_01.xml,
-# summary.txt (counts and time), flashpv.log and kubelet.log.
+# Results in _output/conformance: per pass (spread: every node; pinned: the
+# snapshot tests, on one node) e2e.log (everything) and junit_01.xml;
+# summary.txt (counts and time), flashpv.log, snapshot-controller.log and
+# kubelet-<node>.log.
 #   CONFORMANCE_PROCS=N   parallel ginkgo processes (default 2: most of a test
 #                         is waiting for pods and volumes, not CPU); 1 runs
 #                         e2e.test alone, without the ginkgo CLI
 #   CONFORMANCE_TIMEOUT   the whole suite's timeout (default 3h)
 #   CONFORMANCE_FOCUS     narrows the run (a regex ANDed with External.Storage)
+#   CONFORMANCE_PASSES    which passes run (default "pinned spread", below)
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 HERE=$(cd "$(dirname "$0")" && pwd)
 cd "$REPO"
 PROCS=${CONFORMANCE_PROCS:-2}
+PASSES=${CONFORMANCE_PASSES:-pinned spread}
 TIMEOUT=${CONFORMANCE_TIMEOUT:-3h}
 REPORT=$REPO/_output/conformance
 
@@ -36,7 +40,7 @@ log "e2e images imported"
 
 # What is not run, and why. Everything else the suite defines for the driver's
 # declared capabilities runs; suites and patterns for undeclared capabilities
-# (snapshots, clones, volume attributes classes, RWX, ROX, mount options,
+# (group snapshots, volume attributes classes, RWX, ROX, mount options,
 # inline CSI volumes, volume limits, ReadWriteOncePod, SELinux mounts, stress
 # and performance options) and tests that need a second node or topology skip
 # themselves and are counted as skipped in the summary.
@@ -84,67 +88,107 @@ if ! nsenter --mount=/proc/1/ns/mnt -- true 2>/dev/null; then
 	log "PID 1's mount namespace is closed to root here: skipping the tests that run host commands through it"
 	skips+=('volumeMode should not mount / map unused volumes in a pod')
 fi
-skip=$(IFS='|'; echo "${skips[*]}")
-focus='External.Storage'
-[ -z "${CONFORMANCE_FOCUS:-}" ] || focus="External.Storage.*($CONFORMANCE_FOCUS)"
+# Snapshots: distributed snapshotting hands a VolumeSnapshotContent to the
+# csi-snapshotter of the node the snapshot-controller labels it with, which
+# it does only for the contents it creates itself. The suite's
+# pre-provisioned contents carry no such label, so no csi-snapshotter ever
+# takes them (a user importing a snapshot adds
+# snapshot.storage.kubernetes.io/managed-by=<node>).
+skips+=('\[Testpattern: Pre-provisioned Snapshot')
 
+# Two passes. A restore or clone is made on its source's node, and the
+# suite starts most restored claims' pods without placing them (the clone
+# tests keep theirs in the first topology segment: node-1, whose 3 GiB pool
+# cannot hold the parallel clone test's six volumes). So the snapshot and
+# clone tests (names matching $snap) run in the pass "pinned", with every
+# test pod on one node (ClientNodeName: the last node, the biggest pool),
+# and everything else in the pass "spread", on all nodes. pinned runs
+# first: it is the shorter.
+snap='[Ss]napshot|pvc data source|its clone'
+user=${CONFORMANCE_FOCUS:-.}
+pinned_node=$(node_names | tail -n1)
 rm -rf "$REPORT"
-mkdir -p "$REPORT"
+mkdir -p "$REPORT/spread" "$REPORT/pinned"
+{ cat test/e2e/testdriver.yaml; echo "ClientNodeName: $pinned_node"; } >"$REPORT/pinned/testdriver.yaml"
 export KUBE_TEST_REPO_LIST=$REPO/test/e2e/repo-list.yaml
-e2e_args=(
-	-kubeconfig="$KUBECONFIG"
-	# No cloud: "skeleton" (the default) makes provider- and SSH-bound tests
-	# skip themselves.
-	-provider=skeleton
-	-storage.testdriver="$REPO/test/e2e/testdriver.yaml"
-	# testdriver.yaml's StorageClass.FromFile is relative to this.
-	-repo-root="$REPO"
-	-kubectl-path="$BIN/kubectl"
-	-report-dir="$REPORT"
-)
-ginkgo_args=(
-	--focus="$focus"
-	--skip="$skip"
-	--timeout="$TIMEOUT"
-	--poll-progress-after=5m
-	--poll-progress-interval=1m
-	--no-color
-	--v
-)
-log "running External.Storage ($PROCS processes, timeout $TIMEOUT); log in $REPORT/e2e.log"
+
+# pass NAME TESTDRIVER FOCUS SKIP: one ginkgo run; log, JUnit report and
+# counts in $REPORT/NAME.
+pass() {
+	local name=$1 driver=$2 focus=$3 skip=$4 dir=$REPORT/$1
+	local e2e_args=(
+		-kubeconfig="$KUBECONFIG"
+		# No cloud: "skeleton" (the default) makes provider- and SSH-bound
+		# tests skip themselves.
+		-provider=skeleton
+		-storage.testdriver="$driver"
+		# testdriver.yaml's StorageClass.FromFile is relative to this.
+		-repo-root="$REPO"
+		-kubectl-path="$BIN/kubectl"
+		-report-dir="$dir"
+	)
+	local ginkgo_args=(
+		--focus="$focus"
+		--skip="$skip"
+		--timeout="$TIMEOUT"
+		--poll-progress-after=5m
+		--poll-progress-interval=1m
+		--no-color
+		--v
+	)
+	log "pass $name: External.Storage ($PROCS processes, timeout $TIMEOUT); log in $dir/e2e.log"
+	set +e
+	if [ "$PROCS" -gt 1 ]; then
+		# GO111MODULE=off: the CLI compares its version with `go list -m
+		# github.com/onsi/ginkgo/v2` run beside the binary, which finds
+		# flashpv's own go.mod, not the tools module e2e.test and ginkgo were
+		# built from (both v2.32.0); off, that check is skipped instead of
+		# warning wrongly.
+		GO111MODULE=off "$BIN/ginkgo" --procs="$PROCS" "${ginkgo_args[@]}" "$BIN/e2e.test" -- "${e2e_args[@]}"
+	else
+		"$BIN/e2e.test" "${ginkgo_args[@]/#--/-ginkgo.}" "${e2e_args[@]}"
+	fi 2>&1 | tee "$dir/e2e.log" |
+		grep --line-buffered -E '^(External Storage|• |S \[SKIPPED\]|\[FAIL\]|Ran [0-9]+ of|(SUCCESS|FAIL)!)'
+	local rc=${PIPESTATUS[0]}
+	set -e
+	# Ginkgo's "Skipped" also counts the thousands of specs outside the
+	# focus; the specs the focus and skip list selected that skipped
+	# themselves (an undeclared capability, one node) are the selected ones
+	# that neither passed nor failed.
+	local sel counts
+	sel=$(sed -n 's/^Will run \([0-9]*\) of .*/\1/p' "$dir/e2e.log" | head -n1)
+	counts=$(sed -n 's/^\(SUCCESS\|FAIL\)!.* -- \([0-9]*\) Passed | \([0-9]*\) Failed.*/\2 \3/p' "$dir/e2e.log" | tail -n1)
+	if [ -z "$sel" ] || [ -z "$counts" ]; then
+		log "no ginkgo summary in $dir/e2e.log"
+		summary_ok=
+	else
+		selected=$((selected + sel)) passed=$((passed + ${counts% *})) failed=$((failed + ${counts#* }))
+		echo "$name: $sel selected, ${counts% *} passed, ${counts#* } failed" >>"$REPORT/summary.txt"
+	fi
+	[ "$rc" = 0 ] || status=$rc
+}
+
 start=$SECONDS
-set +e
-if [ "$PROCS" -gt 1 ]; then
-	# GO111MODULE=off: the CLI compares its version with `go list -m
-	# github.com/onsi/ginkgo/v2` run beside the binary, which finds flashpv's
-	# own go.mod, not the tools module e2e.test and ginkgo were built from
-	# (both v2.32.0); off, that check is skipped instead of warning wrongly.
-	GO111MODULE=off "$BIN/ginkgo" --procs="$PROCS" "${ginkgo_args[@]}" "$BIN/e2e.test" -- "${e2e_args[@]}"
-else
-	"$BIN/e2e.test" "${ginkgo_args[@]/#--/-ginkgo.}" "${e2e_args[@]}"
-fi 2>&1 | tee "$REPORT/e2e.log" |
-	grep --line-buffered -E '^(External Storage|• |S \[SKIPPED\]|\[FAIL\]|Ran [0-9]+ of|(SUCCESS|FAIL)!)'
-rc=${PIPESTATUS[0]}
-set -e
+selected=0 passed=0 failed=0 status=0 summary_ok=1
+skip=$(IFS='|'; echo "${skips[*]}")
+for p in $PASSES; do
+	case $p in
+	pinned) pass pinned "$REPORT/pinned/testdriver.yaml" "External.Storage.*(($snap).*($user)|($user).*($snap))" "$skip" ;;
+	spread) pass spread "$REPO/test/e2e/testdriver.yaml" "External.Storage.*($user)" "$skip|$snap" ;;
+	*) die "unknown pass $p in CONFORMANCE_PASSES" ;;
+	esac
+done
 took="$(((SECONDS - start) / 60))m$(((SECONDS - start) % 60))s"
 
 # The driver's side of the story, failed or not.
 kubectl -n flashpv logs daemonset/flashpv-node --all-containers --prefix --tail=-1 >"$REPORT/flashpv.log" 2>&1 || true
+kubectl -n kube-system logs deployment/snapshot-controller --tail=-1 >"$REPORT/snapshot-controller.log" 2>&1 || true
 for n in $(node_names); do cp "$STATE/$n/logs/kubelet.log" "$REPORT/kubelet-$n.log" 2>/dev/null || true; done
-[ "$rc" = 0 ] || "$HERE/logs.sh" "make conformance failed"
+[ "$status" = 0 ] || "$HERE/logs.sh" "make conformance failed"
 
-# Ginkgo's "Skipped" also counts the thousands of specs outside the focus;
-# the specs the focus and skip list selected that skipped themselves (an
-# undeclared capability, one node) are the selected ones that neither passed
-# nor failed.
-selected=$(sed -n 's/^Will run \([0-9]*\) of .*/\1/p' "$REPORT/e2e.log" | head -n1)
-counts=$(sed -n 's/^\(SUCCESS\|FAIL\)!.* -- \([0-9]*\) Passed | \([0-9]*\) Failed.*/\2 \3/p' "$REPORT/e2e.log" | tail -n1)
-passed=${counts% *} failed=${counts#* }
-if [ -n "$selected" ] && [ -n "$counts" ]; then
+if [ -n "$summary_ok" ]; then
 	echo "External.Storage: $selected selected, $passed passed, $failed failed, $((selected - passed - failed)) skipped themselves; ${#skips[@]} skip patterns; $PROCS processes; $took" |
-		tee "$REPORT/summary.txt"
-else
-	log "no ginkgo summary in $REPORT/e2e.log"
+		tee -a "$REPORT/summary.txt"
 fi
-log "External.Storage finished in $took, exit $rc; results in $REPORT"
-exit "$rc"
+log "External.Storage finished in $took, exit $status; results in $REPORT"
+exit "$status"
