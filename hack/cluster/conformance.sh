@@ -95,6 +95,12 @@ fi
 # takes them (a user importing a snapshot adds
 # snapshot.storage.kubernetes.io/managed-by=<node>).
 skips+=('\[Testpattern: Pre-provisioned Snapshot')
+# A clone of a Block volume while a pod has it published: flashpv refuses
+# (FailedPrecondition, "stop the pod and retry") unless the pool copies at
+# one instant (XFS with reflink, btrfs); this cluster's pools are ext4, where
+# the copy would be torn by the pod's writes. The same test with Filesystem
+# volumes runs (a staged filesystem is frozen for the copy).
+skips+=('\[Testpattern: Dynamic PV \(block volmode\)\] multiVolume should concurrently access the volume and its clone')
 
 # Two passes. A restore or clone is made on its source's node, and the
 # suite starts most restored claims' pods without placing them (the clone
