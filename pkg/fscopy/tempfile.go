@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -97,7 +98,7 @@ func (t *tempFile) publish() error {
 	if err := t.f.Close(); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(t.dst))
+	return durable.SyncDir(filepath.Dir(t.dst))
 }
 
 // discard closes the file and, unless published, removes its name.
@@ -106,13 +107,4 @@ func (t *tempFile) discard() {
 	if !t.published && t.name != "" {
 		os.Remove(t.name)
 	}
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -9,6 +9,7 @@ import (
 	"path"
 	"path/filepath"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"golang.org/x/sys/unix"
 )
 
@@ -73,7 +74,7 @@ func Tree(ctx context.Context, src, dst string, opt Options) (TreeResult, error)
 		if err := renameNoReplace(target, dst); err != nil {
 			return TreeResult{}, errors.Join(err, os.RemoveAll(target))
 		}
-		if err := syncDir(filepath.Dir(dst)); err != nil {
+		if err := durable.SyncDir(filepath.Dir(dst)); err != nil {
 			return TreeResult{}, err
 		}
 	}

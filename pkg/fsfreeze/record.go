@@ -9,6 +9,8 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+
+	"github.com/flashpv/flashpv/pkg/durable"
 )
 
 // A record says that this mount point's filesystem is, or is about to be,
@@ -58,7 +60,7 @@ func writeRecord(dir string, rec record) error {
 		os.Remove(tmp)
 		return fmt.Errorf("write freeze record: %w", err)
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 func readRecord(dir, mp string) (record, error) {
@@ -89,7 +91,7 @@ func removeRecord(dir, mp string) error {
 	if err != nil {
 		return err
 	}
-	return syncDir(dir)
+	return durable.SyncDir(dir)
 }
 
 // listRecords reads every record in dir and removes the temp files of
@@ -118,13 +120,4 @@ func listRecords(dir string) ([]record, error) {
 		recs = append(recs, rec)
 	}
 	return recs, errors.Join(errs...)
-}
-
-func syncDir(dir string) error {
-	d, err := os.Open(dir)
-	if err != nil {
-		return err
-	}
-	defer d.Close()
-	return d.Sync()
 }

@@ -15,6 +15,7 @@ import (
 	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/command"
+	"github.com/flashpv/flashpv/pkg/durable"
 )
 
 // Offline growth of an ext4 is resize2fs rewriting the filesystem's
@@ -32,15 +33,15 @@ import (
 // space beyond the old end or to blocks the old filesystem counts as free.
 // Before resize2fs runs, e2image -r saves every metadata block of the
 // unmounted filesystem (a sparse file of the filesystem's size, without the
-// blocks that are all zeros) and the copy is made durable and renamed into
-// place. resize2fs then runs, and the copy
-// is removed once it has finished. If the copy is still there when the
-// volume is next checked, the growth was interrupted: the saved blocks are
-// written back, and so are the superblocks, descriptors and reserved
-// descriptor blocks of every group, zeros included (see writeBackGeometry), which leaves the filesystem exactly as it was before the
-// growth (its data were never touched), and the growth starts over.
-// Writing them back is idempotent, so a kill during the restore is handled
-// the same way.
+// blocks that are all zeros), and the copy is made durable and renamed into
+// place. resize2fs then runs, and the copy is removed once it has finished.
+// If the copy is still there when the volume is next checked, the growth
+// was interrupted: the saved blocks are written back, and so are the
+// superblocks, descriptors and reserved descriptor blocks of every group,
+// zeros included (see writeBackGeometry). That leaves the filesystem exactly
+// as it was before the growth (its data were never touched), and the growth
+// starts over. Writing back is idempotent, so a kill during the restore is
+// handled the same way.
 
 const (
 	extMagicOffset = 1024 + 0x38 // s_magic within the device
@@ -64,11 +65,7 @@ func (l Linux) ForgetExtGrowth(volumeID string) error {
 	if p == "" {
 		return nil
 	}
-	err := errors.Join(removeIfExists(p), removeIfExists(p+".tmp"))
-	if err == nil {
-		err = syncDir(l.undoDir)
-	}
-	return err
+	return durable.Remove(p, p+".tmp")
 }
 
 // UndoExtGrowth puts back the metadata of the volume's ext4 on dev if an
@@ -89,7 +86,7 @@ func saveExtMetadata(ctx context.Context, dev, path string) error {
 		return err
 	}
 	tmp := path + ".tmp"
-	if err := removeIfExists(tmp); err != nil {
+	if err := durable.Remove(tmp); err != nil {
 		return err
 	}
 	if out, err := command.Output(ctx, "e2image", "-r", dev, tmp); err != nil {
@@ -108,7 +105,7 @@ func saveExtMetadata(ctx context.Context, dev, path string) error {
 	if err := os.Rename(tmp, path); err != nil {
 		return err
 	}
-	return syncDir(filepath.Dir(path))
+	return durable.SyncDir(filepath.Dir(path))
 }
 
 // restoreExtMetadata writes back the metadata saved before a growth that
@@ -118,7 +115,7 @@ func restoreExtMetadata(ctx context.Context, dev, path string) (bool, error) {
 	if path == "" {
 		return false, nil
 	}
-	if err := removeIfExists(path + ".tmp"); err != nil { // a save that never finished: nothing was grown
+	if err := durable.Remove(path + ".tmp"); err != nil { // a save that never finished: nothing was grown
 		return false, err
 	}
 	img, err := os.Open(path)
@@ -140,7 +137,7 @@ func restoreExtMetadata(ctx context.Context, dev, path string) (bool, error) {
 	}
 	if !same {
 		klog.InfoS("Discarding saved ext4 metadata of another filesystem", "device", dev, "copy", path)
-		return false, errors.Join(removeIfExists(path), syncDir(filepath.Dir(path)))
+		return false, durable.Remove(path)
 	}
 	if err := writeBackExtents(img, d); err != nil {
 		return false, fmt.Errorf("restoring the metadata of %s from %s: %w", dev, path, err)
@@ -151,7 +148,7 @@ func restoreExtMetadata(ctx context.Context, dev, path string) (bool, error) {
 	if err := d.Sync(); err != nil {
 		return false, err
 	}
-	return true, errors.Join(removeIfExists(path), syncDir(filepath.Dir(path)))
+	return true, durable.Remove(path)
 }
 
 // sameExtFilesystem compares the saved copy's superblock with the device's:
@@ -221,16 +218,14 @@ func writeBackGeometry(ctx context.Context, img, dev *os.File) error {
 	if bs <= 0 || len(ranges) == 0 {
 		return fmt.Errorf("dumpe2fs %s shows no superblock or descriptors", img.Name())
 	}
-	buf := make([]byte, bs)
 	for _, r := range ranges {
-		for b := r[0]; b <= r[1]; b++ {
-			// A hole of the copy reads as zeros, which is what that block held.
-			if _, err := img.ReadAt(buf, b*bs); err != nil && !errors.Is(err, io.EOF) {
-				return err
-			}
-			if _, err := dev.WriteAt(buf, b*bs); err != nil {
-				return err
-			}
+		// A hole of the copy reads as zeros, which is what those blocks held.
+		buf := make([]byte, (r[1]-r[0]+1)*bs)
+		if _, err := img.ReadAt(buf, r[0]*bs); err != nil && !errors.Is(err, io.EOF) {
+			return err
+		}
+		if _, err := dev.WriteAt(buf, r[0]*bs); err != nil {
+			return err
 		}
 	}
 	return nil
@@ -266,23 +261,4 @@ func writeBackExtents(src, dst *os.File) error {
 		}
 		off = end
 	}
-}
-
-func removeIfExists(path string) error {
-	if err := os.Remove(path); err != nil && !errors.Is(err, os.ErrNotExist) {
-		return err
-	}
-	return nil
-}
-
-func syncDir(dir string) error {
-	f, err := os.Open(dir)
-	if errors.Is(err, os.ErrNotExist) {
-		return nil
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	return f.Sync()
 }

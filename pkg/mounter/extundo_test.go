@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flashpv/flashpv/test/loopfs"
 )
 
 // growth is an ext4 geometry and the growth it gets.
@@ -40,9 +42,7 @@ func extOnLoop(t *testing.T, g growth) (dev string, pristine, data []byte) {
 			t.Skipf("no %s", tool)
 		}
 	}
-	if os.Geteuid() != 0 {
-		t.Skip("needs root for a loop device")
-	}
+	loopfs.RequireRoot(t)
 	dir := t.TempDir()
 	img := filepath.Join(dir, "fs.img")
 	data = bytes.Repeat([]byte("flashpv keeps this file through an interrupted growth\n"), 40000)
@@ -50,8 +50,8 @@ func extOnLoop(t *testing.T, g growth) (dev string, pristine, data []byte) {
 	must(t, os.WriteFile(src, data, 0o600))
 	must(t, os.WriteFile(img, nil, 0o600))
 	must(t, os.Truncate(img, g.before))
-	run(t, "mkfs.ext4", "-q", "-F", "-b", g.block, "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", img)
-	run(t, "debugfs", "-w", "-R", "write "+src+" data", img)
+	loopfs.Run(t, "mkfs.ext4", "-q", "-F", "-b", g.block, "-E", "nodiscard,lazy_itable_init=0,lazy_journal_init=0", img)
+	loopfs.Run(t, "debugfs", "-w", "-R", "write "+src+" data", img)
 	var err error
 	pristine, err = os.ReadFile(img)
 	must(t, err)
@@ -70,15 +70,6 @@ func must(t *testing.T, err error) {
 	if err != nil {
 		t.Fatal(err)
 	}
-}
-
-func run(t *testing.T, name string, args ...string) string {
-	t.Helper()
-	out, err := exec.Command(name, args...).CombinedOutput()
-	if err != nil {
-		t.Fatalf("%s %v: %v: %s", name, args, err, out)
-	}
-	return string(out)
 }
 
 // checkGrown asserts the filesystem on dev is clean, fills its device and
@@ -125,7 +116,7 @@ func testUndoGrowth(t *testing.T, g growth) {
 	ctx := context.Background()
 
 	must(t, saveExtMetadata(ctx, dev, undo))
-	run(t, "resize2fs", dev)
+	loopfs.Run(t, "resize2fs", dev)
 	sb := make([]byte, 4)
 	f, err := os.Open(dev)
 	must(t, err)
@@ -172,8 +163,8 @@ func TestCheckExtIgnoresForeignCopies(t *testing.T) {
 	other := filepath.Join(t.TempDir(), "other.img")
 	must(t, os.WriteFile(other, nil, 0o600))
 	must(t, os.Truncate(other, 16<<20))
-	run(t, "mkfs.ext4", "-q", "-F", "-b", "1024", other)
-	run(t, "e2image", "-r", other, undo)
+	loopfs.Run(t, "mkfs.ext4", "-q", "-F", "-b", "1024", other)
+	loopfs.Run(t, "e2image", "-r", other, undo)
 
 	must(t, l.CheckExt(context.Background(), dev, "pool.vol"))
 	for _, p := range []string{undo, undo + ".tmp"} {

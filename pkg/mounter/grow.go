@@ -16,6 +16,7 @@ import (
 	"k8s.io/mount-utils"
 
 	"github.com/flashpv/flashpv/pkg/command"
+	"github.com/flashpv/flashpv/pkg/durable"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 )
 
@@ -107,13 +108,13 @@ func (l Linux) CheckExt(ctx context.Context, dev, volumeID string) error {
 		if ctx.Err() == nil {
 			// It gave up by itself: put the old metadata back now. (Killed,
 			// the copy stays for the next check.)
-			_, rerr := restoreExtMetadata(context.WithoutCancel(ctx), dev, undo)
+			_, rerr := restoreExtMetadata(ctx, dev, undo)
 			err = errors.Join(err, rerr)
 		}
 		return err
 	}
 	if undo != "" {
-		if err := errors.Join(removeIfExists(undo), syncDir(l.undoDir)); err != nil {
+		if err := durable.Remove(undo); err != nil {
 			return err
 		}
 	}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -118,7 +119,7 @@ func (p *dirPool) remove(key string, removeData func() error) error {
 	if err := forgetVolume(&p.mirror, p.metaPath(key), key); err != nil {
 		return err
 	}
-	if err := syncDir(p.dir); err != nil {
+	if err := durable.SyncDir(p.dir); err != nil {
 		return err
 	}
 	return removeData()

@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"github.com/flashpv/flashpv/pkg/fscopy"
 )
 
@@ -71,7 +72,7 @@ func (p *dirPool) removeSnapshot(key string, removeData func() error) error {
 		return err
 	}
 	p.rememberSnapshot(key, nil)
-	if err := syncDir(p.dir); err != nil {
+	if err := durable.SyncDir(p.dir); err != nil {
 		return err
 	}
 	return removeData()

@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 )
@@ -148,7 +149,7 @@ func (p *ImagePool) Delete(_ context.Context, key string) error {
 		if err := os.Remove(p.ImagePath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		return syncDir(p.dir)
+		return durable.SyncDir(p.dir)
 	})
 }
 

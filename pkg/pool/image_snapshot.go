@@ -10,6 +10,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"github.com/flashpv/flashpv/pkg/fscopy"
 )
 
@@ -100,7 +101,7 @@ func (p *ImagePool) DeleteSnapshot(_ context.Context, key string) error {
 		if err := os.Remove(p.snapPath(key)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return err
 		}
-		return syncDir(p.dir)
+		return durable.SyncDir(p.dir)
 	})
 }
 

@@ -12,6 +12,7 @@ import (
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/durable"
 	"github.com/flashpv/flashpv/pkg/xfsquota"
 )
 
@@ -150,7 +151,7 @@ func (p *QuotaPool) removeTree(dir string) error {
 			return err
 		}
 	}
-	return syncDir(p.dir)
+	return durable.SyncDir(p.dir)
 }
 
 // Create makes a volume directory with its own project and limit.
