@@ -107,7 +107,7 @@ rm -rf "$root"
 
 root=$(mktemp -d)
 copy_with_libs "$root" mount umount blkid blockdev losetup blkdiscard fsck fsck.ext4 e2fsck mke2fs mkfs.ext4 \
-	resize2fs e2image dumpe2fs tune2fs mkfs.xfs xfs_growfs xfs_io xfs_repair btrfs mkfs.btrfs
+	resize2fs e2image dumpe2fs tune2fs mkfs.xfs xfs_growfs xfs_io xfs_repair btrfs mkfs.btrfs btrfstune
 mkdir -p "$root/etc" "$root/tmp" "$root/bin" "$root/run"
 cp /etc/mke2fs.conf "$root/etc/"
 ln -s /proc/self/mounts "$root/etc/mtab"

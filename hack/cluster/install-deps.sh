@@ -29,7 +29,7 @@ tools=(
 	mkfs.ext4:e2fsprogs mke2fs:e2fsprogs e2fsck:e2fsprogs fsck.ext4:e2fsprogs
 	resize2fs:e2fsprogs e2image:e2fsprogs dumpe2fs:e2fsprogs tune2fs:e2fsprogs /etc/mke2fs.conf:e2fsprogs
 	mkfs.xfs:xfsprogs xfs_growfs:xfsprogs xfs_io:xfsprogs xfs_repair:xfsprogs
-	btrfs:btrfs-progs mkfs.btrfs:btrfs-progs
+	btrfs:btrfs-progs mkfs.btrfs:btrfs-progs btrfstune:btrfs-progs
 )
 need=()
 for tool in "${tools[@]}"; do

@@ -20,7 +20,7 @@ packages=(lvm2 thin-provisioning-tools xfsprogs e2fsprogs btrfs-progs util-linux
 modules=(virtio_pci virtio_blk 9pnet_virtio 9p loop dm_mod dm_thin_pool dm_snapshot dm_zero xfs ext4 btrfs quota_v2)
 # The build fails unless each of these runs in the guest (found, libraries resolved).
 tools=(bash lvm pvcreate vgcreate lvcreate lvs lvextend thin_check dmsetup blkid blockdev losetup wipefs
-	mkfs.ext4 e2fsck resize2fs tune2fs chattr mkfs.xfs xfs_growfs xfs_quota xfs_io xfs_admin mkfs.btrfs btrfs
+	mkfs.ext4 e2fsck resize2fs tune2fs chattr mkfs.xfs xfs_growfs xfs_quota xfs_io xfs_admin mkfs.btrfs btrfs btrfstune
 	mount umount findmnt mountpoint truncate dd fallocate setpriv modprobe ip ps)
 
 # On a fresh machine, get qemu, debootstrap, cpio and the kernel first.

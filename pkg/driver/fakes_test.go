@@ -122,6 +122,13 @@ func (f *fakeMounts) Format(_ context.Context, dev, fsType string) error {
 	return nil
 }
 
+func (f *fakeMounts) RenewBtrfsID(_ context.Context, dev, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.record("btrfstune %s %s", dev, id)
+	return nil
+}
+
 func (f *fakeMounts) UndoExtGrowth(_ context.Context, dev, id string) (bool, error) {
 	return false, nil
 }

@@ -75,6 +75,13 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 			return err
 		}
 	}
+	// A copy's btrfs has its source's ID, which older kernels refuse to
+	// mount beside the source.
+	if format == "btrfs" && v.Source != "" {
+		if err := d.mounts.RenewBtrfsID(ctx, dev, v.ID); err != nil {
+			return err
+		}
+	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return err
 	}

@@ -53,6 +53,10 @@ type Interface interface {
 	// ForgetExtGrowth drops what an interrupted growth of a deleted volume
 	// left behind.
 	ForgetExtGrowth(volumeID string) error
+	// RenewBtrfsID gives the unmounted btrfs on dev, copied from another
+	// volume or a snapshot, a filesystem ID of its own (derived from
+	// volumeID), so that it mounts beside its source.
+	RenewBtrfsID(ctx context.Context, dev, volumeID string) error
 	// ExtNeedsGrow tells whether dev has outgrown its ext4.
 	ExtNeedsGrow(dev string) (bool, error)
 	// Grow grows the filesystem on dev, mounted at mountPath, to dev.

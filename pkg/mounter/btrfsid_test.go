@@ -1,0 +1,68 @@
+package mounter
+
+import (
+	"context"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+
+	"github.com/flashpv/flashpv/test/loopfs"
+)
+
+func TestBtrfsFsidFor(t *testing.T) {
+	a, b := btrfsFsidFor("pool.a"), btrfsFsidFor("pool.b")
+	if a == b {
+		t.Fatal("two volumes got the same fsid")
+	}
+	if a != btrfsFsidFor("pool.a") {
+		t.Fatal("the fsid of a volume is not stable")
+	}
+	if a[6]>>4 != 4 || a[8]>>6 != 2 {
+		t.Fatalf("%s is not a version 4 UUID", formatUUID(a))
+	}
+}
+
+// A copied btrfs gets its own ID once; its source keeps its ID, and both
+// stay valid filesystems.
+func TestRenewBtrfsID(t *testing.T) {
+	for _, tool := range []string{"mkfs.btrfs", "btrfstune", "btrfs"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
+	}
+	loopfs.RequireRoot(t)
+	dir := t.TempDir()
+	src, cp := filepath.Join(dir, "src.img"), filepath.Join(dir, "copy.img")
+	must(t, os.WriteFile(src, nil, 0o600))
+	must(t, os.Truncate(src, 256<<20))
+	loopfs.Run(t, "mkfs.btrfs", "-q", "-f", src)
+	data, err := os.ReadFile(src)
+	must(t, err)
+	must(t, os.WriteFile(cp, data, 0o600))
+	before, _, err := readBtrfsSuper(src)
+	must(t, err)
+
+	ctx := context.Background()
+	var m Linux
+	must(t, m.RenewBtrfsID(ctx, cp, "pool.copy"))
+	got, flags, err := readBtrfsSuper(cp)
+	must(t, err)
+	if got != btrfsFsidFor("pool.copy") || flags&btrfsChangingFsid != 0 {
+		t.Fatalf("copy has fsid %s (flags %#x), want %s", formatUUID(got), flags, formatUUID(btrfsFsidFor("pool.copy")))
+	}
+	// Again, as a retry would: nothing to do (btrfstune itself would refuse
+	// an fsid that is already in use).
+	must(t, m.RenewBtrfsID(ctx, cp, "pool.copy"))
+	if still, _, _ := readBtrfsSuper(src); still != before {
+		t.Fatal("the source's fsid changed")
+	}
+	for _, img := range []string{src, cp} {
+		if out, err := exec.Command("btrfs", "check", "--readonly", img).CombinedOutput(); err != nil {
+			t.Fatalf("btrfs check %s: %v\n%s", img, err, out)
+		}
+	}
+	if err := m.RenewBtrfsID(ctx, filepath.Join(dir, "missing"), "pool.x"); err == nil {
+		t.Fatal("no error for a missing device")
+	}
+}
