@@ -21,6 +21,20 @@ func (c *clusterResult) markdown() string {
 		fmt.Fprintf(&b, "| **flashpv ÷ emptyDir** (per round; target ≤ 1.2) | **%s** |\n", fmtSpread(s.Ratio))
 		fmt.Fprintf(&b, "| flashpv: all claims Bound | %s |\n", fmtSecs(s.BoundSec))
 		fmt.Fprintf(&b, "| flashpv: scale to 0, claims deleted, volumes gone | %s |\n\n", fmtSecs(s.TeardownSec))
+		if len(s.FlashpvStages) > 0 {
+			fmt.Fprintf(&b, "Where the time goes: seconds from the scale request until half of the replicas, and the last one, reached each stage (medians over the rounds; a stage is seen by polling every 0.2 s).\n\n")
+			fmt.Fprintf(&b, "| stage | flashpv: half / last | emptyDir: half / last |\n|---|---|---|\n")
+			for _, st := range s.FlashpvStages {
+				ed := "–"
+				for _, e := range s.EmptyDirStages {
+					if e.Name == st.Name {
+						ed = fmt.Sprintf("%.1f / %.1f", e.Median, e.Last)
+					}
+				}
+				fmt.Fprintf(&b, "| %s | %.1f / %.1f | %s |\n", st.Name, st.Median, st.Last, ed)
+			}
+			fmt.Fprintf(&b, "\n")
+		}
 		if len(s.Mismatches) == 0 {
 			fmt.Fprintf(&b, "Node affinity: all %d volumes pinned (flashpv.dev/node) to their pod's node.", s.Checked)
 		} else {

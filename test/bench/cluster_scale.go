@@ -27,17 +27,23 @@ type scaleUpResult struct {
 	BoundSec    spread       `json:"flashpv_bound_sec"`  // scale to all claims Bound
 	Ratio       spread       `json:"ratio"`              // flashpv ÷ emptyDir, per round
 	TeardownSec spread       `json:"flashpv_teardown_sec"`
+	// Per stage, the medians over the rounds.
+	FlashpvStages  []stage `json:"flashpv_stages,omitempty"`
+	EmptyDirStages []stage `json:"emptydir_stages,omitempty"`
 	// Every replica's PV pinned to the replica's node; what was not.
 	Checked    int      `json:"affinity_checked"`
 	Mismatches []string `json:"affinity_mismatches,omitempty"`
 }
 
 type scaleRound struct {
-	FlashpvSec  float64        `json:"flashpv_ready_sec"`
-	EmptyDirSec float64        `json:"emptydir_ready_sec"`
-	BoundSec    float64        `json:"flashpv_bound_sec"`
-	TeardownSec float64        `json:"flashpv_teardown_sec"`
-	PerNode     map[string]int `json:"flashpv_replicas_per_node"`
+	// Per replica, when each stage was first seen: flashpv's and emptyDir's.
+	FlashpvStages  []stage        `json:"flashpv_stages,omitempty"`
+	EmptyDirStages []stage        `json:"emptydir_stages,omitempty"`
+	FlashpvSec     float64        `json:"flashpv_ready_sec"`
+	EmptyDirSec    float64        `json:"emptydir_ready_sec"`
+	BoundSec       float64        `json:"flashpv_bound_sec"`
+	TeardownSec    float64        `json:"flashpv_teardown_sec"`
+	PerNode        map[string]int `json:"flashpv_replicas_per_node"`
 }
 
 // scaleTimeout bounds one scale-up or scale-down.
@@ -92,7 +98,7 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 			}
 			if set == flashpvSet {
 				r.FlashpvSec, r.BoundSec = up.ready.Seconds(), up.bound.Seconds()
-				r.PerNode = up.perNode
+				r.PerNode, r.FlashpvStages = up.perNode, up.stages.summary()
 				mism, err := k.checkAffinity(ctx, set, o.replicas)
 				if err != nil {
 					return res, err
@@ -100,7 +106,7 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 				res.Checked += o.replicas
 				res.Mismatches = append(res.Mismatches, mism...)
 			} else {
-				r.EmptyDirSec = up.ready.Seconds()
+				r.EmptyDirSec, r.EmptyDirStages = up.ready.Seconds(), up.stages.summary()
 			}
 			down, err := k.scaleDown(ctx, set)
 			if err != nil {
@@ -112,6 +118,7 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 		}
 		log.Printf("cluster: round %d: %d replicas Ready in %.1f s on flashpv (claims Bound in %.1f s, spread %v), %.1f s on emptyDir: %.2fx; torn down in %.1f s",
 			i+1, o.replicas, r.FlashpvSec, r.BoundSec, r.PerNode, r.EmptyDirSec, r.FlashpvSec/r.EmptyDirSec, r.TeardownSec)
+		log.Printf("cluster: round %d stages, flashpv: %v; emptyDir: %v", i+1, r.FlashpvStages, r.EmptyDirStages)
 		res.Rounds = append(res.Rounds, r)
 	}
 	res.summarize()
@@ -127,6 +134,30 @@ func (res *scaleUpResult) summarize() {
 		}
 	}
 	res.FlashpvSec, res.EmptyDirSec, res.BoundSec, res.TeardownSec, res.Ratio = spreadOf(fl), spreadOf(ed), spreadOf(bound), spreadOf(down), spreadOf(ratio)
+	var fls, eds [][]stage
+	for _, r := range res.Rounds {
+		fls, eds = append(fls, r.FlashpvStages), append(eds, r.EmptyDirStages)
+	}
+	res.FlashpvStages, res.EmptyDirStages = medianStages(fls), medianStages(eds)
+}
+
+// medianStages takes the median of each stage's times over rounds.
+func medianStages(rounds [][]stage) []stage {
+	var out []stage
+	for _, name := range stageNames {
+		var med, last []float64
+		for _, r := range rounds {
+			for _, s := range r {
+				if s.Name == name {
+					med, last = append(med, s.Median), append(last, s.Last)
+				}
+			}
+		}
+		if len(med) > 0 {
+			out = append(out, stage{Name: name, Median: spreadOf(med).Median, Last: spreadOf(last).Median})
+		}
+	}
+	return out
 }
 
 // benchSet is the example StatefulSet renamed, with 0 replicas and volumes
@@ -167,14 +198,63 @@ func benchSet(model *appsv1.StatefulSet, name string, emptyDir bool, size resour
 type scaleUpTimes struct {
 	ready, bound time.Duration
 	perNode      map[string]int
+	stages       stageTimes
 }
+
+// The stages a replica goes through, in order. A claim of a
+// WaitForFirstConsumer class gets its node from the scheduler (the
+// selected-node annotation), then is provisioned and bound, then its pod is
+// bound to the node; on emptyDir a pod is bound at once.
+var stageNames = []string{"created", "node picked", "claim bound", "pod scheduled", "pod ready"}
+
+// stageTimes records, per stage and replica, when the poll first saw it.
+type stageTimes map[string]map[string]time.Duration
+
+func (st stageTimes) see(stage, replica string, at time.Duration) {
+	if st[stage] == nil {
+		st[stage] = map[string]time.Duration{}
+	}
+	if _, ok := st[stage][replica]; !ok {
+		st[stage][replica] = at
+	}
+}
+
+// stage is one stage over the replicas: the median time to it and the time
+// the last replica got there, in seconds from the scale request.
+type stage struct {
+	Name   string  `json:"name"`
+	Median float64 `json:"median_sec"`
+	Last   float64 `json:"last_sec"`
+}
+
+func (s stage) String() string { return fmt.Sprintf("%s %.1f/%.1f", s.Name, s.Median, s.Last) }
+
+func (st stageTimes) summary() []stage {
+	var out []stage
+	for _, name := range stageNames {
+		var xs []float64
+		for _, d := range st[name] {
+			xs = append(xs, d.Seconds())
+		}
+		if len(xs) == 0 {
+			continue
+		}
+		sp := spreadOf(xs)
+		out = append(out, stage{Name: name, Median: sp.Median, Last: sp.Max})
+	}
+	return out
+}
+
+// selectedNode is the annotation by which the scheduler asks for a claim's
+// volume on a node.
+const selectedNode = "volume.kubernetes.io/selected-node"
 
 // scaleUp sets a StatefulSet's replicas and waits until all its pods are
 // Ready (and, with claims, all its claims Bound), timed from the update.
 func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (scaleUpTimes, error) {
 	ctx, cancel := context.WithTimeout(ctx, scaleTimeout)
 	defer cancel()
-	var t scaleUpTimes
+	t := scaleUpTimes{stages: stageTimes{}}
 	start := time.Now()
 	if err := k.setReplicas(ctx, set, n); err != nil {
 		return t, err
@@ -187,8 +267,14 @@ func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (sca
 		}
 		ready, pending := 0, map[string]int{}
 		t.perNode = map[string]int{}
+		now := time.Since(start)
 		for _, p := range pods.Items {
+			t.stages.see("created", p.Name, now)
+			if p.Spec.NodeName != "" {
+				t.stages.see("pod scheduled", p.Name, now)
+			}
 			if podReady(&p) {
+				t.stages.see("pod ready", p.Name, now)
 				ready++
 				t.perNode[p.Spec.NodeName]++
 			} else {
@@ -202,7 +288,11 @@ func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (sca
 			}
 			bound := 0
 			for _, c := range pvcs.Items {
+				if c.Annotations[selectedNode] != "" {
+					t.stages.see("node picked", c.Name, now)
+				}
 				if c.Status.Phase == corev1.ClaimBound {
+					t.stages.see("claim bound", c.Name, now)
 					bound++
 				}
 			}

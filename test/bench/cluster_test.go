@@ -5,6 +5,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	appsv1 "k8s.io/api/apps/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -69,8 +70,12 @@ func TestPinnedNode(t *testing.T) {
 
 func TestClusterReport(t *testing.T) {
 	s := &scaleUpResult{Replicas: 30, VolumeBytes: 16 << 20, Checked: 60, Rounds: []scaleRound{
-		{FlashpvSec: 30, EmptyDirSec: 25, BoundSec: 10, TeardownSec: 20, PerNode: map[string]int{"node-1": 10}},
-		{FlashpvSec: 33, EmptyDirSec: 30, BoundSec: 12, TeardownSec: 22},
+		{FlashpvSec: 30, EmptyDirSec: 25, BoundSec: 10, TeardownSec: 20, PerNode: map[string]int{"node-1": 10},
+			FlashpvStages:  stageTimes{"claim bound": {"a": time.Second, "b": 3 * time.Second}, "pod ready": {"a": 5 * time.Second}}.summary(),
+			EmptyDirStages: stageTimes{"pod ready": {"a": 4 * time.Second}}.summary()},
+		{FlashpvSec: 33, EmptyDirSec: 30, BoundSec: 12, TeardownSec: 22,
+			FlashpvStages:  stageTimes{"claim bound": {"a": 4 * time.Second}, "pod ready": {"a": 7 * time.Second}}.summary(),
+			EmptyDirStages: stageTimes{"pod ready": {"a": 6 * time.Second}}.summary()},
 	}}
 	s.summarize()
 	if s.Ratio.Median != 1.15 || s.Ratio.Min != 1.1 || s.Ratio.Max != 1.2 || s.FlashpvSec.Median != 31.5 {
@@ -93,7 +98,8 @@ func TestClusterReport(t *testing.T) {
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
 	for _, want := range []string{"Scale: 7 volumes", "## Cluster: 3 node(s)", "**1.15 [1.10–1.20]**",
-		"all 60 volumes pinned", "Skipped: the VolumeSnapshot API"} {
+		"all 60 volumes pinned",
+		"| claim bound | 3.0 / 3.5 | – |", "| pod ready | 6.0 / 6.0 | 5.0 / 5.0 |", "Skipped: the VolumeSnapshot API"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q:\n%s", want, md)
 		}
