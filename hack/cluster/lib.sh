@@ -26,6 +26,10 @@ NODES=${NODES:-1}
 # 10G for a single node; else 3G, 6G, 10G, 14G, 18G ... so capacities differ
 # (the smallest still holds a 1 GiB volume grown to 2 GiB).
 POOL_SIZES=${POOL_SIZES:-}
+# The controller manager's API request rate, QPS/burst (e.g. 100/200); empty:
+# Kubernetes' defaults (20/30). Its persistent-volume controller binds every
+# provisioned claim through it.
+CONTROLLER_MANAGER_QPS=${CONTROLLER_MANAGER_QPS:-}
 BRIDGE=flashpv0
 BRIDGE_IP=10.77.0.1
 CP_IP=10.77.0.10

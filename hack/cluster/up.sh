@@ -80,6 +80,9 @@ for c in controller-manager scheduler; do
 	[ $c = scheduler ] || extra=(--service-account-private-key-file="$P/sa.key" --root-ca-file="$P/ca.crt"
 		--cluster-signing-cert-file="$P/ca.crt" --cluster-signing-key-file="$P/ca.key"
 		--use-service-account-credentials=true --service-cluster-ip-range="$SERVICE_CIDR")
+	if [ $c = controller-manager ] && [ -n "$CONTROLLER_MANAGER_QPS" ]; then
+		extra+=(--kube-api-qps="${CONTROLLER_MANAGER_QPS%/*}" --kube-api-burst="${CONTROLLER_MANAGER_QPS#*/}")
+	fi
 	start_on cp "kube-$c" "kube-$c" --kubeconfig="$kc" --authentication-kubeconfig="$kc" \
 		--authorization-kubeconfig="$kc" --bind-address=127.0.0.1 --leader-elect=false "${extra[@]}"
 done

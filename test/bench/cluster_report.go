@@ -34,6 +34,11 @@ func (c *clusterResult) markdown() string {
 				fmt.Fprintf(&b, "| %s | %.1f / %.1f | %s |\n", st.Name, st.Median, st.Last, ed)
 			}
 			fmt.Fprintf(&b, "\n")
+			var lag []string
+			for _, r := range s.Rounds {
+				lag = append(lag, fmt.Sprint(r.AuthorizerLag))
+			}
+			fmt.Fprintf(&b, "flashpv pods whose kubelet was refused their claim once by the API server's node authorizer (\"no relationship found\"; the kubelet retries the pod after a back-off), per round: %s of %d.\n\n", strings.Join(lag, ", "), s.Replicas)
 		}
 		if len(s.Mismatches) == 0 {
 			fmt.Fprintf(&b, "Node affinity: all %d volumes pinned (flashpv.dev/node) to their pod's node.", s.Checked)

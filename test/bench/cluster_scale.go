@@ -44,6 +44,10 @@ type scaleRound struct {
 	BoundSec       float64        `json:"flashpv_bound_sec"`
 	TeardownSec    float64        `json:"flashpv_teardown_sec"`
 	PerNode        map[string]int `json:"flashpv_replicas_per_node"`
+	// Pods whose kubelet was refused their claim once (the API server's
+	// node authorizer had not yet linked pod, claim and node), each then
+	// waiting for the kubelet's retry.
+	AuthorizerLag int `json:"flashpv_authorizer_lag_pods"`
 }
 
 // scaleTimeout bounds one scale-up or scale-down.
@@ -99,6 +103,9 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 			if set == flashpvSet {
 				r.FlashpvSec, r.BoundSec = up.ready.Seconds(), up.bound.Seconds()
 				r.PerNode, r.FlashpvStages = up.perNode, up.stages.summary()
+				if r.AuthorizerLag, err = k.authorizerLag(ctx, set, up.started); err != nil {
+					return res, err
+				}
 				mism, err := k.checkAffinity(ctx, set, o.replicas)
 				if err != nil {
 					return res, err
@@ -118,7 +125,7 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 		}
 		log.Printf("cluster: round %d: %d replicas Ready in %.1f s on flashpv (claims Bound in %.1f s, spread %v), %.1f s on emptyDir: %.2fx; torn down in %.1f s",
 			i+1, o.replicas, r.FlashpvSec, r.BoundSec, r.PerNode, r.EmptyDirSec, r.FlashpvSec/r.EmptyDirSec, r.TeardownSec)
-		log.Printf("cluster: round %d stages, flashpv: %v; emptyDir: %v", i+1, r.FlashpvStages, r.EmptyDirStages)
+		log.Printf("cluster: round %d stages, flashpv: %v; emptyDir: %v; %d flashpv pod(s) refused their claim once by the node authorizer", i+1, r.FlashpvStages, r.EmptyDirStages, r.AuthorizerLag)
 		res.Rounds = append(res.Rounds, r)
 	}
 	res.summarize()
@@ -196,6 +203,7 @@ func benchSet(model *appsv1.StatefulSet, name string, emptyDir bool, size resour
 }
 
 type scaleUpTimes struct {
+	started      time.Time
 	ready, bound time.Duration
 	perNode      map[string]int
 	stages       stageTimes
@@ -254,8 +262,8 @@ const selectedNode = "volume.kubernetes.io/selected-node"
 func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (scaleUpTimes, error) {
 	ctx, cancel := context.WithTimeout(ctx, scaleTimeout)
 	defer cancel()
-	t := scaleUpTimes{stages: stageTimes{}}
 	start := time.Now()
+	t := scaleUpTimes{stages: stageTimes{}, started: start}
 	if err := k.setReplicas(ctx, set, n); err != nil {
 		return t, err
 	}
@@ -307,6 +315,30 @@ func (k *kube) scaleUp(ctx context.Context, set string, n int, claims bool) (sca
 		return false, fmt.Sprintf("%s: %d of %d Ready, others %v", set, ready, n, pending), nil
 	})
 	return t, err
+}
+
+// authorizerLag counts the pods of a StatefulSet that, since start, had a
+// FailedMount event because their kubelet could not read their claim yet:
+// the node authorizer of the API server answers "no relationship found"
+// until its graph links the just-bound pod to the node. The kubelet then
+// retries the pod after a back-off, which the pod's start time shows.
+func (k *kube) authorizerLag(ctx context.Context, set string, start time.Time) (int, error) {
+	evs, err := k.cs.CoreV1().Events(k.ns).List(ctx, metav1.ListOptions{FieldSelector: "reason=FailedMount"})
+	if err != nil {
+		return 0, err
+	}
+	pods := map[string]bool{}
+	for _, e := range evs.Items {
+		last := e.LastTimestamp.Time
+		if last.IsZero() {
+			last = e.EventTime.Time
+		}
+		if strings.HasPrefix(e.InvolvedObject.Name, set+"-") && !last.Before(start.Truncate(time.Second)) &&
+			strings.Contains(e.Message, "no relationship found") {
+			pods[e.InvolvedObject.Name] = true
+		}
+	}
+	return len(pods), nil
 }
 
 // podState says briefly why a pod is not Ready.
