@@ -180,3 +180,47 @@ func TestCheckExtIgnoresForeignCopies(t *testing.T) {
 		t.Errorf("ForgetExtGrowth left %s: %v", undo, err)
 	}
 }
+
+// resize2fs that fails by itself (flashpv's call not cancelled): the saved
+// metadata is put back at once, the call fails, and the filesystem is the
+// one from before the growth, clean, with its data; the next check grows
+// it. The stand-in runs the real resize2fs, stops it after a while (or lets
+// it finish) and then reports failure.
+func TestCheckExtRestoresWhenResize2fsFails(t *testing.T) {
+	real, err := exec.LookPath("resize2fs")
+	if err != nil {
+		t.Skip("no resize2fs")
+	}
+	g := growths[1]
+	dev, pristine, data := extOnLoop(t, g)
+	l := Linux{undoDir: t.TempDir()}
+	ctx := context.Background()
+	path := os.Getenv("PATH")
+	for _, stop := range []string{"0", "0.005", "0.02", "finish"} {
+		writeAt(t, dev, pristine, 0)
+		shim := t.TempDir()
+		script := "#!/bin/sh\n\"" + real + "\" \"$@\" & pid=$!\n"
+		if stop != "finish" {
+			script += "sleep " + stop + "; kill -9 $pid 2>/dev/null\n"
+		}
+		script += "wait $pid; echo 'resize2fs: giving up' >&2; exit 1\n"
+		must(t, os.WriteFile(filepath.Join(shim, "resize2fs"), []byte(script), 0o755))
+		t.Setenv("PATH", shim+":"+path)
+		err := l.CheckExt(ctx, dev, "pool.vol")
+		if err == nil || !strings.Contains(err.Error(), "giving up") {
+			t.Fatalf("stop %s: CheckExt = %v, want resize2fs's failure", stop, err)
+		}
+		if _, err := os.Stat(l.extUndoPath("pool.vol")); !errors.Is(err, os.ErrNotExist) {
+			t.Fatalf("stop %s: the metadata copy was not applied and dropped: %v", stop, err)
+		}
+		if out, err := exec.Command("e2fsck", "-f", "-n", dev).CombinedOutput(); err != nil {
+			t.Fatalf("stop %s: e2fsck -fn after the restore: %v: %s", stop, err, out)
+		}
+		if need, err := l.ExtNeedsGrow(dev); err != nil || !need {
+			t.Fatalf("stop %s: the growth was not undone (needs growing: %v, %v)", stop, need, err)
+		}
+		t.Setenv("PATH", path)
+		must(t, l.CheckExt(ctx, dev, "pool.vol"))
+		checkGrown(t, l, dev, data)
+	}
+}
