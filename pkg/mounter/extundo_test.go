@@ -224,3 +224,32 @@ func TestCheckExtRestoresWhenResize2fsFails(t *testing.T) {
 		checkGrown(t, l, dev, data)
 	}
 }
+
+// A restore that was itself cut short (the data extents of the copy written
+// back, the geometry not yet) is finished by the next check, which then
+// grows: the write-back only ever writes the same blocks again.
+func TestCheckExtFinishesInterruptedRestore(t *testing.T) {
+	g := growths[1] // one group to two: the geometry write-back matters
+	dev, _, data := extOnLoop(t, g)
+	l := Linux{undoDir: t.TempDir()}
+	undo := l.extUndoPath("pool.vol")
+	ctx := context.Background()
+	must(t, saveExtMetadata(ctx, dev, undo))
+	loopfs.Run(t, "resize2fs", dev) // grown; killed before the copy was dropped
+	img, err := os.Open(undo)
+	must(t, err)
+	d, err := os.OpenFile(dev, os.O_RDWR, 0)
+	must(t, err)
+	must(t, writeBackExtents(img, d))
+	must(t, d.Sync())
+	img.Close()
+	d.Close()
+	if out, err := exec.Command("e2fsck", "-f", "-n", dev).CombinedOutput(); err == nil {
+		t.Fatalf("the half-restored filesystem passes e2fsck -fn: the test tests nothing\n%s", out)
+	}
+	must(t, l.CheckExt(ctx, dev, "pool.vol"))
+	if _, err := os.Stat(undo); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("the metadata copy outlived the growth: %v", err)
+	}
+	checkGrown(t, l, dev, data)
+}
