@@ -190,6 +190,32 @@ func TestNodeStageVolume(t *testing.T) {
 			t.Fatalf("a volume with a filesystem of its own was formatted again: %q", e.mounts.calls)
 		}
 	})
+	t.Run("a copied btrfs gets an ID of its own before its mount; its source does not", func(t *testing.T) {
+		e := newNodeEnv(t)
+		c := mountCap("btrfs")
+		src := e.staged("src", c)
+		e.must(e.unstage(src)) // these fakes cannot freeze a staged source
+		resp, err := (&Controller{d: e.d}).CreateVolume(e.ctx, &csi.CreateVolumeRequest{Name: "clone",
+			CapacityRange: &csi.CapacityRange{RequiredBytes: testSize}, VolumeCapabilities: []*csi.VolumeCapability{c},
+			VolumeContentSource: fromVolume(src)})
+		e.must(err)
+		clone := resp.GetVolume().GetVolumeId()
+		dev := e.dev(clone)
+		e.mounts.formatted[dev] = "btrfs" // the source's filesystem, copied
+		e.must(e.stage(clone, c))
+		tune := "btrfstune " + dev + " " + clone
+		if e.count("btrfstune") != 1 || !e.mounts.did(tune) || e.count("mkfs") != 1 {
+			t.Fatalf("calls %q, want one %q and no mkfs of the copy", e.mounts.calls, tune)
+		}
+		if i, j := slices.Index(e.mounts.calls, tune), slices.Index(e.mounts.calls, "mount btrfs "+dev+" "+e.staging(clone)); i < 0 || j < i {
+			t.Fatalf("the copy was mounted before its ID changed: %q", e.mounts.calls)
+		}
+		e.mounts.formatted[e.dev(src)] = "btrfs"
+		e.must(e.stage(src, c))
+		if e.count("btrfstune") != 1 || !e.mounts.mounted(e.staging(src)) {
+			t.Fatalf("the source's ID was changed: %q", e.mounts.calls)
+		}
+	})
 	t.Run("pending volume with what a killed mkfs left is formatted again", func(t *testing.T) {
 		e := newNodeEnv(t)
 		id := e.create("v", mountCap("ext4"))
