@@ -64,11 +64,27 @@ func (p *dirPool) idle(key string) error {
 	return nil
 }
 
-// reserved sums what creates in flight have set aside; p.mu must be held.
+// reserved sums what creates in flight have set aside for volumes and
+// snapshots not recorded yet; p.mu must be held. A create records its
+// volume before it leaves the in-flight set (done, which waits for p.mu
+// behind every create queued on it), and a recorded volume is counted with
+// the others: counting it here too would refuse creates that fit. The
+// caller lists the recorded ones after this, so a volume recorded in
+// between counts twice for that one look, never not at all.
 func (p *dirPool) reserved() int64 {
+	p.vmu.RLock()
+	defer p.vmu.RUnlock()
 	var n int64
-	for _, c := range p.creating {
-		n += c.size
+	for key, c := range p.creating {
+		var recorded bool
+		if snap, ok := strings.CutPrefix(key, snapClaim("")); ok {
+			_, recorded = p.snaps[snap]
+		} else {
+			_, recorded = p.vols[key]
+		}
+		if !recorded {
+			n += c.size
+		}
 	}
 	return n
 }

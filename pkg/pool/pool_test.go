@@ -244,3 +244,31 @@ func TestCreateInProgress(t *testing.T) {
 		t.Errorf("create beyond what is left: %v, want ErrNoSpace", err)
 	}
 }
+
+// A create in flight reserves its size until its volume (or snapshot) is
+// recorded; from then on the volume counts among the recorded ones, also
+// while the create waits to leave the in-flight set, so it is never
+// counted twice for long (which refused concurrent creates that fit).
+func TestReservedCountsUnrecordedCreatesOnly(t *testing.T) {
+	p := newDirPool("p", t.TempDir(), 0, nil)
+	k1, k2, k3 := KeyForName("a"), KeyForName("b"), KeyForName("c")
+	p.creating[k1] = claim{size: 10}
+	p.creating[k2] = claim{size: 100}
+	p.creating[snapClaim(k3)] = claim{size: 1000}
+	if got := p.reserved(); got != 1110 {
+		t.Fatalf("reserved %d with nothing recorded, want 1110", got)
+	}
+	p.remember(k2, &Volume{ID: "p." + k2, SizeBytes: 100})
+	p.vmu.Lock()
+	p.snaps[k3] = &Snapshot{SizeBytes: 1000}
+	p.vmu.Unlock()
+	if got := p.reserved(); got != 10 {
+		t.Fatalf("reserved %d once b and snapshot c are recorded, want 10", got)
+	}
+	// A volume recorded under a snapshot's key is not that snapshot.
+	p.creating[snapClaim(k1)] = claim{size: 5}
+	p.remember(k1, &Volume{ID: "p." + k1, SizeBytes: 10})
+	if got := p.reserved(); got != 5 {
+		t.Fatalf("reserved %d, want the unrecorded snapshot's 5", got)
+	}
+}
