@@ -76,17 +76,23 @@ func (p *dirPool) reserved() int64 {
 	defer p.vmu.RUnlock()
 	var n int64
 	for key, c := range p.creating {
-		var recorded bool
-		if snap, ok := strings.CutPrefix(key, snapClaim("")); ok {
-			_, recorded = p.snaps[snap]
-		} else {
-			_, recorded = p.vols[key]
-		}
-		if !recorded {
+		if !p.recorded(key) {
 			n += c.size
 		}
 	}
 	return n
+}
+
+// recorded tells whether the volume or snapshot of an in-flight claim's key
+// is recorded already; p.vmu must be held.
+func (p *dirPool) recorded(claimKey string) bool {
+	var ok bool
+	if snap, isSnap := strings.CutPrefix(claimKey, snapClaim("")); isSnap {
+		_, ok = p.snaps[snap]
+	} else {
+		_, ok = p.vols[claimKey]
+	}
+	return ok
 }
 
 // begin returns the existing volume of key when there is one, or else
