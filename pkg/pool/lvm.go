@@ -8,7 +8,6 @@ import (
 	"path/filepath"
 	"strings"
 	"sync"
-	"time"
 	"unsafe"
 
 	"golang.org/x/sys/unix"
@@ -174,11 +173,10 @@ func (p *LVMPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
 	if size > c.Available {
 		return nil, false, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, size, c.Available)
 	}
-	v := &Volume{
-		ID: VolumeID{p.name, key}.String(), Name: s.Name, SizeBytes: size,
-		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters,
-		Created: time.Now().UTC().Truncate(time.Second),
-	}
+	// Pending until the node has mounted the filesystem it made: what a
+	// killed mkfs leaves on the new LV is made over, never mounted.
+	v := newVolume(p.name, key, s, p.Layout())
+	v.SizeBytes = size
 	tags, err := p.tags(v)
 	if err != nil {
 		return nil, false, err
