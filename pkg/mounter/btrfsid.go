@@ -6,6 +6,8 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"hash/crc32"
+	"io"
 	"os"
 
 	"k8s.io/klog/v2"
@@ -22,6 +24,12 @@ import (
 //
 // The new ID is derived from the volume's ID, so a retry after a restart in
 // the middle of btrfstune asks for the same ID and the change converges.
+// btrfstune works in two steps: it first sets a "changing fsid" flag in the
+// superblocks, then writes the new ID and clears the flag. Killed between
+// the two, it leaves a filesystem the kernel will not mount and that
+// btrfs-progs before 6.5 refuse to touch again ("UUID rewrite in progress").
+// For a copy that nothing has mounted, that flag is all the first step
+// changed, so flashpv clears it itself and runs btrfstune again.
 
 // btrfs superblock layout (struct btrfs_super_block, little endian).
 const (
@@ -30,6 +38,9 @@ const (
 	btrfsFlagsOffset = 0x38
 	btrfsMagicOffset = 0x40
 	btrfsMagic       = "_BHRfS_M"
+	btrfsSuperSize   = 4096
+	btrfsCsumStart   = 0x20 // the checksum covers the rest of the superblock
+	btrfsCsumType    = 0xc4 // csum_type: 0 is crc32c
 	// The superblock flag btrfstune sets while it changes the fsid.
 	btrfsChangingFsid = 1 << 36
 )
@@ -78,10 +89,57 @@ func (Linux) RenewBtrfsID(ctx context.Context, dev, volumeID string) error {
 	if fsid == want && flags&btrfsChangingFsid == 0 {
 		return nil
 	}
+	if flags&btrfsChangingFsid != 0 {
+		if err := clearChangingFsid(dev); err != nil {
+			return fmt.Errorf("finishing an interrupted change of the btrfs ID on %s: %w", dev, err)
+		}
+		klog.InfoS("Cleared the flag of an interrupted btrfs ID change", "volumeID", volumeID, "device", dev)
+	}
 	id := formatUUID(want)
 	if out, err := command.Output(ctx, "btrfstune", "-M", id, dev); err != nil {
 		return fmt.Errorf("btrfstune -M %s %s: %v: %s", id, dev, err, out)
 	}
 	klog.V(2).InfoS("Copied btrfs given its own filesystem ID", "volumeID", volumeID, "device", dev, "fsid", id, "was", formatUUID(fsid))
 	return nil
+}
+
+// btrfsSuperOffsets are where btrfs keeps its superblock and its mirrors.
+var btrfsSuperOffsets = []int64{btrfsSuperOffset, 64 << 20, 256 << 30}
+
+// clearChangingFsid clears the changing-fsid flag in every superblock copy
+// on dev that has it, with the checksum made again, and syncs dev.
+func clearChangingFsid(dev string) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	crc := crc32.MakeTable(crc32.Castagnoli)
+	for _, off := range btrfsSuperOffsets {
+		if off+btrfsSuperSize > size {
+			break
+		}
+		sb := make([]byte, btrfsSuperSize)
+		if _, err := f.ReadAt(sb, off); err != nil {
+			return err
+		}
+		flags := binary.LittleEndian.Uint64(sb[btrfsFlagsOffset:])
+		if string(sb[btrfsMagicOffset:btrfsMagicOffset+len(btrfsMagic)]) != btrfsMagic || flags&btrfsChangingFsid == 0 {
+			continue
+		}
+		if t := binary.LittleEndian.Uint16(sb[btrfsCsumType:]); t != 0 {
+			return fmt.Errorf("superblock at %d has checksum type %d, not crc32c", off, t)
+		}
+		binary.LittleEndian.PutUint64(sb[btrfsFlagsOffset:], flags&^btrfsChangingFsid)
+		clear(sb[:btrfsCsumStart])
+		binary.LittleEndian.PutUint32(sb, crc32.Checksum(sb[btrfsCsumStart:], crc))
+		if _, err := f.WriteAt(sb, off); err != nil {
+			return err
+		}
+	}
+	return f.Sync()
 }

@@ -2,6 +2,8 @@ package mounter
 
 import (
 	"context"
+	"encoding/binary"
+	"hash/crc32"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -64,5 +66,40 @@ func TestRenewBtrfsID(t *testing.T) {
 	}
 	if err := m.RenewBtrfsID(ctx, filepath.Join(dir, "missing"), "pool.x"); err == nil {
 		t.Fatal("no error for a missing device")
+	}
+
+	// Killed between btrfstune's two steps: the flag set, the old ID still
+	// there. btrfs-progs before 6.5 refuse to go on from that, and the
+	// kernel refuses to mount it; flashpv clears the flag and goes on.
+	must(t, os.WriteFile(cp, data, 0o600))
+	setChangingFsid(t, cp)
+	if _, flags, _ := readBtrfsSuper(cp); flags&btrfsChangingFsid == 0 {
+		t.Fatal("the stand-in for an interrupted btrfstune did not set the flag")
+	}
+	must(t, m.RenewBtrfsID(ctx, cp, "pool.copy"))
+	got, flags, err = readBtrfsSuper(cp)
+	must(t, err)
+	if got != btrfsFsidFor("pool.copy") || flags&btrfsChangingFsid != 0 {
+		t.Fatalf("after an interrupted change: fsid %s, flags %#x", formatUUID(got), flags)
+	}
+	if out, err := exec.Command("btrfs", "check", "--readonly", cp).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs check after an interrupted change: %v\n%s", err, out)
+	}
+}
+
+// setChangingFsid does what btrfstune -M's first step does: the
+// changing-fsid flag in the superblocks, checksums made again.
+func setChangingFsid(t *testing.T, img string) {
+	t.Helper()
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	must(t, err)
+	defer f.Close()
+	for _, off := range btrfsSuperOffsets[:2] {
+		sb := make([]byte, btrfsSuperSize)
+		must(t, func() error { _, err := f.ReadAt(sb, off); return err }())
+		flags := binary.LittleEndian.Uint64(sb[btrfsFlagsOffset:])
+		binary.LittleEndian.PutUint64(sb[btrfsFlagsOffset:], flags|btrfsChangingFsid)
+		binary.LittleEndian.PutUint32(sb, crc32.Checksum(sb[btrfsCsumStart:], crc32.MakeTable(crc32.Castagnoli)))
+		must(t, func() error { _, err := f.WriteAt(sb, off); return err }())
 	}
 }
