@@ -36,7 +36,8 @@ type scaleUpResult struct {
 }
 
 type scaleRound struct {
-	// Per replica, when each stage was first seen: flashpv's and emptyDir's.
+	// Per stage, the median and last replica's time to it: flashpv's and
+	// emptyDir's.
 	FlashpvStages  []stage        `json:"flashpv_stages,omitempty"`
 	EmptyDirStages []stage        `json:"emptydir_stages,omitempty"`
 	FlashpvSec     float64        `json:"flashpv_ready_sec"`
