@@ -35,10 +35,13 @@ type dirPool struct {
 }
 
 // claim is a create in flight: the bytes it has set aside and, in a quota
-// pool, the project it will use.
+// pool, the project it will use. In an image pool, file is the file the
+// create allocates, whose blocks stand for part of size once written; with
+// no file (a reflink copy, whose blocks are shared) size counts whole.
 type claim struct {
 	size    int64
 	project uint32
+	file    string
 }
 
 func newDirPool(name, dir string, reserve int64, lock *os.File) dirPool {

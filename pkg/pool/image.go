@@ -124,7 +124,7 @@ func (p *ImagePool) Create(ctx context.Context, s Spec) (v *Volume, created bool
 		if s.SizeBytes > avail {
 			return claim{}, fmt.Errorf("%w %s: %d bytes requested, %d available", ErrNoSpace, p.name, s.SizeBytes, avail)
 		}
-		return claim{size: s.SizeBytes}, nil
+		return claim{size: s.SizeBytes, file: img}, nil
 	})
 	if existing != nil || err != nil {
 		return existing, false, err

@@ -25,22 +25,29 @@ func (p *ImagePool) available() (int64, error) {
 // blocks (holes punched by discards from inside the volume), minus the
 // reserve. Holes can appear at any time, so this is measured, not cached.
 func (p *ImagePool) capacity() (Capacity, error) {
-	// Images being allocated count with the part not allocated yet. They are
-	// looked at before the filesystem's free space: blocks allocated between
-	// the two looks are then counted twice, never not at all.
+	// Creates in flight count with the part of their claim not backed by
+	// blocks yet. They are looked at before the filesystem's free space:
+	// blocks allocated between the two looks are then counted twice, never
+	// not at all. One whose volume or snapshot is recorded already (it
+	// leaves the in-flight set only once it has p.mu) counts with the
+	// recorded ones, as what it is now: counting it here as well would
+	// refuse creates that fit, and a shared copy here would count only
+	// its growth.
 	var unbacked int64
+	inFlight := map[string]bool{}
+	shared := map[string]bool{} // what shares blocks reserves its whole size (Volume.Shared, Snapshot.Shared)
+	p.vmu.RLock()
 	for key, c := range p.creating {
+		if p.recorded(key) {
+			continue
+		}
+		inFlight[key] = true
+		unbacked += c.size
 		var st unix.Stat_t
-		if err := unix.Stat(p.ImagePath(key), &st); err != nil {
-			unbacked += c.size
-		} else {
-			unbacked += max(c.size-st.Blocks*512, 0)
+		if c.file != "" && unix.Stat(c.file, &st) == nil {
+			unbacked -= min(st.Blocks*512, c.size)
 		}
 	}
-	// What shares blocks reserves its whole size (see Volume.Shared and
-	// Snapshot.Shared).
-	shared := map[string]bool{}
-	p.vmu.RLock()
 	for key, v := range p.vols {
 		shared[key] = v.Shared
 	}
@@ -73,7 +80,7 @@ func (p *ImagePool) capacity() (Capacity, error) {
 			continue
 		}
 		key, ok := strings.CutSuffix(n, imageSuffix)
-		if _, busy := p.creating[key]; !ok || !keyRE.MatchString(key) || busy {
+		if !ok || !keyRE.MatchString(key) || inFlight[key] {
 			continue
 		}
 		var st unix.Stat_t

@@ -48,7 +48,11 @@ func (p *ImagePool) CreateSnapshot(ctx context.Context, s SnapshotSpec) (*Snapsh
 		if err := os.Remove(dst); err != nil && !errors.Is(err, fs.ErrNotExist) {
 			return claim{}, err
 		}
-		return claim{size: s.Source.SizeBytes}, p.checkSpace(s.Source.SizeBytes)
+		c := claim{size: s.Source.SizeBytes}
+		if !p.reflink {
+			c.file = dst
+		}
+		return c, p.checkSpace(s.Source.SizeBytes)
 	})
 	if existing != nil || err != nil {
 		return existing, false, err
@@ -137,7 +141,12 @@ func (p *ImagePool) CreateFrom(ctx context.Context, s Spec, c Content) (*Volume,
 				return claim{}, err
 			}
 		}
-		return claim{size: s.SizeBytes}, p.checkSpace(need)
+		// Until the source is marked shared, the claim holds its part.
+		c := claim{size: need}
+		if !p.reflink {
+			c.file = img
+		}
+		return c, p.checkSpace(need)
 	})
 	if existing != nil || err != nil {
 		return existing, false, err

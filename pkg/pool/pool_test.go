@@ -42,7 +42,7 @@ func fakeFS(total, free int64) func(string, *unix.Statfs_t) error {
 		used := int64(0)
 		for _, e := range entries {
 			var fst unix.Stat_t
-			if strings.HasSuffix(e.Name(), imageSuffix) && unix.Stat(filepath.Join(dir, e.Name()), &fst) == nil {
+			if (strings.HasSuffix(e.Name(), imageSuffix) || strings.HasSuffix(e.Name(), snapSuffix)) && unix.Stat(filepath.Join(dir, e.Name()), &fst) == nil {
 				used += fst.Blocks * 512
 			}
 		}
@@ -270,5 +270,71 @@ func TestReservedCountsUnrecordedCreatesOnly(t *testing.T) {
 	p.remember(k1, &Volume{ID: "p." + k1, SizeBytes: 10})
 	if got := p.reserved(); got != 5 {
 		t.Fatalf("reserved %d, want the unrecorded snapshot's 5", got)
+	}
+}
+
+// An image pool's creates in flight count once each, as what they are: the
+// part of a copy not written yet, a reflink copy whole (its blocks are
+// shared), and, once recorded, as the recorded volume or snapshot they are.
+func TestImageCapacityCountsCreatesInFlightOnce(t *testing.T) {
+	ctx := context.Background()
+	p := newTestPool(t, 0)
+	p.statfs = fakeFS(1<<30, 500<<20)
+	avail := func() int64 {
+		t.Helper()
+		c, err := p.Capacity(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return c.Available
+	}
+
+	// A snapshot being copied: 16 of its 64 MiB written so far.
+	snapKey := KeyForName("snap")
+	snapFile := p.snapPath(snapKey)
+	if err := os.WriteFile(snapFile, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := allocate(ctx, snapFile, 0, 16<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	p.creating[snapClaim(snapKey)] = claim{size: 64 << 20, file: snapFile}
+	if got, want := avail(), int64(500<<20-16<<20-48<<20); got != want {
+		t.Errorf("copy in flight: available %d MiB, want %d MiB (its written part used, the rest claimed)", got>>20, want>>20)
+	}
+	// Recorded, not yet out of the in-flight set: a sparse copy holds
+	// what it has written and nothing more.
+	p.rememberSnapshot(snapKey, &Snapshot{ID: VolumeID{"test", snapKey}.String(), SizeBytes: 64 << 20})
+	if got, want := avail(), int64(500<<20-16<<20); got != want {
+		t.Errorf("copy recorded: available %d MiB, want %d MiB", got>>20, want>>20)
+	}
+	delete(p.creating, snapClaim(snapKey))
+	if got, want := avail(), int64(500<<20-16<<20); got != want {
+		t.Errorf("copy done: available %d MiB, want %d MiB", got>>20, want>>20)
+	}
+
+	// A reflink clone of 32 MiB: its image's blocks are its source's, so
+	// the claim counts whole, and once recorded shared, the image whole.
+	cloneKey := KeyForName("clone")
+	img := p.ImagePath(cloneKey)
+	if err := os.WriteFile(img, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := allocate(ctx, img, 0, 32<<20, false); err != nil {
+		t.Fatal(err)
+	}
+	// Its blocks are shared with the source's, so they took no free space.
+	p.statfs = fakeFS(1<<30, 532<<20)
+	p.creating[cloneKey] = claim{size: 32 << 20}
+	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
+		t.Errorf("clone in flight: available %d MiB, want %d MiB", got>>20, want>>20)
+	}
+	writeVolume(&p.mirror, p.metaPath(cloneKey), cloneKey, &Volume{ID: VolumeID{"test", cloneKey}.String(), Name: "clone", SizeBytes: 32 << 20, Mode: ModeBlock, Shared: true})
+	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
+		t.Errorf("clone recorded, in flight: available %d MiB, want %d MiB (counted once)", got>>20, want>>20)
+	}
+	delete(p.creating, cloneKey)
+	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
+		t.Errorf("clone done: available %d MiB, want %d MiB", got>>20, want>>20)
 	}
 }
