@@ -84,7 +84,11 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	// The ID depends on the pool, so a name is unique across all pools.
 	for _, other := range s.d.poolNames {
 		if other == p.Name() {
@@ -99,21 +103,36 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		Mode: mode, FsType: fsType, Parameters: params,
 	}
 	var v *pool.Volume
-	var created bool
 	if content != nil {
-		v, created, err = s.d.createFrom(ctx, spec, content)
+		// A copy may outlast the call: it holds the name until it is done.
+		hold := release
+		release = nil
+		err = detach(ctx, func(ctx context.Context) error {
+			defer hold()
+			made, created, err := s.d.createFrom(ctx, spec, content)
+			if created {
+				logCreated(made)
+			}
+			v = made // read by the call only if it waited for this
+			return err
+		})
 	} else {
+		var created bool
 		v, created, err = p.Create(ctx, spec)
+		if created {
+			logCreated(v)
+		}
 	}
 	if err != nil {
 		return nil, err
 	}
-	if created {
-		klog.InfoS("Volume created", "volumeID", v.ID, "name", name, "bytes", v.SizeBytes, "mode", v.Mode, "fsType", v.FsType, "source", v.Source)
-	}
 	vol := s.d.csiVolume(p, v)
 	vol.ContentSource = req.GetVolumeContentSource()
 	return vol, nil
+}
+
+func logCreated(v *pool.Volume) {
+	klog.InfoS("Volume created", "volumeID", v.ID, "name", v.Name, "bytes", v.SizeBytes, "mode", v.Mode, "fsType", v.FsType, "source", v.Source)
 }
 
 // poolFsType checks that capabilities fit what the pool's volumes can be

@@ -45,7 +45,11 @@ func (s *Controller) createSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if err != nil {
 		return nil, err
 	}
-	defer release()
+	defer func() {
+		if release != nil {
+			release()
+		}
+	}()
 	p, v, err := s.d.lookup(sourceID)
 	if err != nil {
 		return nil, notHere(err, "volume", sourceID, s.d.nodeID)
@@ -62,18 +66,26 @@ func (s *Controller) createSnapshot(ctx context.Context, req *csi.CreateSnapshot
 		}
 	}
 	// The source stays as it is (no stage, unstage, expansion or delete)
-	// while it is read.
+	// while it is read, and a copy may outlast the call (see detach).
 	releaseVol, err := s.d.locks.acquire(v.ID)
 	if err != nil {
 		return nil, err
 	}
-	defer releaseVol()
-	snap, created, err := p.snap.CreateSnapshot(ctx, pool.SnapshotSpec{Name: name, Source: v, Quiesce: s.d.quiesce(p, v)})
+	hold := release
+	release = nil
+	var snap *pool.Snapshot
+	err = detach(ctx, func(ctx context.Context) error {
+		defer hold()
+		defer releaseVol()
+		made, created, err := p.snap.CreateSnapshot(ctx, pool.SnapshotSpec{Name: name, Source: v, Quiesce: s.d.quiesce(p, v)})
+		if created {
+			klog.InfoS("Snapshot created", "snapshotID", made.ID, "name", name, "sourceVolumeID", v.ID, "bytes", made.SizeBytes, "shared", made.Shared)
+		}
+		snap = made // read by the call only if it waited for this
+		return err
+	})
 	if err != nil {
 		return nil, err
-	}
-	if created {
-		klog.InfoS("Snapshot created", "snapshotID", snap.ID, "name", name, "sourceVolumeID", v.ID, "bytes", snap.SizeBytes, "shared", snap.Shared)
 	}
 	return snap, nil
 }

@@ -6,6 +6,7 @@ import (
 	"path/filepath"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
@@ -15,11 +16,21 @@ import (
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
-// fakeFreezer records what it froze and runs fn.
-type fakeFreezer struct{ frozen []string }
+// fakeFreezer records what it froze and runs fn. With hold set, a freeze
+// sends its context to entered and waits for hold to close before fn runs:
+// a copy that takes long.
+type fakeFreezer struct {
+	frozen  []string
+	hold    chan struct{}
+	entered chan context.Context
+}
 
 func (f *fakeFreezer) WithFrozen(ctx context.Context, mp string, fn func(context.Context) error) error {
 	f.frozen = append(f.frozen, mp)
+	if f.hold != nil {
+		f.entered <- ctx
+		<-f.hold
+	}
 	return fn(ctx)
 }
 
@@ -307,3 +318,85 @@ func TestQuiesceDirectory(t *testing.T) {
 type fakeDirSource struct{ pool.Source }
 
 func (fakeDirSource) Find(*pool.Volume) (string, error) { return filepath.Clean("/pool/dir"), nil }
+
+// TestCopyOutlivesItsCall: a copy whose caller gives up (the sidecars'
+// --timeout) goes on; a retry meanwhile is Aborted, and a retry once it is
+// done gets what it made, made once.
+func TestCopyOutlivesItsCall(t *testing.T) {
+	e := newSnapEnv(t)
+	src, err := e.create(t, "src", 8<<20, mountCaps("ext4"), nil, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	e.stage(t, src.VolumeId, "/kubelet/plugins/x/globalmount")
+	e.freezer.entered = make(chan context.Context, 4)
+	calls := []struct {
+		name string
+		call func(context.Context) error
+	}{
+		{"snapshot", func(ctx context.Context) error {
+			_, err := e.c.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: "s", SourceVolumeId: src.VolumeId})
+			return err
+		}},
+		{"clone", func(ctx context.Context) error {
+			_, err := e.c.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "c", CapacityRange: &csi.CapacityRange{RequiredBytes: 8 << 20},
+				VolumeCapabilities: mountCaps("ext4"), VolumeContentSource: fromVolume(src.VolumeId)})
+			return err
+		}},
+	}
+	for _, tc := range calls {
+		t.Run(tc.name, func(t *testing.T) {
+			hold := make(chan struct{})
+			e.freezer.hold = hold
+			released := false
+			defer func() {
+				if !released {
+					close(hold)
+				}
+			}()
+			ctx, cancel := context.WithCancel(context.Background())
+			defer cancel()
+			answer := make(chan error, 1)
+			go func() { answer <- tc.call(ctx) }()
+			var copyCtx context.Context
+			select {
+			case copyCtx = <-e.freezer.entered:
+			case err := <-answer:
+				t.Fatalf("answered before its copy began: %v", err)
+			case <-time.After(10 * time.Second):
+				t.Fatal("the copy did not begin")
+			}
+			cancel() // the caller gives up
+			select {
+			case err := <-answer:
+				if status.Code(err) != codes.Aborted {
+					t.Fatalf("call given up: %v, want Aborted", err)
+				}
+			case <-time.After(10 * time.Second):
+				t.Fatal("the call did not answer when its caller gave up")
+			}
+			if copyCtx.Err() != nil {
+				t.Fatalf("the copy was cancelled with its call: %v", copyCtx.Err())
+			}
+			if err := tc.call(context.Background()); status.Code(err) != codes.Aborted {
+				t.Fatalf("retry during the copy: %v, want Aborted", err)
+			}
+			close(hold)
+			released = true
+			for deadline := time.Now().Add(10 * time.Second); ; time.Sleep(10 * time.Millisecond) {
+				err := tc.call(context.Background())
+				if err == nil {
+					break
+				}
+				if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+					t.Fatalf("retry after the copy: %v", err)
+				}
+			}
+			select {
+			case <-e.freezer.entered:
+				t.Fatal("the copy was made again")
+			default:
+			}
+		})
+	}
+}

@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"fmt"
 	"sync"
 )
@@ -28,4 +29,24 @@ func (l *keyLocks) acquire(key string) (func(), error) {
 		delete(l.busy, key)
 		l.mu.Unlock()
 	}, nil
+}
+
+// detach runs op, the slow part of a create (a copy of data), so that it
+// ends as if its caller had waited. The provisioner and the snapshotter
+// give a call minutes at most (csi-provisioner's and csi-snapshotter's
+// --timeout) and then retry it: a copy cut short at every try would start
+// over for ever. op keeps ctx's values but not its end, and holds the locks
+// it takes until it returns; the call answers when op is done or ctx ends,
+// whichever is first. A retry meanwhile finds op's locks taken (Aborted,
+// which both sidecars retry) and, once op is done, what it made. A restart
+// of flashpv ends op like any other call: the retry starts the copy over.
+func detach(ctx context.Context, op func(context.Context) error) error {
+	done := make(chan error, 1)
+	go func() { done <- op(context.WithoutCancel(ctx)) }()
+	select {
+	case err := <-done:
+		return err
+	case <-ctx.Done():
+		return fmt.Errorf("%w: the copy goes on after this call's end (%v); a retry answers once it is done", errAborted, ctx.Err())
+	}
 }
