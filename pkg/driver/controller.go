@@ -107,7 +107,7 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 		// A copy may outlast the call: it holds the name until it is done.
 		hold := release
 		release = nil
-		err = detach(ctx, func(ctx context.Context) error {
+		err = s.d.locks.detach(ctx, func(ctx context.Context) error {
 			defer hold()
 			made, created, err := s.d.createFrom(ctx, spec, content)
 			if created {

@@ -74,7 +74,7 @@ func (s *Controller) createSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	hold := release
 	release = nil
 	var snap *pool.Snapshot
-	err = detach(ctx, func(ctx context.Context) error {
+	err = s.d.locks.detach(ctx, func(ctx context.Context) error {
 		defer hold()
 		defer releaseVol()
 		made, created, err := p.snap.CreateSnapshot(ctx, pool.SnapshotSpec{Name: name, Source: v, Quiesce: s.d.quiesce(p, v)})

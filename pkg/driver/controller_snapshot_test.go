@@ -400,3 +400,49 @@ func TestCopyOutlivesItsCall(t *testing.T) {
 		})
 	}
 }
+
+// TestDetachedCopyEndsWithTheDriver: a copy that outlived its call is
+// given until the stop's deadline, then ended (its context is done, so a
+// frozen filesystem is thawed), and the stop waits for it to return.
+func TestDetachedCopyEndsWithTheDriver(t *testing.T) {
+	l := newKeyLocks()
+	began, returned := make(chan context.Context, 1), make(chan struct{})
+	ctx, cancel := context.WithCancel(context.Background())
+	answer := make(chan error, 1)
+	go func() {
+		answer <- l.detach(ctx, func(ctx context.Context) error {
+			began <- ctx
+			<-ctx.Done()
+			close(returned)
+			return ctx.Err()
+		})
+	}()
+	opCtx := <-began
+	cancel()
+	if err := <-answer; !errors.Is(err, errAborted) {
+		t.Fatalf("call given up: %v, want errAborted", err)
+	}
+	if opCtx.Err() != nil {
+		t.Fatal("the copy ended with its call")
+	}
+	start := time.Now()
+	l.endDetached(start.Add(200 * time.Millisecond))
+	select {
+	case <-returned:
+	default:
+		t.Fatal("endDetached returned before the copy did")
+	}
+	if took := time.Since(start); took < 200*time.Millisecond {
+		t.Errorf("the copy was ended after %v, before its deadline", took)
+	}
+	// Nothing in flight: the stop does not wait.
+	l2 := newKeyLocks()
+	if err := l2.detach(context.Background(), func(context.Context) error { return nil }); err != nil {
+		t.Fatal(err)
+	}
+	start = time.Now()
+	l2.endDetached(start.Add(time.Minute))
+	if time.Since(start) > 10*time.Second {
+		t.Error("endDetached waited with nothing in flight")
+	}
+}

@@ -31,13 +31,18 @@ func (d *Driver) Serve(ctx context.Context, lis net.Listener) error {
 	case <-ctx.Done():
 	}
 	klog.InfoS("Stopping: letting calls in flight finish")
+	// The DaemonSet's pod has 30 s (terminationGracePeriodSeconds) before
+	// it is killed: what is still running after 25 s is ended, so that a
+	// filesystem frozen for a copy is thawed before the kill.
+	deadline := time.Now().Add(25 * time.Second)
 	stopped := make(chan struct{})
 	go func() { srv.GracefulStop(); close(stopped) }()
 	select {
 	case <-stopped:
-	case <-time.After(30 * time.Second):
+	case <-time.After(time.Until(deadline)):
 		srv.Stop()
 	}
+	d.locks.endDetached(deadline)
 	// A stop that came before srv.Serve took the listener leaves it open,
 	// and a new process would find the socket still answering.
 	lis.Close()
