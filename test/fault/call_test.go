@@ -33,7 +33,7 @@ var expectedCommands = map[string][]string{
 	"DeleteVolume/*":         {"lvm"},
 	"NodeStageVolume/ext4":   {"mkfs.ext4", "e2fsck", "e2image", "resize2fs"},
 	"NodeStageVolume/xfs":    {"mkfs.xfs", "xfs_growfs"},
-	"NodeStageVolume/btrfs":  {"mkfs.btrfs", "btrfs"},
+	"NodeStageVolume/btrfs":  {"mkfs.btrfs", "btrfs", "btrfstune"},
 	"NodePublishVolume/ext4": {"e2fsck", "e2image", "resize2fs"},
 	"NodeExpandVolume/ext4":  {"resize2fs"},
 	"NodeExpandVolume/xfs":   {"xfs_growfs"},

@@ -85,6 +85,8 @@ type run struct {
 	stateDir  string
 
 	vols     []*volume
+	snaps    []*snapshot
+	snapGen  int
 	opNum    int
 	learned  *learned
 	stats    *stats
@@ -237,6 +239,7 @@ func (r *run) finish() {
 			r.deleteVolume(v)
 		}
 	}
+	r.deleteSnapshots()
 	if err := r.stop(); err != nil {
 		r.failf(nil, "%v", err)
 	}

@@ -61,6 +61,7 @@ type volume struct {
 	// reaching is the state a call that failed for good was reaching
 	// for: the kubelet treats such a mount as uncertain and tears it down.
 	reaching volState
+	source   *csi.VolumeContentSource // a restore's snapshot
 }
 
 func (v *volume) String() string {
@@ -81,6 +82,10 @@ func (r *run) step(v *volume) string {
 	roll := rng.IntN(100)
 	switch v.state {
 	case absent:
+		if len(r.snaps) > 0 && roll < 50 {
+			r.restore(v, r.snaps[rng.IntN(len(r.snaps))])
+			return "restore"
+		}
 		kinds := r.kinds()
 		v.kind = kinds[rng.IntN(len(kinds))]
 		r.create(v)
@@ -96,6 +101,8 @@ func (r *run) step(v *volume) string {
 		case roll < 90:
 			r.expand(v, rng.IntN(2))
 			return "expand(unstaged)"
+		case roll < 95 && r.canSnapshot(v):
+			return r.snapshotOrDelete(v)
 		default:
 			r.create(v) // the provisioner retrying a create that succeeded
 			return "create(again)"
@@ -111,6 +118,8 @@ func (r *run) step(v *volume) string {
 		case roll < 90:
 			r.expand(v, rng.IntN(2))
 			return "expand(staged)"
+		case roll < 95 && r.canSnapshot(v):
+			return r.snapshotOrDelete(v)
 		default:
 			r.stage(v) // the kubelet after its own restart
 			return "stage(again)"
@@ -123,9 +132,11 @@ func (r *run) step(v *volume) string {
 		case roll < 55:
 			r.expand(v, rng.IntN(2))
 			return "expand(published)"
-		case roll < 90:
+		case roll < 85:
 			r.unpublish(v)
 			return "unpublish"
+		case roll < 92 && r.canSnapshot(v):
+			return r.snapshotOrDelete(v)
 		default:
 			r.publish(v)
 			return "publish(again)"
@@ -177,9 +188,10 @@ func (r *run) create(v *volume) {
 		v.initial, v.size = initialSize[v.kind], initialSize[v.kind]
 	}
 	req := &csi.CreateVolumeRequest{
-		Name:               v.name,
-		CapacityRange:      &csi.CapacityRange{RequiredBytes: v.size},
-		VolumeCapabilities: []*csi.VolumeCapability{v.capability()},
+		Name:                v.name,
+		CapacityRange:       &csi.CapacityRange{RequiredBytes: v.size},
+		VolumeCapabilities:  []*csi.VolumeCapability{v.capability()},
+		VolumeContentSource: v.source,
 		AccessibilityRequirements: &csi.TopologyRequirement{
 			Requisite: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": nodeID}}},
 			Preferred: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": nodeID}}},
