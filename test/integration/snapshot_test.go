@@ -1,6 +1,7 @@
 package integration
 
 import (
+	"context"
 	"fmt"
 	"os"
 	"os/exec"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 
 	"github.com/flashpv/flashpv/test/harness"
 )
@@ -400,4 +402,71 @@ func TestSnapshotLeftoversCollected(t *testing.T) {
 	if left, _ := filepath.Glob(filepath.Join(dir, key+"*")); len(left) > 0 {
 		t.Fatalf("leftovers kept: %v", left)
 	}
+}
+
+// TestCopyLongerThanTheCallersTimeout: a snapshot and a restore whose copy
+// takes longer than the caller waits (the sidecars' --timeout) still
+// converge, retried with that same short timeout every time: the copy goes
+// on after the call, and a retry gets what it made.
+func TestCopyLongerThanTheCallersTimeout(t *testing.T) {
+	harness.RequireBackend(t, "image", "lvm-thick") // pools that copy
+	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": harness.NewPool(t, "2G")}})
+	c := newClient(t, env)
+	vc := blockCap()
+	src := c.create("src", 256<<20, vc)
+	staging, target := c.stagePublish(src.VolumeId, "src", vc)
+	sh(t, "dd if=/dev/urandom of="+target+" bs=1M count=256 oflag=direct conv=fsync status=none")
+	want := sh(t, "sha256sum <"+target)
+	c.unpublishUnstage(src.VolumeId, staging, target)
+
+	// Like a sidecar with a --timeout far below the copy's time.
+	const timeout = 50 * time.Millisecond
+	retry := func(what string, call func(context.Context) error) {
+		t.Helper()
+		timedOut := 0
+		for deadline := time.Now().Add(3 * time.Minute); ; time.Sleep(20 * time.Millisecond) {
+			cctx, cancel := context.WithTimeout(ctx, timeout)
+			err := call(cctx)
+			cancel()
+			if err == nil {
+				break
+			}
+			switch status.Code(err) {
+			case codes.DeadlineExceeded:
+				timedOut++
+			case codes.Aborted:
+			default:
+				t.Fatalf("%s: %v", what, err)
+			}
+			if time.Now().After(deadline) {
+				t.Fatalf("%s did not converge in 3 minutes of %v calls (%d timed out); last: %v", what, timeout, timedOut, err)
+			}
+		}
+		if timedOut == 0 {
+			t.Fatalf("%s: no call timed out; the copy was too quick to test anything", what)
+		}
+		t.Logf("%s: done after %d calls timed out", what, timedOut)
+	}
+	var snapID string
+	retry("CreateSnapshot", func(cctx context.Context) error {
+		resp, err := c.ctl.CreateSnapshot(cctx, &csi.CreateSnapshotRequest{Name: "snap", SourceVolumeId: src.VolumeId})
+		snapID = resp.GetSnapshot().GetSnapshotId()
+		return err
+	})
+	var restored *csi.Volume
+	retry("CreateVolume from the snapshot", func(cctx context.Context) error {
+		resp, err := c.ctl.CreateVolume(cctx, &csi.CreateVolumeRequest{
+			Name: "restored", CapacityRange: &csi.CapacityRange{RequiredBytes: 256 << 20},
+			VolumeCapabilities: []*csi.VolumeCapability{vc},
+			VolumeContentSource: &csi.VolumeContentSource{Type: &csi.VolumeContentSource_Snapshot{
+				Snapshot: &csi.VolumeContentSource_SnapshotSource{SnapshotId: snapID}}},
+		})
+		restored = resp.GetVolume()
+		return err
+	})
+	rs, rt := c.stagePublish(restored.VolumeId, "restored", vc)
+	if got := sh(t, "head -c 256M "+rt+" | sha256sum"); got != want {
+		t.Errorf("restored data %s, source's %s", got, want)
+	}
+	c.unpublishUnstage(restored.VolumeId, rs, rt)
 }
