@@ -121,17 +121,6 @@ func (w *watch) loop() {
 				return
 			}
 		}
-		if w.tr.kind == inFallocate {
-			// fallocate(2) of a volume's image takes well under a
-			// millisecond: a tick would miss it, so this spins.
-			select {
-			case <-w.quit:
-				return
-			default:
-				runtime.Gosched()
-				continue
-			}
-		}
 		select {
 		case <-w.quit:
 			return
