@@ -35,6 +35,7 @@ func (p *ImagePool) capacity() (Capacity, error) {
 	// its growth.
 	var unbacked int64
 	inFlight := map[string]bool{}
+	var backing []claim         // in-flight claims with a file, looked at below
 	shared := map[string]bool{} // what shares blocks reserves its whole size (Volume.Shared, Snapshot.Shared)
 	p.vmu.RLock()
 	for key, c := range p.creating {
@@ -43,9 +44,8 @@ func (p *ImagePool) capacity() (Capacity, error) {
 		}
 		inFlight[key] = true
 		unbacked += c.size
-		var st unix.Stat_t
-		if c.file != "" && unix.Stat(c.file, &st) == nil {
-			unbacked -= min(st.Blocks*512, c.size)
+		if c.file != "" {
+			backing = append(backing, c)
 		}
 	}
 	for key, v := range p.vols {
@@ -57,6 +57,12 @@ func (p *ImagePool) capacity() (Capacity, error) {
 		}
 	}
 	p.vmu.RUnlock()
+	for _, c := range backing {
+		var st unix.Stat_t
+		if unix.Stat(c.file, &st) == nil {
+			unbacked -= min(st.Blocks*512, c.size)
+		}
+	}
 	var sfs unix.Statfs_t
 	if err := p.statfs(p.dir, &sfs); err != nil {
 		return Capacity{}, err

@@ -280,61 +280,48 @@ func TestImageCapacityCountsCreatesInFlightOnce(t *testing.T) {
 	ctx := context.Background()
 	p := newTestPool(t, 0)
 	p.statfs = fakeFS(1<<30, 500<<20)
-	avail := func() int64 {
+	expect := func(when string, wantMiB int64) {
 		t.Helper()
 		c, err := p.Capacity(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
-		return c.Available
+		if c.Available != wantMiB<<20 {
+			t.Errorf("%s: available %d MiB, want %d MiB", when, c.Available>>20, wantMiB)
+		}
+	}
+	file := func(path string, allocated int64) {
+		t.Helper()
+		if err := os.WriteFile(path, nil, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		if err := allocate(ctx, path, 0, allocated, false); err != nil {
+			t.Fatal(err)
+		}
 	}
 
 	// A snapshot being copied: 16 of its 64 MiB written so far.
 	snapKey := KeyForName("snap")
-	snapFile := p.snapPath(snapKey)
-	if err := os.WriteFile(snapFile, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := allocate(ctx, snapFile, 0, 16<<20, false); err != nil {
-		t.Fatal(err)
-	}
-	p.creating[snapClaim(snapKey)] = claim{size: 64 << 20, file: snapFile}
-	if got, want := avail(), int64(500<<20-16<<20-48<<20); got != want {
-		t.Errorf("copy in flight: available %d MiB, want %d MiB (its written part used, the rest claimed)", got>>20, want>>20)
-	}
+	file(p.snapPath(snapKey), 16<<20)
+	p.creating[snapClaim(snapKey)] = claim{size: 64 << 20, file: p.snapPath(snapKey)}
+	expect("copy in flight (its written part used, the rest claimed)", 500-16-48)
 	// Recorded, not yet out of the in-flight set: a sparse copy holds
 	// what it has written and nothing more.
 	p.rememberSnapshot(snapKey, &Snapshot{ID: VolumeID{"test", snapKey}.String(), SizeBytes: 64 << 20})
-	if got, want := avail(), int64(500<<20-16<<20); got != want {
-		t.Errorf("copy recorded: available %d MiB, want %d MiB", got>>20, want>>20)
-	}
+	expect("copy recorded", 500-16)
 	delete(p.creating, snapClaim(snapKey))
-	if got, want := avail(), int64(500<<20-16<<20); got != want {
-		t.Errorf("copy done: available %d MiB, want %d MiB", got>>20, want>>20)
-	}
+	expect("copy done", 500-16)
 
 	// A reflink clone of 32 MiB: its image's blocks are its source's, so
 	// the claim counts whole, and once recorded shared, the image whole.
 	cloneKey := KeyForName("clone")
-	img := p.ImagePath(cloneKey)
-	if err := os.WriteFile(img, nil, 0o600); err != nil {
-		t.Fatal(err)
-	}
-	if err := allocate(ctx, img, 0, 32<<20, false); err != nil {
-		t.Fatal(err)
-	}
+	file(p.ImagePath(cloneKey), 32<<20)
 	// Its blocks are shared with the source's, so they took no free space.
 	p.statfs = fakeFS(1<<30, 532<<20)
 	p.creating[cloneKey] = claim{size: 32 << 20}
-	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
-		t.Errorf("clone in flight: available %d MiB, want %d MiB", got>>20, want>>20)
-	}
+	expect("clone in flight", 500-16-32)
 	writeVolume(&p.mirror, p.metaPath(cloneKey), cloneKey, &Volume{ID: VolumeID{"test", cloneKey}.String(), Name: "clone", SizeBytes: 32 << 20, Mode: ModeBlock, Shared: true})
-	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
-		t.Errorf("clone recorded, in flight: available %d MiB, want %d MiB (counted once)", got>>20, want>>20)
-	}
+	expect("clone recorded, in flight (counted once)", 500-16-32)
 	delete(p.creating, cloneKey)
-	if got, want := avail(), int64(500<<20-16<<20-32<<20); got != want {
-		t.Errorf("clone done: available %d MiB, want %d MiB", got>>20, want>>20)
-	}
+	expect("clone done", 500-16-32)
 }
