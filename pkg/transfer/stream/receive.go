@@ -1,0 +1,235 @@
+package stream
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"crypto/sha256"
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"hash"
+	"io"
+	"strings"
+)
+
+// receiver holds one Receive's state and buffers, reused for every frame.
+type receiver struct {
+	ctx    context.Context
+	r      *bufio.Reader
+	dst    BlockTarget
+	lim    *Limiter
+	commit func(next int64) error
+	size   int64
+	seg    int64
+	// The segment being received is [start, end); the target holds this
+	// stream's bytes (data or zeros) in [start, pos).
+	start, end, pos int64
+	buf             []byte // one frame's payload
+	hdr             [segmentLen]byte
+	sum             [sha256.Size]byte
+	h               hash.Hash
+	st              Stats
+}
+
+// Receive reads Send's frames from r into dst: content of size bytes, from
+// the target's committed position from (a multiple of seg, or size). In each
+// segment it writes the data frames, zeroes what they leave out (a resumed
+// segment may hold bytes of an earlier attempt), checks the segment's hash,
+// syncs dst and calls commit with the segment's end, for the caller to
+// persist (commit may be nil); a commit error stops the stream.
+//
+// It returns after the end frame and the end of r, so the sender closes or
+// half-closes (tls.Conn.CloseWrite) its side after Send; anything after the
+// end frame is ErrProtocol. It waits on lim before each frame's payload and
+// looks at ctx between frames; a read that blocks is the caller's to
+// interrupt (a deadline, or closing the connection when ctx is done).
+func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg int64, lim *Limiter, commit func(next int64) error) (Stats, error) {
+	if err := checkRange(size, from, seg); err != nil {
+		return Stats{}, err
+	}
+	v := &receiver{
+		ctx:    ctx,
+		r:      bufio.NewReaderSize(r, bufSize),
+		dst:    dst,
+		lim:    lim,
+		commit: commit,
+		size:   size,
+		seg:    seg,
+		buf:    make([]byte, MaxFrame),
+		h:      sha256.New(),
+	}
+	v.startSegment(from)
+	for {
+		if err := ctx.Err(); err != nil {
+			return v.st, err
+		}
+		t, err := v.r.ReadByte()
+		if err != nil {
+			return v.st, v.readErr("frame", err)
+		}
+		switch t {
+		case frameData:
+			err = v.data()
+		case frameSegment:
+			err = v.segment()
+		case frameError:
+			err = v.senderError()
+		case frameEnd:
+			return v.st, v.finish()
+		default:
+			err = fmt.Errorf("%w: unknown frame type %#x at stream byte %d", ErrProtocol, t, v.st.WireBytes)
+		}
+		if err != nil {
+			return v.st, err
+		}
+	}
+}
+
+func (v *receiver) startSegment(start int64) {
+	v.start, v.pos = start, start
+	v.end = start
+	if start < v.size {
+		v.end = segmentEnd(start, v.size, v.seg)
+	}
+	v.h.Reset()
+}
+
+// readErr describes a failed read of a frame's part: a stream that stops
+// before its end frame is io.ErrUnexpectedEOF.
+func (v *receiver) readErr(what string, err error) error {
+	if errors.Is(err, io.EOF) {
+		err = io.ErrUnexpectedEOF
+	}
+	return fmt.Errorf("reading %s at stream byte %d (segment [%d, %d)): %w", what, v.st.WireBytes, v.start, v.end, err)
+}
+
+// readFull reads n bytes of the current frame into the start of b.
+func (v *receiver) readFull(b []byte, what string) error {
+	if _, err := io.ReadFull(v.r, b); err != nil {
+		return v.readErr(what, err)
+	}
+	return nil
+}
+
+// data checks a data frame's header against the segment before it reads
+// the payload (so that no claimed length is trusted), then writes it.
+func (v *receiver) data() error {
+	h := v.hdr[:dataHdrLen]
+	if err := v.readFull(h, "data frame header"); err != nil {
+		return err
+	}
+	off, n := binary.BigEndian.Uint64(h[0:8]), binary.BigEndian.Uint32(h[8:12])
+	switch {
+	case n == 0 || n > MaxFrame:
+		return fmt.Errorf("%w: data frame length %d at offset %d", ErrProtocol, n, off)
+	case off < uint64(v.pos) || off > uint64(v.end) || off+uint64(n) > uint64(v.end):
+		// Before pos: out of order or overlapping. The end of a segment
+		// is also within [0, size).
+		return fmt.Errorf("%w: data frame [%d, %d) outside [%d, %d) of segment [%d, %d)",
+			ErrProtocol, off, off+uint64(n), v.pos, v.end, v.start, v.end)
+	}
+	if err := v.lim.Wait(v.ctx, 1+dataHdrLen+int(n)); err != nil {
+		return err
+	}
+	p := v.buf[:n]
+	if err := v.readFull(p, "data"); err != nil {
+		return err
+	}
+	v.h.Write(h)
+	v.h.Write(p)
+	at := int64(off)
+	if err := v.zero(v.pos, at); err != nil {
+		return err
+	}
+	if _, err := v.dst.WriteAt(p, at); err != nil {
+		return fmt.Errorf("writing target at %d: %w", at, err)
+	}
+	v.pos = at + int64(n)
+	v.st.DataBytes += int64(n)
+	v.st.WireBytes += int64(1 + dataHdrLen + int(n))
+	return nil
+}
+
+// zero zeroes [a, b) of the target, which no data frame covers.
+func (v *receiver) zero(a, b int64) error {
+	if a >= b {
+		return nil
+	}
+	if err := v.dst.Zero(a, b-a); err != nil {
+		return fmt.Errorf("zeroing target [%d, %d): %w", a, b, err)
+	}
+	v.st.ZeroBytesSkipped += b - a
+	return nil
+}
+
+// segment checks a segment frame and commits the segment.
+func (v *receiver) segment() error {
+	h := v.hdr[:segmentLen]
+	if err := v.readFull(h, "segment frame"); err != nil {
+		return err
+	}
+	if end := binary.BigEndian.Uint64(h[0:8]); v.start >= v.size || end != uint64(v.end) {
+		return fmt.Errorf("%w: segment end %d, want %d", ErrProtocol, end, v.end)
+	}
+	if err := v.lim.Wait(v.ctx, 1+segmentLen); err != nil {
+		return err
+	}
+	v.st.WireBytes += 1 + segmentLen
+	if !bytes.Equal(v.h.Sum(v.sum[:0]), h[8:]) {
+		return fmt.Errorf("%w: segment [%d, %d)", ErrChecksum, v.start, v.end)
+	}
+	if err := v.zero(v.pos, v.end); err != nil {
+		return err
+	}
+	if err := v.dst.Sync(); err != nil {
+		return fmt.Errorf("syncing target: %w", err)
+	}
+	if v.commit != nil {
+		if err := v.commit(v.end); err != nil {
+			return fmt.Errorf("committing %d: %w", v.end, err)
+		}
+	}
+	v.st.Segments++
+	v.startSegment(v.end)
+	return nil
+}
+
+// finish checks the end frame and that nothing follows it.
+func (v *receiver) finish() error {
+	h := v.hdr[:endLen]
+	if err := v.readFull(h, "end frame"); err != nil {
+		return err
+	}
+	v.st.WireBytes += 1 + endLen
+	size, data := binary.BigEndian.Uint64(h[0:8]), binary.BigEndian.Uint64(h[8:16])
+	switch {
+	case v.start < v.size:
+		return fmt.Errorf("%w: end frame in segment [%d, %d) of %d bytes", ErrProtocol, v.start, v.end, v.size)
+	case size != uint64(v.size) || data != uint64(v.st.DataBytes):
+		return fmt.Errorf("%w: end frame says %d bytes with %d sent, want %d with %d",
+			ErrProtocol, size, data, v.size, v.st.DataBytes)
+	}
+	switch _, err := v.r.ReadByte(); {
+	case err == nil:
+		return fmt.Errorf("%w: bytes after the end frame", ErrProtocol)
+	case !errors.Is(err, io.EOF):
+		return fmt.Errorf("reading after the end frame: %w", err)
+	}
+	return nil
+}
+
+// senderError reads an error frame and returns it as ErrSender.
+func (v *receiver) senderError() error {
+	h := v.hdr[:errHdrLen]
+	if err := v.readFull(h, "error frame"); err != nil {
+		return err
+	}
+	// At most 64 KiB, which the frame buffer holds.
+	p := v.buf[:binary.BigEndian.Uint16(h)]
+	if err := v.readFull(p, "error message"); err != nil {
+		return err
+	}
+	msg := strings.ToValidUTF8(string(p[:min(len(p), maxErrorSent)]), "?")
+	return fmt.Errorf("%w: %q", ErrSender, msg)
+}
