@@ -1,0 +1,186 @@
+package transfer
+
+import (
+	"bytes"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"time"
+
+	"github.com/flashpv/flashpv/pkg/transfer/auth"
+	"github.com/flashpv/flashpv/pkg/transfer/broker"
+	"github.com/flashpv/flashpv/pkg/transfer/stream"
+)
+
+// Client fetches contents from other nodes for this node's new volumes.
+type Client struct {
+	Identity *Identity
+	Slots    *stream.Slots
+	Limit    *stream.Limiter
+	Metrics  *Metrics
+	// IdleTimeout ends a transfer whose source stops sending.
+	IdleTimeout time.Duration
+}
+
+// Session is one attempt at a transfer: the content's header, and its
+// frames to receive.
+type Session struct {
+	Header
+	SourceNode string
+	client     *Client
+	conn       net.Conn
+	body       io.ReadCloser
+	release    func()
+}
+
+// Open asks the broker for a capability to copy g's source here and the
+// source's node for the content, resuming at from if it still has
+// version. Refusals are *RemoteError.
+func (c *Client) Open(ctx context.Context, g broker.GrantRequest, from int64, version string) (*Session, error) {
+	release, ok := c.Slots.TryAcquire()
+	if !ok {
+		return nil, &RemoteError{CodeBusy, "this node receives as many transfers as it may; retry later"}
+	}
+	s, err := c.open(ctx, g, from, version)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	s.release = release
+	c.Metrics.begin(dirIn)
+	return s, nil
+}
+
+func (c *Client) open(ctx context.Context, g broker.GrantRequest, from int64, version string) (*Session, error) {
+	if _, err := c.Identity.Certificate(ctx); err != nil {
+		return nil, &RemoteError{CodeBusy, fmt.Sprintf("this node has no transfer certificate yet: %v", err)}
+	}
+	grant, err := c.Identity.Broker.Grant(ctx, g)
+	if err != nil {
+		return nil, fromBroker(err)
+	}
+	cfg := auth.ClientConfig(c.Identity.current, c.Identity.Trust, grant.SourceNode)
+	cfg.NextProtos = []string{"http/1.1"}
+	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
+	raw, err := d.DialContext(ctx, "tcp", grant.Address)
+	if err != nil {
+		return nil, &RemoteError{CodeBusy, fmt.Sprintf("connecting to node %s at %s: %v", grant.SourceNode, grant.Address, err)}
+	}
+	conn := &idleConn{Conn: raw, idle: c.idle()}
+	tr := &http.Transport{
+		DialTLSContext:    func(context.Context, string, string) (net.Conn, error) { return conn, nil },
+		DisableKeepAlives: true,
+	}
+	body, _ := json.Marshal(ReadRequest{Capability: grant.Capability, Kind: g.Kind, Source: g.Source, Target: g.Target, From: from, Version: version})
+	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+grant.Address+PathRead, bytes.NewReader(body))
+	if err != nil {
+		conn.Close()
+		return nil, err
+	}
+	req.Header.Set("Content-Type", "application/json")
+	resp, err := tr.RoundTrip(req)
+	if err != nil {
+		conn.Close()
+		return nil, &RemoteError{CodeBusy, fmt.Sprintf("asking node %s for %s: %v", grant.SourceNode, g.Source, err)}
+	}
+	if resp.StatusCode != http.StatusOK {
+		defer conn.Close()
+		return nil, readRefusal(resp, grant.SourceNode)
+	}
+	h, err := readHeader(resp.Body)
+	if err == nil {
+		err = checkHeader(h, g, from)
+	}
+	if err != nil {
+		conn.Close()
+		return nil, &RemoteError{CodeInternal, fmt.Sprintf("node %s: %v", grant.SourceNode, err)}
+	}
+	return &Session{Header: h, SourceNode: grant.SourceNode, client: c, conn: conn, body: resp.Body}, nil
+}
+
+func (c *Client) idle() time.Duration {
+	if c.IdleTimeout > 0 {
+		return c.IdleTimeout
+	}
+	return 2 * time.Minute
+}
+
+// checkHeader refuses a header that answers another question than asked.
+func checkHeader(h Header, g broker.GrantRequest, from int64) error {
+	switch {
+	case h.Kind != g.Kind || h.Source != g.Source:
+		return fmt.Errorf("%w: sent %s %s, not %s %s", errBadHeader, h.Kind, h.Source, g.Kind, g.Source)
+	case h.Segment < 1<<20 || h.Segment > 1<<30:
+		return fmt.Errorf("%w: segment of %d bytes", errBadHeader, h.Segment)
+	case h.Start != 0 && h.Start != from:
+		return fmt.Errorf("%w: starts at %d, asked %d", errBadHeader, h.Start, from)
+	}
+	return nil
+}
+
+func readRefusal(resp *http.Response, node string) error {
+	var e RemoteError
+	data, _ := io.ReadAll(io.LimitReader(resp.Body, 4<<10))
+	if json.Unmarshal(data, &e) != nil || e.Code == "" {
+		return &RemoteError{CodeInternal, fmt.Sprintf("node %s answered %s", node, resp.Status)}
+	}
+	e.Message = fmt.Sprintf("node %s: %s", node, e.Message)
+	return &e
+}
+
+// fromBroker turns a broker refusal into the code the caller answers with.
+func fromBroker(err error) error {
+	var be *broker.Error
+	if !errors.As(err, &be) {
+		return &RemoteError{CodeBusy, fmt.Sprintf("asking the broker: %v", err)}
+	}
+	code := CodeInternal
+	switch be.Code {
+	case broker.CodeDenied, broker.CodeUnauthenticated:
+		code = CodeDenied
+	case broker.CodeNotFound:
+		code = CodeNotFound
+	case broker.CodeInvalid:
+		code = CodeInvalid
+	case broker.CodeUnavailable:
+		code = CodeBusy
+	}
+	return &RemoteError{code, "broker: " + be.Message}
+}
+
+// Receive writes the session's frames into dst; see stream.Receive.
+func (s *Session) Receive(ctx context.Context, dst stream.BlockTarget, commit func(next int64) error) (stream.Stats, error) {
+	st, err := stream.Receive(ctx, s.body, dst, s.Size, s.Start, s.Segment, s.client.Limit, commit)
+	s.client.Metrics.add(dirIn, st)
+	return st, err
+}
+
+// Close ends the session.
+func (s *Session) Close() {
+	s.body.Close()
+	s.conn.Close()
+	s.client.Metrics.end(dirIn)
+	s.release()
+}
+
+// idleConn moves its deadline on with every read and write: a source that
+// stops sending ends the transfer, a slow one does not.
+type idleConn struct {
+	net.Conn
+	idle time.Duration
+}
+
+func (c *idleConn) Read(p []byte) (int, error) {
+	_ = c.Conn.SetReadDeadline(time.Now().Add(c.idle))
+	return c.Conn.Read(p)
+}
+
+func (c *idleConn) Write(p []byte) (int, error) {
+	_ = c.Conn.SetWriteDeadline(time.Now().Add(c.idle))
+	return c.Conn.Write(p)
+}

@@ -1,0 +1,113 @@
+package transfer
+
+import (
+	"encoding/binary"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+)
+
+// The node-to-node protocol: one HTTPS POST to PathRead per attempt, over
+// mutual TLS 1.3, its body a ReadRequest. A 200 answer's body is a
+// length-prefixed JSON Header followed by package stream's frames from
+// Header.Start on. Any other answer's body is a RemoteError.
+
+const (
+	// PathRead is the one endpoint of a node's transfer server.
+	PathRead = "/v1/read"
+	// maxRequest bounds a request body, maxHeader the answer's header.
+	maxRequest = 8 << 10
+	maxHeader  = 8 << 10
+)
+
+// ReadRequest asks the source for a content's data.
+type ReadRequest struct {
+	Capability string `json:"capability"`
+	Kind       string `json:"kind"`
+	Source     string `json:"source"`
+	Target     string `json:"target"`
+	// From and Version are what the target already holds: a resumable
+	// content of the same version is sent from From on.
+	From    int64  `json:"from,omitempty"`
+	Version string `json:"version,omitempty"`
+}
+
+// Header describes the content that follows it.
+type Header struct {
+	Kind   string `json:"kind"`
+	Source string `json:"source"`
+	// Size is the content's size in bytes; a volume made from it is at
+	// least this big.
+	Size int64 `json:"size"`
+	// Mode, FsType and Format are the source's (pool.Mode, its
+	// filesystem, and pool.FormatDone when it holds a filesystem that
+	// must never be made again).
+	Mode   string `json:"mode"`
+	FsType string `json:"fsType,omitempty"`
+	Format string `json:"format,omitempty"`
+	// Version identifies a content that never changes (a snapshot): only
+	// such a content is resumed. "" for a volume.
+	Version string `json:"version,omitempty"`
+	// Start is where the frames begin, Segment the unit of verification.
+	Start   int64 `json:"start"`
+	Segment int64 `json:"segment"`
+}
+
+// RemoteError is a refusal, with a gRPC code name for the caller's answer.
+type RemoteError struct {
+	Code    string `json:"code"`
+	Message string `json:"message"`
+}
+
+func (e *RemoteError) Error() string { return e.Code + ": " + e.Message }
+
+// Codes of RemoteError.
+const (
+	CodeDenied       = "PermissionDenied"
+	CodeNotFound     = "NotFound"
+	CodeInvalid      = "InvalidArgument"
+	CodeBusy         = "Unavailable"
+	CodeAborted      = "Aborted"
+	CodePrecondition = "FailedPrecondition"
+	CodeInternal     = "Internal"
+)
+
+func writeHeader(w io.Writer, h Header) error {
+	data, err := json.Marshal(h)
+	if err != nil {
+		return err
+	}
+	var n [4]byte
+	binary.BigEndian.PutUint32(n[:], uint32(len(data)))
+	if _, err := w.Write(n[:]); err != nil {
+		return err
+	}
+	_, err = w.Write(data)
+	return err
+}
+
+var errBadHeader = errors.New("malformed transfer header")
+
+func readHeader(r io.Reader) (Header, error) {
+	var n [4]byte
+	if _, err := io.ReadFull(r, n[:]); err != nil {
+		return Header{}, fmt.Errorf("%w: %v", errBadHeader, err)
+	}
+	size := binary.BigEndian.Uint32(n[:])
+	if size == 0 || size > maxHeader {
+		return Header{}, fmt.Errorf("%w: %d bytes", errBadHeader, size)
+	}
+	data := make([]byte, size)
+	if _, err := io.ReadFull(r, data); err != nil {
+		return Header{}, fmt.Errorf("%w: %v", errBadHeader, err)
+	}
+	var h Header
+	if err := json.Unmarshal(data, &h); err != nil {
+		return Header{}, fmt.Errorf("%w: %v", errBadHeader, err)
+	}
+	if h.Size < 0 || h.Segment <= 0 || h.Start < 0 || h.Start > h.Size || h.Start%h.Segment != 0 {
+		return Header{}, fmt.Errorf("%w: size %d, start %d, segment %d", errBadHeader, h.Size, h.Start, h.Segment)
+	}
+	return h, nil
+}

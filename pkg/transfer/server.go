@@ -1,0 +1,242 @@
+package transfer
+
+import (
+	"bufio"
+	"context"
+	"crypto/tls"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net"
+	"net/http"
+	"time"
+
+	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/transfer/auth"
+	"github.com/flashpv/flashpv/pkg/transfer/stream"
+)
+
+// Content is what a source serves: its header (Start and Segment are the
+// server's to fill) and its data.
+type Content struct {
+	Header
+	Data  stream.BlockSource
+	Close func()
+}
+
+// Opener finds a content on this node and keeps it from changing or going
+// away until Close. Its errors carry a RemoteError where the code matters.
+type Opener interface {
+	OpenTransfer(ctx context.Context, kind, source string) (*Content, error)
+}
+
+// Server serves this node's snapshots and volumes to the nodes that
+// capabilities name.
+type Server struct {
+	Identity *Identity
+	Replay   *auth.Replay
+	Open     Opener
+	Slots    *stream.Slots
+	Limit    *stream.Limiter
+	Metrics  *Metrics
+	// IdleTimeout ends a transfer whose peer stops reading.
+	IdleTimeout time.Duration
+	Now         func() time.Time
+}
+
+// idle is how long a connection may make no progress.
+func (s *Server) idle() time.Duration {
+	if s.IdleTimeout > 0 {
+		return s.IdleTimeout
+	}
+	return 2 * time.Minute
+}
+
+func (s *Server) now() time.Time {
+	if s.Now != nil {
+		return s.Now()
+	}
+	return time.Now()
+}
+
+// Serve listens on addr until ctx ends.
+func (s *Server) Serve(ctx context.Context, addr string) error {
+	lis, err := net.Listen("tcp", addr)
+	if err != nil {
+		return err
+	}
+	return s.ServeListener(ctx, lis)
+}
+
+// ServeListener serves on lis until ctx ends.
+func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
+	cfg := auth.ServerConfig(s.Identity.current, s.Identity.Trust)
+	cfg.NextProtos = []string{"http/1.1"}
+	srv := &http.Server{
+		Handler:           s.Handler(),
+		TLSConfig:         cfg,
+		ReadHeaderTimeout: 10 * time.Second,
+		// HTTP/1.1 only: one stream per connection, no flow-control
+		// window between the data and the socket.
+		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
+		BaseContext:  func(net.Listener) context.Context { return ctx },
+		ErrorLog:     nil,
+	}
+	go func() {
+		<-ctx.Done()
+		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		srv.Shutdown(sctx)
+		srv.Close()
+	}()
+	klog.InfoS("Transfer server listening", "address", lis.Addr().String())
+	err := srv.ServeTLS(lis, "", "")
+	if errors.Is(err, http.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Handler is the transfer server's HTTP handler (TLS terminated before it).
+func (s *Server) Handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.HandleFunc("POST "+PathRead, s.read)
+	return mux
+}
+
+func (s *Server) read(w http.ResponseWriter, r *http.Request) {
+	if r.TLS == nil {
+		refuse(w, http.StatusForbidden, &RemoteError{CodeDenied, "TLS required"})
+		return
+	}
+	peer, err := auth.PeerNode(*r.TLS)
+	if err != nil {
+		refuse(w, http.StatusForbidden, &RemoteError{CodeDenied, "no node certificate"})
+		return
+	}
+	var req ReadRequest
+	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
+	dec.DisallowUnknownFields()
+	if err := dec.Decode(&req); err != nil {
+		refuse(w, http.StatusBadRequest, &RemoteError{CodeInvalid, "malformed request"})
+		return
+	}
+	if err := s.authorize(peer, req); err != nil {
+		klog.InfoS("Transfer refused", "peer", peer, "kind", req.Kind, "source", req.Source, "target", req.Target, "reason", err)
+		s.Metrics.served(resultDenied)
+		refuse(w, http.StatusForbidden, &RemoteError{CodeDenied, err.Error()})
+		return
+	}
+	release, ok := s.Slots.TryAcquire()
+	if !ok {
+		s.Metrics.served(resultBusy)
+		refuse(w, http.StatusServiceUnavailable, &RemoteError{CodeBusy, "this node runs as many transfers as it may; retry later"})
+		return
+	}
+	defer release()
+	s.send(w, r, peer, req)
+}
+
+// authorize checks the capability: signed by a trusted key, in time, for
+// this node as source and peer as target, for this very content and
+// target, and never used before.
+func (s *Server) authorize(peer string, req ReadRequest) error {
+	trust, err := s.Identity.Trust()
+	if err != nil {
+		return fmt.Errorf("no trusted keys: %w", err)
+	}
+	now := s.now()
+	c, err := trust.Verify(req.Capability, now)
+	if err != nil {
+		return err
+	}
+	if err := auth.Authorize(c, s.Identity.Node, peer, req.Kind, req.Source); err != nil {
+		return err
+	}
+	if c.Target != req.Target {
+		return fmt.Errorf("%w: the capability is for volume %q", auth.ErrWrongSource, c.Target)
+	}
+	return s.Replay.Use(c.ID, time.Unix(c.Expires, 0), now)
+}
+
+func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req ReadRequest) {
+	ctx := r.Context()
+	c, err := s.Open.OpenTransfer(ctx, req.Kind, req.Source)
+	if err != nil {
+		var re *RemoteError
+		if !errors.As(err, &re) {
+			re = &RemoteError{CodeInternal, err.Error()}
+		}
+		klog.InfoS("Transfer source unavailable", "peer", peer, "source", req.Source, "err", err)
+		s.Metrics.served(resultFailed)
+		refuse(w, statusOf(re.Code), re)
+		return
+	}
+	defer c.Close()
+	h := c.Header
+	h.Segment = stream.DefaultSegment
+	if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
+		h.Start = req.From
+	}
+	rc := http.NewResponseController(w)
+	out := &deadlineWriter{w: w, rc: rc, idle: s.idle()}
+	bw := bufio.NewWriterSize(out, 256<<10)
+	w.Header().Set("Content-Type", "application/octet-stream")
+	w.WriteHeader(http.StatusOK)
+	start := time.Now()
+	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start)
+	s.Metrics.begin(dirOut)
+	defer s.Metrics.end(dirOut)
+	err = writeHeader(bw, h)
+	var st stream.Stats
+	if err == nil {
+		st, err = stream.Send(ctx, bw, c.Data, h.Size, h.Start, h.Segment, s.Limit)
+	}
+	if err == nil {
+		err = bw.Flush()
+	}
+	s.Metrics.add(dirOut, st)
+	if err != nil {
+		klog.InfoS("Transfer cut short", "peer", peer, "source", h.Source, "target", req.Target, "err", err, "dataBytes", st.DataBytes)
+		s.Metrics.served(resultFailed)
+		return
+	}
+	s.Metrics.served(resultDone)
+	klog.InfoS("Transfer sent", "peer", peer, "source", h.Source, "target", req.Target, "dataBytes", st.DataBytes, "wireBytes", st.WireBytes, "duration", time.Since(start))
+}
+
+// deadlineWriter moves the connection's write deadline on with every
+// write: a peer that stops reading ends the transfer, a slow one does not.
+type deadlineWriter struct {
+	w    http.ResponseWriter
+	rc   *http.ResponseController
+	idle time.Duration
+}
+
+func (d *deadlineWriter) Write(p []byte) (int, error) {
+	_ = d.rc.SetWriteDeadline(time.Now().Add(d.idle))
+	return d.w.Write(p)
+}
+
+func statusOf(code string) int {
+	switch code {
+	case CodeNotFound:
+		return http.StatusNotFound
+	case CodeInvalid:
+		return http.StatusBadRequest
+	case CodeBusy, CodeAborted:
+		return http.StatusServiceUnavailable
+	case CodePrecondition:
+		return http.StatusConflict
+	case CodeDenied:
+		return http.StatusForbidden
+	}
+	return http.StatusInternalServerError
+}
+
+func refuse(w http.ResponseWriter, status int, e *RemoteError) {
+	w.Header().Set("Content-Type", "application/json")
+	w.WriteHeader(status)
+	json.NewEncoder(w).Encode(e)
+}
