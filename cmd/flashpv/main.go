@@ -94,6 +94,11 @@ func run(opts config.Options) error {
 		checker.Orphans = finder
 		tasks = append(tasks, func() error { return finder.Run(ctx, time.Minute) })
 	}
+	if plugin.Transfer != nil {
+		for _, task := range plugin.Transfer.Tasks() {
+			tasks = append(tasks, func() error { return task(ctx) })
+		}
+	}
 	if opts.HealthAddress != "" {
 		h := health.Handler(checker, reg)
 		tasks = append(tasks, func() error { return health.Serve(ctx, opts.HealthAddress, h) })

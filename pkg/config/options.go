@@ -46,6 +46,8 @@ type Options struct {
 	// once orphaned for OrphanGrace.
 	DeleteOrphans []string
 	OrphanGrace   time.Duration
+
+	Transfer Transfer
 }
 
 // AddFlags registers the options on fs.
@@ -78,6 +80,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.DurationVar(&o.OrphanGrace, "orphan-grace", time.Hour, "how long a volume must stay without a PV before a pool named by --delete-orphans deletes it")
+	o.Transfer.addFlags(fs)
 	fs.BoolVar(&o.ShowVersion, "version", false, "print the version and exit")
 }
 
@@ -137,6 +140,7 @@ func (o *Options) Validate() error {
 	if o.OrphanGrace < time.Minute {
 		errs = append(errs, fmt.Errorf("--orphan-grace %s: at least 1m", o.OrphanGrace))
 	}
+	errs = append(errs, o.Transfer.validate()...)
 	return errors.Join(errs...)
 }
 

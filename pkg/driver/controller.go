@@ -50,6 +50,9 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			vol.ContentSource = req.GetVolumeContentSource()
 			return vol, nil
 		}
+		if s.d.crossNode(err, params) {
+			return s.createRemote(ctx, req, remoteSpec{name: name, mode: mode, fsType: fsType, params: params})
+		}
 		return nil, err
 	}
 	p, err := s.d.poolFor(params)
@@ -89,14 +92,8 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 			release()
 		}
 	}()
-	// The ID depends on the pool, so a name is unique across all pools.
-	for _, other := range s.d.poolNames {
-		if other == p.Name() {
-			continue
-		}
-		if v, err := s.d.pools[other].GetByName(name); err == nil {
-			return nil, fmt.Errorf("%w: volume %q exists in pool %s as %s", pool.ErrAlreadyExists, name, other, v.ID)
-		}
+	if err := s.d.nameFree(name, p); err != nil {
+		return nil, err
 	}
 	spec := pool.Spec{
 		Name: name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
@@ -126,9 +123,26 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
+	if err := notIncoming(v); err != nil {
+		return nil, err
+	}
 	vol := s.d.csiVolume(p, v)
 	vol.ContentSource = req.GetVolumeContentSource()
 	return vol, nil
+}
+
+// nameFree fails when a volume of that name exists in a pool other than p:
+// the ID depends on the pool, so a name is unique across all pools.
+func (d *Driver) nameFree(name string, p *poolEntry) error {
+	for _, other := range d.poolNames {
+		if other == p.Name() {
+			continue
+		}
+		if v, err := d.pools[other].GetByName(name); err == nil {
+			return fmt.Errorf("%w: volume %q exists in pool %s as %s", pool.ErrAlreadyExists, name, other, v.ID)
+		}
+	}
+	return nil
 }
 
 func logCreated(v *pool.Volume) {

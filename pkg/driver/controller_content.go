@@ -78,6 +78,9 @@ func (d *Driver) content(src *csi.VolumeContentSource) (*volumeContent, error) {
 		if err != nil {
 			return nil, notHere(err, "volume", id, d.nodeID)
 		}
+		if err := notIncoming(vol); err != nil {
+			return nil, err
+		}
 		return &volumeContent{pool: p, vol: vol}, nil
 	}
 	return nil, invalid("content source is neither a snapshot nor a volume")
@@ -149,7 +152,7 @@ func (d *Driver) madeFrom(name string, src *csi.VolumeContentSource) (*poolEntry
 	}
 	for _, pn := range d.poolNames {
 		p := d.pools[pn]
-		if v, err := p.GetByName(name); err == nil && v.Source == id {
+		if v, err := p.GetByName(name); err == nil && v.Source == id && v.Incoming == nil {
 			return p, v
 		}
 	}

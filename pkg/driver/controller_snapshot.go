@@ -54,6 +54,9 @@ func (s *Controller) createSnapshot(ctx context.Context, req *csi.CreateSnapshot
 	if err != nil {
 		return nil, notHere(err, "volume", sourceID, s.d.nodeID)
 	}
+	if err := notIncoming(v); err != nil {
+		return nil, err
+	}
 	if p.snap == nil {
 		return nil, fmt.Errorf("%w: pool %s has no snapshots", errUnsupported, p.Name())
 	}

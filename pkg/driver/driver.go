@@ -13,6 +13,7 @@ import (
 
 	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
+	"github.com/flashpv/flashpv/pkg/transfer"
 	"github.com/flashpv/flashpv/pkg/wellknown"
 )
 
@@ -47,6 +48,9 @@ type Config struct {
 	// Freezer freezes staged filesystems around snapshot copies (nil: a
 	// staged filesystem cannot be snapshotted).
 	Freezer Freezer
+	// Remote fetches snapshots and volumes of other nodes (nil: restores
+	// and clones happen only on their source's node).
+	Remote *transfer.Client
 }
 
 // Driver holds the state shared by the three CSI services.
@@ -62,6 +66,7 @@ type Driver struct {
 
 	mounts  mounter.Interface
 	freezer Freezer
+	remote  *transfer.Client
 	locks   *keyLocks
 	metrics *metrics
 }
@@ -98,6 +103,7 @@ func New(cfg Config) (*Driver, error) {
 		defaultFsType: cfg.DefaultFsType,
 		mounts:        cfg.Mounts,
 		freezer:       cfg.Freezer,
+		remote:        cfg.Remote,
 		locks:         newKeyLocks(),
 	}
 	if d.defaultFsType == "" {

@@ -43,6 +43,9 @@ func (s *Node) stage(ctx context.Context, req *csi.NodeStageVolumeRequest) error
 	if err := want.matches(nv.vol); err != nil {
 		return err
 	}
+	if err := notIncoming(nv.vol); err != nil {
+		return err
+	}
 	src, err := nv.pool.src.Attach(ctx, nv.vol)
 	if err != nil {
 		return err

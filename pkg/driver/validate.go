@@ -217,8 +217,13 @@ func createParameters(params map[string]string) (map[string]string, error) {
 				return nil, invalid("parameter %s=%q: want %s or %s", k, v, wellknown.NodeLossRecreate, wellknown.NodeLossReport)
 			}
 			out[k] = v
+		case k == wellknown.ParamCrossNode:
+			if v != "true" && v != "false" {
+				return nil, invalid("parameter %s=%q: want true or false", k, v)
+			}
+			out[k] = v
 		default:
-			return nil, invalid("unknown parameter %q (flashpv knows %q and %q)", k, ParamPool, wellknown.ParamNodeLossPolicy)
+			return nil, invalid("unknown parameter %q (flashpv knows %q, %q and %q)", k, ParamPool, wellknown.ParamNodeLossPolicy, wellknown.ParamCrossNode)
 		}
 	}
 	return out, nil

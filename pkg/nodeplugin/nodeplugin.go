@@ -25,6 +25,9 @@ import (
 type Plugin struct {
 	Driver *driver.Driver
 	Pools  []pool.Pool
+	// Transfer, when set, serves this node's data to other nodes and keeps
+	// its transfer certificate fresh.
+	Transfer *Transfer
 }
 
 // Close releases the pools.
@@ -64,6 +67,11 @@ func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error)
 		}
 		p.Pools = append(p.Pools, pl)
 	}
+	tr, err := openTransfer(opts, s.Metrics)
+	if err != nil {
+		p.Close()
+		return nil, err
+	}
 	d, err := driver.New(driver.Config{
 		NodeID:        opts.NodeID,
 		Version:       s.Version,
@@ -76,12 +84,17 @@ func Open(ctx context.Context, opts config.Options, s Settings) (*Plugin, error)
 		Mounts:        mounter.New(filepath.Join(opts.StateDir, "grow")),
 		Metrics:       s.Metrics,
 		Freezer:       freezer,
+		Remote:        tr.client(),
 	})
 	if err != nil {
 		p.Close()
 		return nil, err
 	}
 	p.Driver = d
+	if tr != nil {
+		tr.bind(d)
+		p.Transfer = tr
+	}
 	return p, nil
 }
 

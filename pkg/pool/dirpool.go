@@ -200,6 +200,7 @@ func newVolume(pool, key string, s Spec, l Layout) *Volume {
 		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters, Source: s.Source,
 		Created: time.Now().UTC().Truncate(time.Second),
 	}
+	v.Incoming = s.Incoming
 	if s.Mode == ModeFilesystem && !l.Directory {
 		v.Format = FormatPending
 	}

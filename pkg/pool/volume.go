@@ -62,6 +62,10 @@ type NodeState struct {
 	// Remount, when set, is a staging mount taken down for an offline step
 	// (an ext4 growth); the next call on the volume puts it back.
 	Remount *Remount `json:"remount,omitempty"`
+	// Incoming, when set, is a transfer from another node that has not
+	// finished: the volume's data is not complete, and nothing may stage,
+	// snapshot or copy it until a retried CreateVolume has finished it.
+	Incoming *Incoming `json:"incoming,omitempty"`
 }
 
 // Remount is a mount to restore.
@@ -87,6 +91,9 @@ type Spec struct {
 	Parameters map[string]string
 	// Source is the ID of the snapshot or volume a volume is made from.
 	Source string
+	// Incoming marks a volume whose data a transfer from another node
+	// writes (see Importer).
+	Incoming *Incoming
 }
 
 // compatible reports whether an existing volume satisfies spec, which makes a
@@ -116,6 +123,10 @@ func (v *Volume) clone() *Volume {
 		r := *v.Remount
 		r.Flags = slices.Clone(r.Flags)
 		c.Remount = &r
+	}
+	if v.Incoming != nil {
+		in := *v.Incoming
+		c.Incoming = &in
 	}
 	return &c
 }

@@ -28,3 +28,10 @@ const (
 	// the Kubernetes API.
 	VolumeListConfigMap = "flashpv-volumes"
 )
+
+const (
+	// ParamCrossNode is the StorageClass parameter that lets ("true", the
+	// default) or forbids ("false") a restore or clone onto a node other
+	// than its source's, which copies the data over the network.
+	ParamCrossNode = "crossNode"
+)

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -184,6 +185,8 @@ type Options struct {
 	MaxVolumes int64
 	FsType     string
 	Metrics    prometheus.Registerer
+	// Transfer turns on transfers between nodes (see Broker.Node).
+	Transfer config.Transfer
 }
 
 // Start starts the driver on a fresh socket. Cleanup stops it and removes
@@ -212,7 +215,7 @@ func (e *Env) start(t testing.TB, o Options) {
 	if o.MaxVolumes == 0 {
 		o.MaxVolumes = 100
 	}
-	opts := config.Options{NodeID: o.NodeID, KubeletDir: e.KubeletDir, StateDir: filepath.Join(e.Root, "state"), MaxVolumes: o.MaxVolumes, FsType: o.FsType}
+	opts := config.Options{NodeID: o.NodeID, KubeletDir: e.KubeletDir, StateDir: filepath.Join(e.Root, "state"), MaxVolumes: o.MaxVolumes, FsType: o.FsType, Transfer: o.Transfer}
 	for _, name := range slices.Sorted(maps.Keys(e.Pools)) {
 		spec, err := config.ParsePoolSpec(name + "=" + e.Pools[name])
 		if err != nil {
@@ -239,6 +242,16 @@ func (e *Env) start(t testing.TB, o Options) {
 	ctx, cancel := context.WithCancel(context.Background())
 	done := make(chan error, 1)
 	go func() { done <- d.Serve(ctx, lis) }()
+	var side sync.WaitGroup
+	if plugin.Transfer != nil {
+		for _, task := range plugin.Transfer.Tasks() {
+			side.Go(func() {
+				if err := task(ctx); err != nil {
+					t.Errorf("transfer: %v", err)
+				}
+			})
+		}
+	}
 	conn, err := grpc.NewClient("unix://"+e.Socket, grpc.WithTransportCredentials(insecure.NewCredentials()))
 	if err != nil {
 		t.Fatal(err)
@@ -250,6 +263,7 @@ func (e *Env) start(t testing.TB, o Options) {
 		if err := <-done; err != nil {
 			t.Errorf("driver: %v", err)
 		}
+		side.Wait()
 		closePools()
 	}
 }
