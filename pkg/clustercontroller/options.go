@@ -5,7 +5,11 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"strings"
 	"time"
+
+	"k8s.io/apimachinery/pkg/labels"
+	"k8s.io/apimachinery/pkg/util/validation"
 
 	"github.com/flashpv/flashpv/pkg/wellknown"
 )
@@ -26,6 +30,19 @@ type Options struct {
 	LeaseDuration  time.Duration
 	RenewDeadline  time.Duration
 	RetryPeriod    time.Duration
+
+	Transfer TransferOptions
+}
+
+// TransferOptions configure the transfer broker (transfer*.go).
+type TransferOptions struct {
+	Address            string // empty: no broker
+	NodePort           int
+	Secret             string
+	TrustConfigMap     string
+	ServiceName        string
+	NodeServiceAccount string
+	NodePodLabel       string
 }
 
 // AddFlags registers the options on fs.
@@ -41,6 +58,46 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a leader's Lease holds")
 	fs.DurationVar(&o.RenewDeadline, "leader-election-renew-deadline", 10*time.Second, "how long the leader tries to renew before it gives up")
 	fs.DurationVar(&o.RetryPeriod, "leader-election-retry-period", 2*time.Second, "how often candidates try")
+	o.Transfer.AddFlags(fs)
+}
+
+// AddFlags registers the broker's options on fs.
+func (o *TransferOptions) AddFlags(fs *flag.FlagSet) {
+	fs.StringVar(&o.Address, "transfer-address", ":9810", "address of the transfer broker's HTTPS API, which node plugins ask for certificates and capabilities (empty: off; restores and clones then stay on their source's node)")
+	fs.IntVar(&o.NodePort, "transfer-node-port", 9811, "port of the node plugins' transfer servers, on their pod IPs")
+	fs.StringVar(&o.Secret, "transfer-secret", "flashpv-transfer-key", "Secret in --namespace holding the broker's signing key (created when missing)")
+	fs.StringVar(&o.TrustConfigMap, "transfer-trust-configmap", "flashpv-transfer-trust", "ConfigMap in --namespace with the CA certificates node plugins trust (ca-<key ID>.pem; the DaemonSet mounts it)")
+	fs.StringVar(&o.ServiceName, "transfer-service-name", "flashpv-controller", "the Service in front of the broker: its serving certificate names <name>.<namespace>.svc and <name>.<namespace>.svc.cluster.local")
+	fs.StringVar(&o.NodeServiceAccount, "node-service-account", "flashpv-node", "ServiceAccount in --namespace of the node plugins: only its tokens are accepted")
+	fs.StringVar(&o.NodePodLabel, "node-pod-label", "app=flashpv-node", "label selector of the node plugin pods in --namespace (where a source node's transfer server is)")
+}
+
+// Validate checks the broker's options.
+func (o *TransferOptions) Validate() error {
+	if o.Address == "" {
+		return nil
+	}
+	var errs []error
+	if o.NodePort < 1 || o.NodePort > 65535 {
+		errs = append(errs, fmt.Errorf("--transfer-node-port %d: not a port", o.NodePort))
+	}
+	for _, f := range []struct {
+		name, value string
+		check       func(string) []string
+	}{
+		{"--transfer-secret", o.Secret, validation.IsDNS1123Subdomain},
+		{"--transfer-trust-configmap", o.TrustConfigMap, validation.IsDNS1123Subdomain},
+		{"--transfer-service-name", o.ServiceName, validation.IsDNS1035Label},
+		{"--node-service-account", o.NodeServiceAccount, validation.IsDNS1123Subdomain},
+	} {
+		if msgs := f.check(f.value); len(msgs) > 0 {
+			errs = append(errs, fmt.Errorf("%s %q: %s", f.name, f.value, strings.Join(msgs, "; ")))
+		}
+	}
+	if sel, err := labels.Parse(o.NodePodLabel); err != nil || sel.Empty() {
+		errs = append(errs, fmt.Errorf("--node-pod-label %q: want a non-empty label selector (%v)", o.NodePodLabel, err))
+	}
+	return errors.Join(errs...)
 }
 
 // Validate checks the options.
@@ -57,6 +114,9 @@ func (o *Options) Validate() error {
 	}
 	if o.LeaderElection && !(o.LeaseDuration > o.RenewDeadline && o.RenewDeadline > o.RetryPeriod && o.RetryPeriod > 0) {
 		errs = append(errs, errors.New("leader election wants lease duration > renew deadline > retry period > 0"))
+	}
+	if err := o.Transfer.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
 }

@@ -6,7 +6,10 @@
 //     are reported;
 //   - tells every node plugin which of its volumes have a PV, through one
 //     ConfigMap the DaemonSet mounts, so orphans are found on the node
-//     without the node plugin calling the API.
+//     without the node plugin calling the API;
+//   - brokers transfers between nodes (a restore or clone onto another
+//     node): it issues node plugins their TLS certificates and signs a
+//     capability for each copy a claim asks for (transfer*.go).
 package clustercontroller
 
 import (
@@ -26,6 +29,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/client-go/dynamic"
 	"k8s.io/client-go/informers"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/kubernetes/scheme"
@@ -117,6 +121,17 @@ func Run(ctx context.Context, opts Options, version string) error {
 	if err != nil {
 		return err
 	}
+	var xfer *transferBroker
+	if opts.Transfer.Address != "" {
+		dyn, err := dynamic.NewForConfig(cfg)
+		if err != nil {
+			return err
+		}
+		synced := []cache.InformerSynced{core.Pods().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced}
+		if xfer, err = newTransferBroker(opts.Transfer, opts.Namespace, client, dyn, listers, synced, reg); err != nil {
+			return err
+		}
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
@@ -141,6 +156,15 @@ func Run(ctx context.Context, opts Options, version string) error {
 		loop(ctx, opts.Resync, "volume lists", writer.Sync, st)
 		return nil
 	}
+	leaderTasks := []func(context.Context) error{work, writeLists}
+	if xfer != nil {
+		leaderTasks = append(leaderTasks, func(ctx context.Context) error {
+			loop(ctx, opts.Resync, "transfer keys", xfer.ensureKeys, st)
+			return nil
+		})
+		// Every replica serves the broker, once it has the key.
+		tasks = append(tasks, func(ctx context.Context) error { return xfer.Serve(ctx, st) })
+	}
 	if opts.LeaderElection {
 		id, _ := os.Hostname()
 		lock, err := resourcelock.New(resourcelock.LeasesResourceLock, opts.Namespace, opts.LeaseName,
@@ -157,8 +181,9 @@ func Run(ctx context.Context, opts Options, version string) error {
 				OnStartedLeading: func(ctx context.Context) {
 					klog.InfoS("Leading", "lease", klog.KRef(opts.Namespace, opts.LeaseName), "identity", id)
 					var wg sync.WaitGroup
-					wg.Go(func() { _ = work(ctx) })
-					wg.Go(func() { _ = writeLists(ctx) })
+					for _, task := range leaderTasks {
+						wg.Go(func() { _ = task(ctx) })
+					}
 					wg.Wait()
 				},
 				OnStoppedLeading: func() { close(lost) },
@@ -179,7 +204,7 @@ func Run(ctx context.Context, opts Options, version string) error {
 			return nil
 		})
 	} else {
-		tasks = append(tasks, work, writeLists)
+		tasks = append(tasks, leaderTasks...)
 	}
 	if opts.HealthAddress != "" {
 		h := handler(st, le, reg)
