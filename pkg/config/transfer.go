@@ -7,6 +7,7 @@ import (
 	"net"
 	"net/url"
 	"path/filepath"
+	"strings"
 	"time"
 )
 
@@ -19,6 +20,9 @@ type Transfer struct {
 	// Broker is the cluster controller's URL that issues certificates and
 	// capabilities ("": no transfers at all).
 	Broker string
+	// BrokerName is the name the broker's certificate must carry (default:
+	// the URL's host).
+	BrokerName string
 	// TokenFile is the projected ServiceAccount token shown to the broker.
 	TokenFile string
 	// TrustDir holds the trusted CA certificates (a mounted ConfigMap).
@@ -37,6 +41,9 @@ func (t *Transfer) Enabled() bool { return t.Broker != "" }
 
 // BrokerServerName is the name the broker's certificate must carry.
 func (t *Transfer) BrokerServerName() string {
+	if t.BrokerName != "" {
+		return t.BrokerName
+	}
 	u, err := url.Parse(t.Broker)
 	if err != nil {
 		return ""
@@ -47,6 +54,7 @@ func (t *Transfer) BrokerServerName() string {
 func (t *Transfer) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&t.Address, "transfer-address", "", "address of this node's transfer server, from which other nodes copy its snapshots and volumes (mutual TLS; empty: none)")
 	fs.StringVar(&t.Broker, "transfer-broker", "", "HTTPS URL of the flashpv controller's transfer broker (empty: restores and clones only on their source's node)")
+	fs.StringVar(&t.BrokerName, "transfer-broker-name", "", "DNS name the broker's certificate must carry (default: the host of --transfer-broker), for a URL that names the broker's Service by its IP")
 	fs.StringVar(&t.TokenFile, "transfer-token-file", "/var/run/secrets/flashpv.dev/token", "projected ServiceAccount token (audience flashpv.dev/transfer) shown to the broker")
 	fs.StringVar(&t.TrustDir, "transfer-trust-dir", "/etc/flashpv-transfer", "directory of the trusted transfer CA certificates (*.pem; the controller's ConfigMap)")
 	fs.IntVar(&t.MaxConcurrent, "transfer-max-concurrent", 2, "transfers this node sends, and receives, at once")
@@ -73,7 +81,9 @@ func (t *Transfer) validate() []error {
 		}
 	}
 	if t.Broker != "" {
-		if u, err := url.Parse(t.Broker); err != nil || u.Scheme != "https" || u.Host == "" {
+		if strings.Contains(t.Broker+t.BrokerName, "$(") {
+			errs = append(errs, fmt.Errorf("--transfer-broker %q: a variable was not expanded (the flashpv-controller Service did not exist when this pod started; it is restarted until it does)", t.Broker))
+		} else if u, err := url.Parse(t.Broker); err != nil || u.Scheme != "https" || u.Host == "" {
 			errs = append(errs, fmt.Errorf("--transfer-broker %q: want an https:// URL", t.Broker))
 		}
 		if !filepath.IsAbs(t.TokenFile) || !filepath.IsAbs(t.TrustDir) {

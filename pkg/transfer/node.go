@@ -3,6 +3,7 @@ package transfer
 import (
 	"context"
 	"crypto/tls"
+	"crypto/x509"
 	"errors"
 	"sync"
 	"time"
@@ -52,7 +53,7 @@ func (id *Identity) current() (*tls.Certificate, error) { return id.key.Certific
 func (id *Identity) renew(ctx context.Context) error {
 	id.mu.Lock()
 	defer id.mu.Unlock()
-	if !id.key.NeedsRenewal(time.Now()) {
+	if !id.key.NeedsRenewal(time.Now()) && id.trusted() {
 		return nil
 	}
 	if id.Broker == nil {
@@ -71,6 +72,25 @@ func (id *Identity) renew(ctx context.Context) error {
 	}
 	klog.V(2).InfoS("Transfer certificate issued", "node", id.Node)
 	return nil
+}
+
+// trusted tells whether the current certificate still chains to a
+// trusted CA: after a key rotation removes its CA, it is renewed at once.
+func (id *Identity) trusted() bool {
+	c, err := id.key.Certificate()
+	if err != nil || len(c.Certificate) == 0 {
+		return false
+	}
+	leaf, err := x509.ParseCertificate(c.Certificate[0])
+	if err != nil {
+		return false
+	}
+	trust, err := id.Trust()
+	if err != nil {
+		return true // nothing to judge by; the handshake will tell
+	}
+	_, err = leaf.Verify(x509.VerifyOptions{Roots: trust.CertPool(), KeyUsages: []x509.ExtKeyUsage{x509.ExtKeyUsageAny}})
+	return err == nil
 }
 
 // Keep renews the certificate until ctx ends: at once, then whenever it
