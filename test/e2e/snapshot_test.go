@@ -15,9 +15,9 @@ import (
 
 // Snapshots and clones through Kubernetes: the VolumeSnapshot CRDs, the
 // snapshot-controller (distributed snapshotting) and each node's
-// csi-snapshotter, as hack/cluster/deploy.sh installs them. A restore or a
-// clone is made on its source's node, so every pod of a restored or cloned
-// claim here is placed on that node, as the README tells users to.
+// csi-snapshotter, as hack/cluster/deploy.sh installs them. Most pods of
+// restored or cloned claims here are placed on the source's node (a local
+// copy); transfer_test.go covers copies onto other nodes.
 
 // snapshotClass applies the example VolumeSnapshotClass.
 func snapshotClass(t *testing.T) {
@@ -273,12 +273,15 @@ func TestSnapshotExamples(t *testing.T) {
 		if got := must(t, "logs", "-n", ns, pod); got != history {
 			t.Errorf("%s prints %q, journal-0 wrote %q", pod, got, history)
 		}
-		if n := podNode(t, ns, pod); n != nodes[0] {
-			t.Errorf("%s runs on %s, journal-0 on %s", pod, n, nodes[0])
+		// The clone follows journal-0 (its source is in use); the
+		// restore goes where the scheduler put it.
+		node := podNode(t, ns, pod)
+		if ex == "clone" && node != nodes[0] {
+			t.Errorf("%s runs on %s, journal-0 on %s", pod, node, nodes[0])
 		}
 		pv, _ := pvOf(t, ns, pod)
-		if n := pinnedNode(t, pv); n != nodes[0] {
-			t.Errorf("%s's volume is on %s, its source on %s", pod, n, nodes[0])
+		if n := pinnedNode(t, pv); n != node {
+			t.Errorf("%s's volume is on %s, its pod on %s", pod, n, node)
 		}
 	}
 }
