@@ -38,3 +38,30 @@ func Remove(paths ...string) error {
 	}
 	return errors.Join(errs...)
 }
+
+// WriteFile replaces path with data so that a crash leaves either the old
+// or the new content: a temporary file path+".tmp" written and synced,
+// renamed over path, and the directory synced. A failure removes the
+// temporary file; one a crash leaves is the caller's to collect.
+func WriteFile(path string, data []byte) error {
+	tmp := path + ".tmp"
+	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
+	if err != nil {
+		return err
+	}
+	_, err = f.Write(data)
+	if err == nil {
+		err = f.Sync()
+	}
+	if cerr := f.Close(); err == nil {
+		err = cerr
+	}
+	if err == nil {
+		err = os.Rename(tmp, path)
+	}
+	if err != nil {
+		os.Remove(tmp)
+		return err
+	}
+	return SyncDir(filepath.Dir(path))
+}

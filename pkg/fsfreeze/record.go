@@ -40,27 +40,10 @@ func writeRecord(dir string, rec record) error {
 	if err != nil {
 		return err
 	}
-	name := filepath.Join(dir, recordName(rec.Mountpoint))
-	tmp := name + tempSuffix
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	_, err = f.Write(data)
-	if err == nil {
-		err = f.Sync()
-	}
-	if cerr := f.Close(); err == nil {
-		err = cerr
-	}
-	if err == nil {
-		err = os.Rename(tmp, name)
-	}
-	if err != nil {
-		os.Remove(tmp)
+	if err := durable.WriteFile(filepath.Join(dir, recordName(rec.Mountpoint)), data); err != nil {
 		return fmt.Errorf("write freeze record: %w", err)
 	}
-	return durable.SyncDir(dir)
+	return nil
 }
 
 func readRecord(dir, mp string) (record, error) {

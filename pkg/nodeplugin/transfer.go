@@ -101,4 +101,3 @@ func (t *Transfer) Tasks() []func(ctx context.Context) error {
 	}
 	return tasks
 }
-

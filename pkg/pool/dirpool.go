@@ -294,7 +294,7 @@ func writeVolume(m *mirror, path, key string, v *Volume) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, data); err != nil {
+	if err := durable.WriteFile(path, data); err != nil {
 		return err
 	}
 	m.remember(key, v)

@@ -7,6 +7,8 @@ import (
 	"os"
 	"sort"
 	"time"
+
+	"github.com/flashpv/flashpv/pkg/durable"
 )
 
 // Snapshot is the persistent record of a snapshot: a point-in-time copy of a
@@ -184,7 +186,7 @@ func writeSnapshot(m *mirror, path, key string, s *Snapshot) error {
 	if err != nil {
 		return err
 	}
-	if err := writeFileAtomic(path, data); err != nil {
+	if err := durable.WriteFile(path, data); err != nil {
 		return err
 	}
 	m.rememberSnapshot(key, s)

@@ -5,12 +5,9 @@ import (
 	"fmt"
 	"maps"
 	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"time"
-
-	"github.com/flashpv/flashpv/pkg/durable"
 )
 
 // Mode is how a volume is consumed.
@@ -141,36 +138,6 @@ func readVolume(path string) (*Volume, error) {
 		return nil, fmt.Errorf("corrupt volume metadata %s: %w", path, err)
 	}
 	return &v, nil
-}
-
-// writeFileAtomic replaces path with data so that a crash leaves either the old
-// or the new content: temp file, fsync, rename, fsync of the directory.
-func writeFileAtomic(path string, data []byte) error {
-	dir := filepath.Dir(path)
-	tmp := path + ".tmp"
-	f, err := os.OpenFile(tmp, os.O_WRONLY|os.O_CREATE|os.O_TRUNC, 0o600)
-	if err != nil {
-		return err
-	}
-	if _, err := f.Write(data); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Sync(); err != nil {
-		f.Close()
-		os.Remove(tmp)
-		return err
-	}
-	if err := f.Close(); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	if err := os.Rename(tmp, path); err != nil {
-		os.Remove(tmp)
-		return err
-	}
-	return durable.SyncDir(dir)
 }
 
 func encodeVolume(v *Volume) ([]byte, error) {
