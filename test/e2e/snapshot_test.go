@@ -90,7 +90,7 @@ metadata:
   name: %[1]s
 spec:
   accessModes: ["ReadWriteOnce"]
-  storageClassName: flashpv
+  storageClassName: %[7]s
   volumeMode: %[5]s
   dataSource:
     %[2]s
@@ -104,8 +104,7 @@ metadata:
   name: %[1]s
 spec:
   terminationGracePeriodSeconds: 1
-  nodeSelector:
-    flashpv.dev/node: %[4]s # the README's way: the label flashpv's nodes carry
+%[4]s
   containers:
     - name: c
       image: busybox:1.36
@@ -122,6 +121,22 @@ spec:
 // /dev/xvda, and waits for the pod; it returns how long that took.
 func fromSource(t *testing.T, ns, name, source, size, node string, block bool) time.Duration {
 	t.Helper()
+	start := time.Now()
+	// The README's way: the label flashpv's nodes carry.
+	applyFromSource(t, ns, name, source, size, "flashpv", "  nodeSelector:\n    flashpv.dev/node: "+node, block)
+	waitPodReady(t, ns, name, 3*time.Minute)
+	pv, _ := pvOf(t, ns, name)
+	if n := pinnedNode(t, pv); n != node {
+		t.Fatalf("%s (from %s) is on %q, its source on %s", pv, source, n, node)
+	}
+	return time.Since(start)
+}
+
+// applyFromSource applies a claim of class from source ("snapshot/NAME" or
+// "pvc/NAME") and its pod, placed by placement (a pod spec fragment, or
+// "" for wherever the scheduler puts it).
+func applyFromSource(t *testing.T, ns, name, source, size, class, placement string, block bool) {
+	t.Helper()
 	kind, src, _ := strings.Cut(source, "/")
 	ds := "kind: PersistentVolumeClaim\n    name: " + src
 	if kind == "snapshot" {
@@ -131,14 +146,7 @@ func fromSource(t *testing.T, ns, name, source, size, node string, block bool) t
 	if block {
 		mode, use = "Block", "      volumeDevices:\n        - {name: v, devicePath: /dev/xvda}"
 	}
-	start := time.Now()
-	applyYAML(t, ns, fmt.Sprintf(fromSourceClaim, name, ds, size, node, mode, use))
-	waitPodReady(t, ns, name, 3*time.Minute)
-	pv, _ := pvOf(t, ns, name)
-	if n := pinnedNode(t, pv); n != node {
-		t.Fatalf("%s (from %s) is on %q, its source on %s", pv, source, n, node)
-	}
-	return time.Since(start)
+	applyYAML(t, ns, fmt.Sprintf(fromSourceClaim, name, ds, size, placement, mode, use, class))
 }
 
 // writerSet is a StatefulSet of one replica on a given node that appends

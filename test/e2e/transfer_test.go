@@ -13,48 +13,11 @@ import (
 // so the scheduler puts each copy's pod elsewhere, and flashpv copies the
 // data over its authenticated node-to-node transfer.
 
-const unpinnedCopy = `
-apiVersion: v1
-kind: PersistentVolumeClaim
-metadata:
-  name: %[1]s
-spec:
-  accessModes: ["ReadWriteOnce"]
-  storageClassName: %[4]s
-  dataSource:
-    %[2]s
-  resources:
-    requests:
-      storage: %[3]s
----
-apiVersion: v1
-kind: Pod
-metadata:
-  name: %[1]s
-spec:
-  terminationGracePeriodSeconds: 1
-  containers:
-    - name: c
-      image: busybox:1.36
-      command: ["sh", "-c", "exec sleep 2147483647"]
-      volumeMounts:
-        - {name: v, mountPath: /data}
-  volumes:
-    - name: v
-      persistentVolumeClaim:
-        claimName: %[1]s
-`
-
 // copyAnywhere makes a claim from "snapshot/NAME" or "pvc/NAME" of class
 // with a pod the scheduler places.
 func copyAnywhere(t *testing.T, ns, name, source, size, class string) {
 	t.Helper()
-	kind, src, _ := strings.Cut(source, "/")
-	ds := "kind: PersistentVolumeClaim\n    name: " + src
-	if kind == "snapshot" {
-		ds = "apiGroup: snapshot.storage.k8s.io\n    kind: VolumeSnapshot\n    name: " + src
-	}
-	applyYAML(t, ns, fmt.Sprintf(unpinnedCopy, name, ds, size, class))
+	applyFromSource(t, ns, name, source, size, class, "", false)
 }
 
 func cordon(t *testing.T, node string) {
