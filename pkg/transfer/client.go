@@ -94,7 +94,7 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, from int64, ve
 	}
 	h, err := readHeader(resp.Body)
 	if err == nil {
-		err = checkHeader(h, g, from)
+		err = checkHeader(h, g, from, version)
 	}
 	if err != nil {
 		conn.Close()
@@ -111,14 +111,14 @@ func (c *Client) idle() time.Duration {
 }
 
 // checkHeader refuses a header that answers another question than asked.
-func checkHeader(h Header, g broker.GrantRequest, from int64) error {
+func checkHeader(h Header, g broker.GrantRequest, from int64, version string) error {
 	switch {
 	case h.Kind != g.Kind || h.Source != g.Source:
 		return fmt.Errorf("%w: sent %s %s, not %s %s", errBadHeader, h.Kind, h.Source, g.Kind, g.Source)
 	case h.Segment < 1<<20 || h.Segment > 1<<30:
 		return fmt.Errorf("%w: segment of %d bytes", errBadHeader, h.Segment)
-	case h.Start != 0 && h.Start != from:
-		return fmt.Errorf("%w: starts at %d, asked %d", errBadHeader, h.Start, from)
+	case h.Start != 0 && (h.Start != from || h.Version != version || version == ""):
+		return fmt.Errorf("%w: starts at %d of version %q, asked %d of %q", errBadHeader, h.Start, h.Version, from, version)
 	}
 	return nil
 }

@@ -77,6 +77,8 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		Handler:           s.Handler(),
 		TLSConfig:         cfg,
 		ReadHeaderTimeout: 10 * time.Second,
+		// A connection carries one transfer: nothing waits on it after.
+		IdleTimeout: 10 * time.Second,
 		// HTTP/1.1 only: one stream per connection, no flow-control
 		// window between the data and the socket.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
@@ -115,13 +117,17 @@ func (s *Server) read(w http.ResponseWriter, r *http.Request) {
 		refuse(w, http.StatusForbidden, &RemoteError{CodeDenied, "no node certificate"})
 		return
 	}
+	// The request is small: a peer that stalls it holds no connection.
+	rc := http.NewResponseController(w)
+	_ = rc.SetReadDeadline(time.Now().Add(10 * time.Second))
 	var req ReadRequest
 	dec := json.NewDecoder(http.MaxBytesReader(w, r.Body, maxRequest))
 	dec.DisallowUnknownFields()
-	if err := dec.Decode(&req); err != nil {
+	if err := dec.Decode(&req); err != nil || dec.More() {
 		refuse(w, http.StatusBadRequest, &RemoteError{CodeInvalid, "malformed request"})
 		return
 	}
+	_ = rc.SetReadDeadline(time.Time{})
 	if err := s.authorize(peer, req); err != nil {
 		klog.InfoS("Transfer refused", "peer", peer, "kind", req.Kind, "source", req.Source, "target", req.Target, "reason", err)
 		s.Metrics.served(resultDenied)
@@ -175,7 +181,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	}
 	defer c.Close()
 	h := c.Header
-	h.Segment = stream.DefaultSegment
+	h.Start, h.Segment = 0, stream.DefaultSegment
 	if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
 		h.Start = req.From
 	}
@@ -237,6 +243,7 @@ func statusOf(code string) int {
 
 func refuse(w http.ResponseWriter, status int, e *RemoteError) {
 	w.Header().Set("Content-Type", "application/json")
+	w.Header().Set("Connection", "close")
 	w.WriteHeader(status)
 	json.NewEncoder(w).Encode(e)
 }
