@@ -69,7 +69,7 @@ func (o *TransferOptions) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.TrustConfigMap, "transfer-trust-configmap", "flashpv-transfer-trust", "ConfigMap in --namespace with the CA certificates node plugins trust (ca-<key ID>.pem; the DaemonSet mounts it)")
 	fs.StringVar(&o.ServiceName, "transfer-service-name", "flashpv-controller", "the Service in front of the broker: its serving certificate names <name>.<namespace>.svc and <name>.<namespace>.svc.cluster.local")
 	fs.StringVar(&o.NodeServiceAccount, "node-service-account", "flashpv-node", "ServiceAccount in --namespace of the node plugins: only its tokens are accepted")
-	fs.StringVar(&o.NodePodLabel, "node-pod-label", "app=flashpv-node", "label selector of the node plugin pods in --namespace (where a source node's transfer server is)")
+	fs.StringVar(&o.NodePodLabel, "node-pod-label", "app.kubernetes.io/name=flashpv", "label selector of the node plugin pods in --namespace (where a source node's transfer server is)")
 }
 
 // Validate checks the broker's options.

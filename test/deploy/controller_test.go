@@ -1,11 +1,15 @@
 package deploy
 
 import (
+	"maps"
 	"slices"
+	"strings"
 	"testing"
 
 	appsv1 "k8s.io/api/apps/v1"
+	corev1 "k8s.io/api/core/v1"
 	rbacv1 "k8s.io/api/rbac/v1"
+	"k8s.io/apimachinery/pkg/labels"
 )
 
 // controllerAllowed is the most `flashpv controller` may be granted.
@@ -14,15 +18,23 @@ var controllerAllowed = map[string][]string{
 	"/persistentvolumes":            {"get", "list", "watch", "update", "delete"},
 	"/persistentvolumeclaims":       {"get", "list", "watch", "delete"},
 	"/pods":                         {"list", "watch"},
-	"storage.k8s.io/storageclasses": {"list", "watch"},
+	"storage.k8s.io/storageclasses": {"get", "list", "watch"},
 	"/events":                       {"create", "patch", "update"},
+	// The transfer broker: node plugins' tokens, a restore's snapshot.
+	"authentication.k8s.io/tokenreviews":             {"create"},
+	"snapshot.storage.k8s.io/volumesnapshots":        {"get"},
+	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get"},
 }
 
-// Named: get and update only of its own Lease and ConfigMap.
+// Named: get and update only of its own Lease, ConfigMaps and Secret.
 var controllerNamespaced = map[string][]string{
 	"coordination.k8s.io/leases": {"create", "get", "update"},
 	"/configmaps":                {"create", "get", "update"},
+	"/secrets":                   {"create", "get"},
 }
+
+// controllerNames are the only objects of its namespace it may read or write.
+var controllerNames = []string{"flashpv-controller", "flashpv-volumes", "flashpv-transfer-trust", "flashpv-transfer-key"}
 
 func checkControllerRules(t *testing.T, who string, rules []rbacv1.PolicyRule, allowed map[string][]string) {
 	t.Helper()
@@ -41,6 +53,11 @@ func checkControllerRules(t *testing.T, who string, rules []rbacv1.PolicyRule, a
 					}
 					if allowed[key] != nil && v != "create" && len(rule.ResourceNames) == 0 && controllerNamespaced[key] != nil {
 						t.Errorf("%s grants %s on every %s; only on its own", who, v, key)
+					}
+					for _, name := range rule.ResourceNames {
+						if controllerNamespaced[key] != nil && !slices.Contains(controllerNames, name) {
+							t.Errorf("%s grants %s on %s %s, which is not the controller's", who, v, key, name)
+						}
 					}
 				}
 			}
@@ -72,7 +89,7 @@ func TestController(t *testing.T) {
 	if c.Image != "flashpv:latest" || len(c.Args) == 0 || c.Args[0] != "controller" {
 		t.Errorf("controller runs %s %v; want the flashpv image's controller subcommand", c.Image, c.Args)
 	}
-	wantArgs(t, c, "--namespace=$(POD_NAMESPACE)", "--health-address=:9809")
+	wantArgs(t, c, "--namespace=$(POD_NAMESPACE)", "--health-address=:9809", "--transfer-address=:9810", "--transfer-node-port=9811")
 	sc := c.SecurityContext
 	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.Privileged != nil && *sc.Privileged ||
 		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
@@ -84,6 +101,7 @@ func TestController(t *testing.T) {
 	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
 		t.Errorf("want a standby replica")
 	}
+	checkBroker(t, r, d)
 
 	// The node plugin reads the controller's volume lists from a mount.
 	var ds appsv1.DaemonSet
@@ -98,4 +116,45 @@ func TestController(t *testing.T) {
 	if !found {
 		t.Error("the DaemonSet does not mount the optional flashpv-volumes ConfigMap")
 	}
+}
+
+// checkBroker: the Service node plugins reach the broker by, in front of
+// the controller's transfer port, and the node plugin pods the controller
+// looks for as transfer sources.
+func checkBroker(t *testing.T, r rendered, d appsv1.Deployment) {
+	t.Helper()
+	c := d.Spec.Template.Spec.Containers[0]
+	port := map[string]int32{}
+	for _, p := range c.Ports {
+		port[p.Name] = p.ContainerPort
+	}
+	if port["transfer"] != 9810 {
+		t.Errorf("controller ports %v: want transfer 9810", c.Ports)
+	}
+	if p := c.ReadinessProbe; p == nil || p.TCPSocket == nil || p.TCPSocket.Port.String() != "transfer" {
+		t.Errorf("controller readiness probe %+v: want the transfer port", p)
+	}
+	var svc corev1.Service
+	r.decode(t, "Service", "flashpv-controller", &svc)
+	if len(svc.Spec.Ports) != 1 || svc.Spec.Ports[0].Name != "transfer" || svc.Spec.Ports[0].Port != 9810 ||
+		svc.Spec.Ports[0].TargetPort.String() != "transfer" {
+		t.Errorf("Service ports %+v", svc.Spec.Ports)
+	}
+	if !maps.Equal(svc.Spec.Selector, d.Spec.Template.Labels) {
+		t.Errorf("Service selects %v, the controller pods are %v", svc.Spec.Selector, d.Spec.Template.Labels)
+	}
+	var ds appsv1.DaemonSet
+	r.decode(t, "DaemonSet", "flashpv-node", &ds)
+	var selector string
+	for _, a := range c.Args {
+		if v, ok := strings.CutPrefix(a, "--node-pod-label="); ok {
+			selector = v
+		}
+	}
+	sel, err := labels.Parse(selector)
+	if err != nil || sel.Empty() || !sel.Matches(labels.Set(ds.Spec.Template.Labels)) || sel.Matches(labels.Set(d.Spec.Template.Labels)) {
+		t.Errorf("--node-pod-label %q (%v) must select the node plugin pods %v and not the controller's", selector, err, ds.Spec.Template.Labels)
+	}
+	wantArgs(t, ds.Spec.Template.Spec.Containers[0], "--transfer-address=:9811",
+		"--transfer-broker=https://$(FLASHPV_CONTROLLER_SERVICE_HOST):$(FLASHPV_CONTROLLER_SERVICE_PORT_TRANSFER)")
 }

@@ -54,7 +54,7 @@ func (r rendered) decode(t *testing.T, kind, name string, into any) {
 func TestBase(t *testing.T) {
 	r := render(t, "../../deploy/kubernetes")
 	// Two of each RBAC kind: the node plugin's and the controller's.
-	for kind, n := range map[string]int{"Namespace": 1, "CSIDriver": 1, "ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 2, "RoleBinding": 2, "ConfigMap": 1, "DaemonSet": 1, "Deployment": 1} {
+	for kind, n := range map[string]int{"Namespace": 1, "CSIDriver": 1, "ServiceAccount": 2, "ClusterRole": 2, "ClusterRoleBinding": 2, "Role": 2, "RoleBinding": 2, "ConfigMap": 1, "DaemonSet": 1, "Deployment": 1, "Service": 1} {
 		if len(r.kinds[kind]) != n {
 			t.Errorf("%d %s objects, want %d", len(r.kinds[kind]), kind, n)
 		}

@@ -339,6 +339,9 @@ func TestHandlerRefuses(t *testing.T) {
 			if rec.Code != tc.status || e.Code != tc.code {
 				t.Errorf("answer %d %+v, want %d %s", rec.Code, e, tc.status, tc.code)
 			}
+			if tc.name == "body too big" && !strings.Contains(e.Message, "over 16384 bytes") {
+				t.Errorf("body too big: %q", e.Message)
+			}
 			if authorized, _ := f.seen(); len(authorized) != 0 {
 				t.Errorf("Authorize was asked")
 			}
