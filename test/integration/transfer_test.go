@@ -97,6 +97,11 @@ func TestTransferRestoreAndCloneAcrossNodes(t *testing.T) {
 				bn.unpublishUnstage(v.VolumeId, st, tg)
 				bn.delete(v.VolumeId)
 			}
+			// Room for the next filesystem's source and snapshot.
+			if _, err := a.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.SnapshotId}); err != nil {
+				t.Fatal(err)
+			}
+			a.delete(src.VolumeId)
 		})
 	}
 	if harness.SupportsBlock() {
