@@ -81,9 +81,12 @@ CFG
 kubectl apply -k "$STATE/deploy" >/dev/null
 # A new image under the same tag (a rebuilt flashpv) needs new pods.
 if [ "${FLASHPV_RESTART:-}" = 1 ]; then
-	kubectl -n flashpv rollout restart daemonset/flashpv-node >/dev/null
+	kubectl -n flashpv rollout restart daemonset/flashpv-node deployment/flashpv-controller >/dev/null
 fi
 kubectl -n flashpv rollout status daemonset/flashpv-node --timeout=300s >/dev/null
+# The controller brokers transfers between nodes: restores onto another node
+# wait for it.
+kubectl -n flashpv rollout status deployment/flashpv-controller --timeout=300s >/dev/null
 kubectl -n kube-system rollout status deployment/snapshot-controller --timeout=300s >/dev/null
 count=$(wc -l <"$STATE/nodes")
 registered() {
