@@ -15,7 +15,8 @@ import (
 )
 
 // OpenTransfer opens a snapshot or volume of this node for a transfer to
-// another node (the capability was checked by the transfer server). It
+// another node (the capability was checked by the transfer server): the
+// bytes of an image or LV, or the directory tree of a quota pool's. It
 // holds the content's lock until Close, so that it is neither deleted nor,
 // for a volume, staged while it is read. A volume in use is refused: its
 // data would change under the copy, and freezing its filesystem for as
@@ -25,32 +26,53 @@ func (d *Driver) OpenTransfer(ctx context.Context, kind, source string) (*transf
 	if err != nil {
 		return nil, remoteErr(err)
 	}
-	exp, ok := c.pool.Pool.(pool.Exporter)
-	if !ok {
-		return nil, &transfer.RemoteError{Code: transfer.CodeInvalid, Message: fmt.Sprintf("pool %s keeps volumes as directories (%s); their data cannot be copied to another node's pool", c.pool.Name(), c.pool.Kind())}
+	switch c.pool.Pool.(type) {
+	case pool.Exporter, pool.TreeExporter:
+	default:
+		return nil, &transfer.RemoteError{Code: transfer.CodeInvalid, Message: fmt.Sprintf("pool %s (%s) cannot send its data to another node", c.pool.Name(), c.pool.Kind())}
 	}
 	release, err := d.locks.acquire(c.lock())
 	if err != nil {
 		return nil, remoteErr(err)
 	}
 	h, err := d.exportable(c)
-	var bc *pool.BlockContent
+	var content *transfer.Content
 	if err == nil {
-		bc, err = exp.OpenContent(ctx, pool.Content{Snapshot: c.snap, Volume: c.vol})
+		content, err = openContent(ctx, c.pool, pool.Content{Snapshot: c.snap, Volume: c.vol})
 	}
 	if err != nil {
 		release()
 		return nil, remoteErr(err)
 	}
-	h.Size = bc.Size
+	h.Size, h.PoolKind = content.Size, string(c.pool.Kind())
+	content.Header = h
+	closeData := content.Close
+	content.Close = func() {
+		closeData()
+		release()
+	}
+	return content, nil
+}
+
+// openContent opens a snapshot's or volume's data as its pool holds it:
+// block content, or a directory tree.
+func openContent(ctx context.Context, p *poolEntry, c pool.Content) (*transfer.Content, error) {
+	if tp, ok := p.Pool.(pool.TreeExporter); ok {
+		tc, err := tp.OpenTree(ctx, c)
+		if err != nil {
+			return nil, err
+		}
+		return &transfer.Content{Header: transfer.Header{Size: tc.Size}, Tree: tc.Dir, Close: func() { tc.Close() }}, nil
+	}
+	bc, err := p.Pool.(pool.Exporter).OpenContent(ctx, c)
+	if err != nil {
+		return nil, err
+	}
 	data := stream.FileSource(bc.File, bc.Size)
 	if bc.Device {
 		data = stream.DeviceSource(bc.File, bc.Size)
 	}
-	return &transfer.Content{Header: h, Data: data, Close: func() {
-		bc.Close()
-		release()
-	}}, nil
+	return &transfer.Content{Header: transfer.Header{Size: bc.Size}, Data: data, Close: func() { bc.Close() }}, nil
 }
 
 // localContent finds a transfer's source in this node's pools.

@@ -53,9 +53,10 @@ func (s *Controller) createRemote(ctx context.Context, req *csi.CreateVolumeRequ
 	if err != nil {
 		return nil, err
 	}
-	imp, ok := p.Pool.(pool.Importer)
-	if !ok {
-		return nil, invalid("pool %s keeps volumes as directories of its filesystem; data from another node (%s %s) can only be copied into a pool of image or lvm volumes", p.Name(), g.Kind, g.Source)
+	switch p.Pool.(type) {
+	case pool.Importer, pool.TreeImporter:
+	default:
+		return nil, invalid("pool %s (%s) cannot receive data from another node (%s %s)", p.Name(), p.Kind(), g.Kind, g.Source)
 	}
 	if err := s.d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
 		return nil, err
@@ -79,7 +80,7 @@ func (s *Controller) createRemote(ctx context.Context, req *csi.CreateVolumeRequ
 	var v *pool.Volume
 	err = s.d.locks.detach(ctx, func(ctx context.Context) error {
 		defer release()
-		made, err := s.d.fetch(ctx, p, imp, spec, g, req.GetVolumeCapabilities())
+		made, err := s.d.fetch(ctx, p, spec, g, req.GetVolumeCapabilities())
 		v = made
 		return err
 	})
@@ -111,7 +112,7 @@ func grantRequest(req *csi.CreateVolumeRequest) (broker.GrantRequest, error) {
 }
 
 // fetch finds or makes the incoming volume and receives its data.
-func (d *Driver) fetch(ctx context.Context, p *poolEntry, imp pool.Importer, spec pool.Spec, g broker.GrantRequest, caps []*csi.VolumeCapability) (*pool.Volume, error) {
+func (d *Driver) fetch(ctx context.Context, p *poolEntry, spec pool.Spec, g broker.GrantRequest, caps []*csi.VolumeCapability) (*pool.Volume, error) {
 	id := pool.VolumeID{Pool: p.Name(), Key: pool.KeyForName(spec.Name)}.String()
 	unlock, err := d.locks.acquire(id)
 	if err != nil {
@@ -131,6 +132,9 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, imp pool.Importer, spe
 		return nil, fromRemote(err)
 	}
 	defer sess.Close()
+	if err := fitsLayout(sess.Header, p, sess.SourceNode); err != nil {
+		return nil, err
+	}
 	if err := fitsHeader(sess.Header, &spec, caps); err != nil {
 		return nil, err
 	}
@@ -143,7 +147,12 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, imp pool.Importer, spe
 		return v, nil
 	}
 	start := time.Now()
-	v, st, err := d.receive(ctx, p, imp, v, sess)
+	var st stream.Stats
+	if sess.IsTree() {
+		v, st, err = d.receiveTree(ctx, p, v, sess)
+	} else {
+		v, st, err = d.receive(ctx, p, v, sess)
+	}
 	if err != nil {
 		d.remote.Metrics.Received("failed")
 		return nil, err
@@ -155,8 +164,10 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, imp pool.Importer, spe
 	return v, nil
 }
 
-// receive writes the session's data into v and makes v complete.
-func (d *Driver) receive(ctx context.Context, p *poolEntry, imp pool.Importer, v *pool.Volume, sess *transfer.Session) (*pool.Volume, stream.Stats, error) {
+// receive writes the session's block content into v and makes v
+// complete.
+func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session) (*pool.Volume, stream.Stats, error) {
+	imp := p.Pool.(pool.Importer) // fitsLayout checked it
 	in := *v.Incoming
 	if in.Version != sess.Version || in.Size != sess.Size || sess.Start != in.Next {
 		if sess.Start != 0 {

@@ -3,15 +3,22 @@ package driver
 import (
 	"context"
 	"errors"
+	"fmt"
+	"io"
+	"os"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
 	"github.com/flashpv/flashpv/pkg/pool"
 	"github.com/flashpv/flashpv/pkg/transfer"
+	"github.com/flashpv/flashpv/pkg/transfer/stream"
+	"github.com/flashpv/flashpv/pkg/transfer/tree"
 )
 
 // incoming makes a volume whose data is still arriving, last updated at
@@ -116,6 +123,75 @@ func TestFromRemoteCodes(t *testing.T) {
 		err := fromRemote(&transfer.RemoteError{Code: c.code, Message: "m"})
 		if !errors.Is(err, c.want) {
 			t.Errorf("%s: %v, want %v", c.code, err, c.want)
+		}
+	}
+}
+
+// fakeTreePool is a quota pool as far as fitsLayout can tell.
+type fakeTreePool struct{ pool.Pool }
+
+func (fakeTreePool) Name() string    { return "quota" }
+func (fakeTreePool) Kind() pool.Kind { return pool.KindQuota }
+func (fakeTreePool) OpenTreeImport(context.Context, *pool.Volume) (*os.File, error) {
+	return nil, errors.New("not here")
+}
+
+// TestFitsLayout: trees go only into quota pools and block content only
+// into image and lvm pools; a refusal names both kinds.
+func TestFitsLayout(t *testing.T) {
+	d, _, _ := newTestDriver(t, t.TempDir())
+	image := d.pools["default"]
+	quota := &poolEntry{Pool: fakeTreePool{}, layout: pool.Layout{Directory: true, FsType: "xfs"}}
+	trees := transfer.Header{Kind: "snapshot", Source: "q.1", Layout: transfer.LayoutTree, PoolKind: "quota"}
+	blocks := transfer.Header{Kind: "volume", Source: "i.2", PoolKind: "image"}
+	old := transfer.Header{Kind: "volume", Source: "i.3"}
+	for _, c := range []struct {
+		name string
+		h    transfer.Header
+		p    *poolEntry
+		want []string // in the refusal; nil: accepted
+	}{
+		{"tree into quota", trees, quota, nil},
+		{"blocks into image", blocks, image, nil},
+		{"tree into image", trees, image, []string{"quota pool", "kind image", "q.1", "node-a"}},
+		{"blocks into quota", blocks, quota, []string{"kind image", "quota pool", "i.2"}},
+		{"blocks of an older peer into quota", old, quota, []string{"image or lvm", "quota pool"}},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			err := fitsLayout(c.h, c.p, "node-a")
+			if c.want == nil {
+				if err != nil {
+					t.Fatal(err)
+				}
+				return
+			}
+			if status.Code(toStatus(err)) != codes.InvalidArgument {
+				t.Fatalf("%v, want InvalidArgument", err)
+			}
+			for _, w := range c.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("%v: does not say %q", err, w)
+				}
+			}
+		})
+	}
+}
+
+func TestTreeFailedCodes(t *testing.T) {
+	sess := &transfer.Session{Header: transfer.Header{Source: "default.x"}, SourceNode: "node-a"}
+	v := &pool.Volume{SizeBytes: 1 << 30}
+	for _, c := range []struct {
+		err  error
+		want codes.Code
+	}{
+		{fmt.Errorf("%w: \"d/sock\" is a socket", tree.ErrUnsupported), codes.FailedPrecondition},
+		{fmt.Errorf("writing f: %w", unix.ENOSPC), codes.FailedPrecondition},
+		{fmt.Errorf("writing f: %w", unix.EDQUOT), codes.FailedPrecondition},
+		{stream.ErrChecksum, codes.Aborted},
+		{io.ErrUnexpectedEOF, codes.Aborted},
+	} {
+		if got := status.Code(toStatus(treeFailed(c.err, sess, v))); got != c.want {
+			t.Errorf("%v: %v, want %v", c.err, got, c.want)
 		}
 	}
 }

@@ -10,11 +10,12 @@ import (
 )
 
 // A volume's data can cross nodes: the node that holds a snapshot or a
-// volume exports it as block content (an image file or an LV's device),
-// and a pool on another node imports it into a new volume whose metadata
-// says, until the transfer has finished, that its data is incoming. Pools
-// whose volumes are directories (quota) hold a file tree, not block
-// content, and do neither.
+// volume exports it, and a pool on another node imports it into a new
+// volume whose metadata says, until the transfer has finished, that its
+// data is incoming. Image and LVM pools export and import block content
+// (an image file or an LV's device); quota pools, whose volumes are
+// directories, export and import a file tree (TreeExporter,
+// TreeImporter). Neither kind can become the other.
 
 // Incoming is the state of a transfer into a volume, kept in its metadata
 // so that a retry after a restart resumes it.
@@ -65,6 +66,35 @@ type Exporter interface {
 // SetNodeState with Incoming cleared makes it complete.
 type Importer interface {
 	OpenImport(ctx context.Context, v *Volume) (*os.File, error)
+}
+
+// TreeContent is a quota snapshot's or volume's directory opened for
+// reading.
+type TreeContent struct {
+	Dir *os.File
+	// Size is the snapshot's or volume's size: the new volume's limit is
+	// at least this.
+	Size int64
+}
+
+// Close closes the directory.
+func (c *TreeContent) Close() error { return c.Dir.Close() }
+
+// TreeExporter is implemented by pools whose snapshots and volumes are
+// directory trees another node can read.
+type TreeExporter interface {
+	// OpenTree opens c's directory. The caller keeps c from changing (a
+	// volume that is not mounted, under its lock).
+	OpenTree(ctx context.Context, c Content) (*TreeContent, error)
+}
+
+// TreeImporter is implemented by pools that can receive a directory tree
+// from another node into a volume: Create with Spec.Incoming makes it as
+// any volume (its directory, project and limit), OpenTreeImport opens its
+// directory emptied of what an earlier attempt left, and SetNodeState with
+// Incoming cleared makes it complete.
+type TreeImporter interface {
+	OpenTreeImport(ctx context.Context, v *Volume) (*os.File, error)
 }
 
 var (

@@ -10,11 +10,13 @@ import (
 	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"github.com/flashpv/flashpv/pkg/transfer/auth"
 	"github.com/flashpv/flashpv/pkg/transfer/broker"
 	"github.com/flashpv/flashpv/pkg/transfer/stream"
+	"github.com/flashpv/flashpv/pkg/transfer/tree"
 )
 
 // Client fetches contents from other nodes for this node's new volumes.
@@ -115,7 +117,7 @@ func checkHeader(h Header, g broker.GrantRequest, from int64, version string) er
 	switch {
 	case h.Kind != g.Kind || h.Source != g.Source:
 		return fmt.Errorf("%w: sent %s %s, not %s %s", errBadHeader, h.Kind, h.Source, g.Kind, g.Source)
-	case h.Segment < 1<<20 || h.Segment > 1<<30:
+	case !h.IsTree() && (h.Segment < 1<<20 || h.Segment > 1<<30):
 		return fmt.Errorf("%w: segment of %d bytes", errBadHeader, h.Segment)
 	case h.Start != 0 && (h.Start != from || h.Version != version || version == ""):
 		return fmt.Errorf("%w: starts at %d of version %q, asked %d of %q", errBadHeader, h.Start, h.Version, from, version)
@@ -153,10 +155,25 @@ func fromBroker(err error) error {
 	return &RemoteError{code, "broker: " + be.Message}
 }
 
-// Receive writes the session's frames into dst; see stream.Receive.
+// Receive writes the session's block content into dst; see
+// stream.Receive.
 func (s *Session) Receive(ctx context.Context, dst stream.BlockTarget, commit func(next int64) error) (stream.Stats, error) {
+	if s.IsTree() {
+		return stream.Stats{}, fmt.Errorf("%w: %s is a file tree, not block content", stream.ErrInvalid, s.Source)
+	}
 	st, err := stream.Receive(ctx, s.body, dst, s.Size, s.Start, s.Segment, s.client.Limit, commit)
 	s.client.Metrics.add(dirIn, st)
+	return st, err
+}
+
+// ReceiveTree makes the session's file tree in dir, an open empty
+// directory; see tree.Receive.
+func (s *Session) ReceiveTree(ctx context.Context, dir *os.File, progress func(tree.Stats) error) (tree.Stats, error) {
+	if !s.IsTree() {
+		return tree.Stats{}, fmt.Errorf("%w: %s is block content, not a file tree", stream.ErrInvalid, s.Source)
+	}
+	st, err := tree.Receive(ctx, s.body, dir, s.client.Limit, progress)
+	s.client.Metrics.add(dirIn, stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes})
 	return st, err
 }
 

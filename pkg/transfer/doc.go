@@ -6,10 +6,11 @@
 // the request carries a capability the controller signed for exactly this
 // copy (source, source node, target node, expiry), checked by the source
 // before it reads a byte. The data itself is the sparse, segment-verified
-// stream of package stream; the target resumes at the last segment it
-// verified and synced.
+// stream of package stream, and the target resumes at the last segment it
+// verified and synced; or, for a quota pool's directory, the file tree of
+// package tree, verified as a whole and started over when cut short.
 //
 // Subpackages: auth (keys, certificates, capabilities, replay), stream
-// (the wire format), broker (the controller's HTTP API that hands out
-// certificates and capabilities).
+// (the block wire format), tree (the file tree wire format), broker (the
+// controller's HTTP API that hands out certificates and capabilities).
 package transfer

@@ -10,8 +10,9 @@ import (
 
 // The node-to-node protocol: one HTTPS POST to PathRead per attempt, over
 // mutual TLS 1.3, its body a ReadRequest. A 200 answer's body is a
-// length-prefixed JSON Header followed by package stream's frames from
-// Header.Start on. Any other answer's body is a RemoteError.
+// length-prefixed JSON Header followed by the content's frames: package
+// stream's from Header.Start on for block content, package tree's for a
+// file tree (Header.Layout). Any other answer's body is a RemoteError.
 
 const (
 	// PathRead is the one endpoint of a node's transfer server.
@@ -33,10 +34,23 @@ type ReadRequest struct {
 	Version string `json:"version,omitempty"`
 }
 
+// Layouts of a content: what its frames carry.
+const (
+	// LayoutBlock is an image's or a device's bytes (package stream); ""
+	// means the same, for peers that predate trees.
+	LayoutBlock = "block"
+	// LayoutTree is a quota volume's directory tree (package tree).
+	LayoutTree = "tree"
+)
+
 // Header describes the content that follows it.
 type Header struct {
 	Kind   string `json:"kind"`
 	Source string `json:"source"`
+	// Layout is LayoutTree or LayoutBlock (also ""). PoolKind is the kind
+	// of pool the content comes from, for messages.
+	Layout   string `json:"layout,omitempty"`
+	PoolKind string `json:"poolKind,omitempty"`
 	// Size is the content's size in bytes; a volume made from it is at
 	// least this big.
 	Size int64 `json:"size"`
@@ -49,10 +63,14 @@ type Header struct {
 	// Version identifies a content that never changes (a snapshot): only
 	// such a content is resumed. "" for a volume.
 	Version string `json:"version,omitempty"`
-	// Start is where the frames begin, Segment the unit of verification.
+	// Start is where the frames begin, Segment the unit of verification,
+	// for block content; a tree has neither (0), and always starts over.
 	Start   int64 `json:"start"`
 	Segment int64 `json:"segment"`
 }
+
+// IsTree tells whether the content is a file tree.
+func (h *Header) IsTree() bool { return h.Layout == LayoutTree }
 
 // RemoteError is a refusal, with a gRPC code name for the caller's answer.
 type RemoteError struct {
@@ -106,8 +124,17 @@ func readHeader(r io.Reader) (Header, error) {
 	if err := json.Unmarshal(data, &h); err != nil {
 		return Header{}, fmt.Errorf("%w: %v", errBadHeader, err)
 	}
-	if h.Size < 0 || h.Segment <= 0 || h.Start < 0 || h.Start > h.Size || h.Start%h.Segment != 0 {
-		return Header{}, fmt.Errorf("%w: size %d, start %d, segment %d", errBadHeader, h.Size, h.Start, h.Segment)
+	switch h.Layout {
+	case "", LayoutBlock:
+		if h.Size < 0 || h.Segment <= 0 || h.Start < 0 || h.Start > h.Size || h.Start%h.Segment != 0 {
+			return Header{}, fmt.Errorf("%w: size %d, start %d, segment %d", errBadHeader, h.Size, h.Start, h.Segment)
+		}
+	case LayoutTree:
+		if h.Size < 0 || h.Start != 0 {
+			return Header{}, fmt.Errorf("%w: a tree of size %d starting at %d", errBadHeader, h.Size, h.Start)
+		}
+	default:
+		return Header{}, fmt.Errorf("%w: layout %q", errBadHeader, h.Layout)
 	}
 	return h, nil
 }

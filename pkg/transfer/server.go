@@ -7,21 +7,26 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net"
 	"net/http"
+	"os"
 	"time"
 
 	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/transfer/auth"
 	"github.com/flashpv/flashpv/pkg/transfer/stream"
+	"github.com/flashpv/flashpv/pkg/transfer/tree"
 )
 
-// Content is what a source serves: its header (Start and Segment are the
-// server's to fill) and its data.
+// Content is what a source serves: its header (Layout, Start and Segment
+// are the server's to fill) and its data: block content in Data, or a
+// file tree in Tree, an open directory.
 type Content struct {
 	Header
 	Data  stream.BlockSource
+	Tree  *os.File
 	Close func()
 }
 
@@ -181,8 +186,11 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	}
 	defer c.Close()
 	h := c.Header
-	h.Start, h.Segment = 0, stream.DefaultSegment
-	if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
+	h.Layout, h.Start, h.Segment = "", 0, stream.DefaultSegment
+	if c.Tree != nil {
+		// A tree always starts over.
+		h.Layout, h.Segment = LayoutTree, 0
+	} else if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
 		h.Start = req.From
 	}
 	rc := http.NewResponseController(w)
@@ -191,13 +199,13 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusOK)
 	start := time.Now()
-	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start)
+	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start, "tree", c.Tree != nil)
 	s.Metrics.begin(dirOut)
 	defer s.Metrics.end(dirOut)
 	err = writeHeader(bw, h)
 	var st stream.Stats
 	if err == nil {
-		st, err = stream.Send(ctx, bw, c.Data, h.Size, h.Start, h.Segment, s.Limit)
+		st, err = s.frames(ctx, bw, c, h)
 	}
 	if err == nil {
 		err = bw.Flush()
@@ -210,6 +218,15 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	}
 	s.Metrics.served(resultDone)
 	klog.InfoS("Transfer sent", "peer", peer, "source", h.Source, "target", req.Target, "dataBytes", st.DataBytes, "wireBytes", st.WireBytes, "duration", time.Since(start))
+}
+
+// frames writes c's frames, which follow its header h.
+func (s *Server) frames(ctx context.Context, w io.Writer, c *Content, h Header) (stream.Stats, error) {
+	if c.Tree != nil {
+		st, err := tree.Send(ctx, w, c.Tree, s.Limit)
+		return stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes}, err
+	}
+	return stream.Send(ctx, w, c.Data, h.Size, h.Start, h.Segment, s.Limit)
 }
 
 // deadlineWriter moves the connection's write deadline on with every

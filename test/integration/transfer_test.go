@@ -3,6 +3,7 @@ package integration
 import (
 	"encoding/json"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strconv"
 	"strings"
@@ -11,6 +12,7 @@ import (
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
 	"github.com/prometheus/client_golang/prometheus"
+	"golang.org/x/sys/unix"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
@@ -46,26 +48,67 @@ func (c *client) createRemote(name string, size int64, vc *csi.VolumeCapability,
 	return resp.GetVolume(), err
 }
 
+// createRemoteRetried retries createRemote while it answers Aborted, as
+// the provisioner does: a source node that has just restarted serves again
+// once the broker has given it a certificate.
+func (c *client) createRemoteRetried(name string, size int64, vc *csi.VolumeCapability, snap bool, id string) (*csi.Volume, error) {
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		v, err := c.createRemote(name, size, vc, snap, id, nil)
+		if status.Code(err) != codes.Aborted || time.Now().After(deadline) {
+			return v, err
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
 // fill writes data a test can check: a file of random bytes with a hole
-// between two halves, and its checksum.
+// between two halves, a small file with a foreign owner, the setuid bit
+// and a second name, a directory with the setgid bit, a symlink and a
+// fifo, with times of their own. It returns what contents says of it.
 func fill(t *testing.T, dir string, mib int) string {
 	t.Helper()
-	return sh(t, "cd "+dir+" && head -c "+itoa(mib/2)+"M /dev/urandom >data && truncate -s +"+itoa(mib)+"M data && head -c "+itoa(mib/2)+"M /dev/urandom >>data && echo hello >small && sync && sha256sum data small")
+	sh(t, "cd "+dir+" && head -c "+itoa(mib/2)+"M /dev/urandom >data && truncate -s +"+itoa(mib)+"M data && head -c "+itoa(mib/2)+"M /dev/urandom >>data && echo hello >small"+
+		" && mkdir -p sub/deeper && ln small sub/hard && ln -s ../data sub/link && mkfifo sub/fifo"+
+		" && chown 1234:5678 small && chmod 4750 small && chmod 2750 sub/deeper"+
+		" && touch -h -d @1600000000.123456789 sub/link sub/fifo sub/deeper sub && sync")
+	return contents(t, dir)
+}
+
+// contents is the checksums of fill's files and a listing of every entry
+// under dir: type, mode, owner, links, size (but a directory's, which
+// depends on its filesystem), mtime and link target.
+func contents(t *testing.T, dir string) string {
+	t.Helper()
+	return sh(t, "cd "+dir+" && sha256sum data small && find . ! -type d -printf '%p %y %m %U:%G %n %s %T@ %l\\n' | sort"+
+		" && find . -type d -printf '%p %m %U:%G %T@\\n' | sort")
 }
 
 func itoa(n int) string { return strconv.Itoa(n) }
 
 // TestTransferRestoreAndCloneAcrossNodes restores a snapshot of node-a and
-// clones a volume of node-a on node-b, for every filesystem and Block, and
-// checks the data byte for byte.
+// clones a volume of node-a on node-b, for every filesystem and Block (a
+// quota pool's file tree, with the quota backend), and checks the data
+// byte for byte and every entry's metadata.
 func TestTransferRestoreAndCloneAcrossNodes(t *testing.T) {
-	harness.RequireBackend(t, "image", "lvm-thick", "lvm-thin")
 	b, a, bn := twoNodes(t, nil)
-	for _, fs := range fsTypes() {
+	types := fsTypes()
+	switch harness.Backend() {
+	case "image", "quota": // quota pools hold xfs only
+	default:
+		// In a VM every filesystem costs minutes; the filesystems differ
+		// only above the block layer, which the image backend covers.
+		types = []string{"ext4"}
+	}
+	for _, fs := range types {
 		t.Run(fs, func(t *testing.T) {
 			a.t, bn.t = t, t
 			vc := mountCap(fs)
-			src := a.create("src-"+fs, 320<<20, vc)
+			size := int64(320 << 20) // xfs wants 300 MiB
+			if fs == "ext4" {
+				size = 96 << 20
+			}
+			src := a.create("src-"+fs, size, vc)
 			staging, target := a.stagePublish(src.VolumeId, "src-"+fs, vc)
 			want := fill(t, target, 40)
 			a.unpublishUnstage(src.VolumeId, staging, target)
@@ -78,24 +121,19 @@ func TestTransferRestoreAndCloneAcrossNodes(t *testing.T) {
 				snap bool
 				id   string
 			}{{"restore-" + fs, true, snap.SnapshotId}, {"clone-" + fs, false, src.VolumeId}} {
-				v, err := bn.createRemote(c.name, 320<<20, vc, c.snap, c.id, nil)
+				v, err := bn.createRemote(c.name, size, vc, c.snap, c.id, nil)
 				if err != nil {
 					t.Fatalf("CreateVolume %s on node-b from %s of node-a: %v", c.name, c.id, err)
 				}
 				// A retry gets the same volume.
-				again, err := bn.createRemote(c.name, 320<<20, vc, c.snap, c.id, nil)
+				again, err := bn.createRemote(c.name, size, vc, c.snap, c.id, nil)
 				if err != nil || again.VolumeId != v.VolumeId {
 					t.Fatalf("retried CreateVolume: %v, %v", again, err)
 				}
 				if seg := v.AccessibleTopology[0].Segments["flashpv.dev/node"]; seg != "node-b" {
 					t.Errorf("topology %q, want node-b", seg)
 				}
-				st, tg := bn.stagePublish(v.VolumeId, c.name, vc)
-				if got := sh(t, "cd "+tg+" && sha256sum data small"); got != want {
-					t.Errorf("%s: data differs:\n got %s\nwant %s", c.name, got, want)
-				}
-				bn.unpublishUnstage(v.VolumeId, st, tg)
-				bn.delete(v.VolumeId)
+				bn.checkCopy(v, c.name, vc, want)
 			}
 			// Room for the next filesystem's source and snapshot.
 			if _, err := a.ctl.DeleteSnapshot(ctx, &csi.DeleteSnapshotRequest{SnapshotId: snap.SnapshotId}); err != nil {
@@ -129,6 +167,21 @@ func TestTransferRestoreAndCloneAcrossNodes(t *testing.T) {
 			}
 		})
 	}
+}
+
+// checkCopy stages and publishes a copy, compares its contents with want,
+// checks a quota volume's own limit, and deletes the copy.
+func (c *client) checkCopy(v *csi.Volume, name string, vc *csi.VolumeCapability, want string) {
+	c.t.Helper()
+	st, tg := c.stagePublish(v.VolumeId, name, vc)
+	if got := contents(c.t, tg); got != want {
+		c.t.Errorf("%s: data differs:\n got %s\nwant %s", name, got, want)
+	}
+	if harness.Backend() == "quota" {
+		ownLimit(c.t, tg, v.CapacityBytes)
+	}
+	c.unpublishUnstage(v.VolumeId, st, tg)
+	c.delete(v.VolumeId)
 }
 
 // TestTransferRefusals: a class that forbids crossing nodes keeps the old
@@ -214,7 +267,7 @@ func TestTransferResumes(t *testing.T) {
 		t.Fatalf("after the cut the volume holds %d bytes, want at least one segment and not all", at)
 	}
 	before := received(t, reg)
-	if _, err := bn.createRemote("resumed", 256<<20, blockCap(), true, snap.SnapshotId, nil); err != nil {
+	if _, err := bn.createRemoteRetried("resumed", 256<<20, blockCap(), true, snap.SnapshotId); err != nil {
 		t.Fatalf("retried CreateVolume: %v", err)
 	}
 	if g := sh(t, "head -c 256M "+bn.imagePath(id)+" | sha256sum"); g != want {
@@ -265,4 +318,142 @@ func incomingNext(t *testing.T, meta string) int64 {
 		return v.SizeBytes
 	}
 	return v.Incoming.Next
+}
+
+// ownLimit checks that the quota volume mounted at dir has its own limit
+// of size bytes: df shows it, and XFS allocates nothing past it.
+func ownLimit(t *testing.T, dir string, size int64) {
+	t.Helper()
+	if got := fsSize(t, dir); got != size {
+		t.Errorf("df shows %d bytes, want the volume's %d", got, size)
+	}
+	big := filepath.Join(dir, "too-big")
+	if out, err := exec.Command("fallocate", "-l", strconv.FormatInt(size, 10), big).CombinedOutput(); err == nil {
+		t.Errorf("fallocate of %d bytes in a volume of %d that holds data succeeded", size, size)
+	} else if !strings.Contains(string(out), "space") && !strings.Contains(string(out), "quota") {
+		t.Errorf("fallocate past the limit: %v: %s", err, out)
+	}
+	os.Remove(big)
+}
+
+// TestTransferRefusesOtherPoolKind: a quota pool's tree is not copied into
+// an image pool, nor an image volume's blocks into a quota pool; each
+// refusal names both kinds, and leaves nothing behind.
+func TestTransferRefusesOtherPoolKind(t *testing.T) {
+	harness.RequireBackend(t, "quota")
+	b := harness.StartBroker(t)
+	pools := func() map[string]string {
+		return map[string]string{"default": harness.NewPool(t, "1G"), "img": harness.PoolFS(t, "1G")}
+	}
+	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: b.Node(t, "node-a"), Pools: pools()})
+	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Pools: pools()})
+	a, bn := newClient(t, envA), newClient(t, envB)
+	vc := mountCap("xfs")
+
+	q := a.create("quota-src", 64<<20, vc)
+	snap := a.mustSnapshot("quota-snap", q.VolumeId)
+	resp, err := a.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{Name: "image-src", CapacityRange: &csi.CapacityRange{RequiredBytes: 300 << 20},
+		Parameters: map[string]string{"pool": "img"}, VolumeCapabilities: []*csi.VolumeCapability{vc}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := resp.GetVolume()
+	for _, id := range []string{q.VolumeId, snap.SnapshotId, img.VolumeId} {
+		b.Locate(id, "node-a")
+	}
+
+	for _, c := range []struct {
+		name, pool string
+		snap       bool
+		id         string
+	}{
+		{"snapshot into image", "img", true, snap.SnapshotId},
+		{"volume into image", "img", false, q.VolumeId},
+		{"image into quota", "default", false, img.VolumeId},
+	} {
+		t.Run(c.name, func(t *testing.T) {
+			_, err := bn.createRemote("copy", 300<<20, vc, c.snap, c.id, map[string]string{"pool": c.pool})
+			wantCode(t, err, codes.InvalidArgument, c.name)
+			if msg := status.Convert(err).Message(); !strings.Contains(msg, "quota") || !strings.Contains(msg, "image") || !strings.Contains(msg, c.id) {
+				t.Errorf("the refusal does not name both pool kinds and the source: %s", msg)
+			}
+		})
+	}
+	resp2, err := bn.ctl.ListVolumes(ctx, &csi.ListVolumesRequest{})
+	if err != nil || len(resp2.GetEntries()) != 0 {
+		t.Errorf("node-b has volumes after refusals: %v, %v", resp2.GetEntries(), err)
+	}
+}
+
+// TestTransferTreeStartsOver cuts a quota restore short by restarting the
+// source's driver, puts a stray file into what the cut left, and checks
+// that the volume refuses to be staged meanwhile and that the retry
+// starts over: all the data again, nothing of the earlier attempt left.
+func TestTransferTreeStartsOver(t *testing.T) {
+	harness.RequireBackend(t, "quota")
+	b := harness.StartBroker(t)
+	ta := b.Node(t, "node-a")
+	ta.Bandwidth = 8 << 20 // slow enough to cut it in the middle
+	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: ta, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
+	reg := prometheus.NewRegistry()
+	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: reg, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
+	a, bn := newClient(t, envA), newClient(t, envB)
+	vc := mountCap("xfs")
+
+	src := a.create("tree-src", 128<<20, vc)
+	staging, target := a.stagePublish(src.VolumeId, "tree-src", vc)
+	want := fill(t, target, 48)
+	a.unpublishUnstage(src.VolumeId, staging, target)
+	snap := a.mustSnapshot("tree-snap", src.VolumeId)
+	b.Locate(snap.SnapshotId, "node-a")
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := bn.createRemote("restarted", 128<<20, vc, true, snap.SnapshotId, nil)
+		done <- err
+	}()
+	id := "default." + keyOf("restarted")
+	dir := bn.storagePath(id)
+	deadline := time.Now().Add(2 * time.Minute)
+	for allocated(filepath.Join(dir, "data")) < 8<<20 {
+		if time.Now().After(deadline) {
+			t.Fatal("no data received within two minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	_, err := bn.nd.NodeStageVolume(ctx, &csi.NodeStageVolumeRequest{VolumeId: id, StagingTargetPath: filepath.Join(envB.KubeletDir, "plugins", "x", "globalmount"), VolumeCapability: vc})
+	if code := status.Code(err); code != codes.Aborted && code != codes.FailedPrecondition {
+		t.Errorf("staging an incoming volume: %v, want Aborted", err)
+	}
+
+	envA.Restart(t, harness.Options{NodeID: "node-a", Transfer: ta})
+	if err := <-done; status.Code(err) != codes.Aborted {
+		t.Fatalf("CreateVolume cut short by the source's restart: %v, want Aborted", err)
+	}
+	if err := os.WriteFile(filepath.Join(dir, "stray"), []byte("left by an earlier attempt"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := received(t, reg)
+	v, err := bn.createRemoteRetried("restarted", 128<<20, vc, true, snap.SnapshotId)
+	if err != nil {
+		t.Fatalf("retried CreateVolume: %v", err)
+	}
+	st, tg := bn.stagePublish(v.VolumeId, "restarted", vc)
+	if got := contents(t, tg); got != want {
+		t.Errorf("data differs after starting over:\n got %s\nwant %s", got, want)
+	}
+	ownLimit(t, tg, 128<<20)
+	bn.unpublishUnstage(v.VolumeId, st, tg)
+	if got := received(t, reg) - before; got < 48<<20 {
+		t.Errorf("the retry received %.0f data bytes, want all %d again", got, 48<<20)
+	}
+}
+
+// allocated is the bytes a file has on disk (0 if it does not exist).
+func allocated(path string) int64 {
+	var st unix.Stat_t
+	if unix.Stat(path, &st) != nil {
+		return 0
+	}
+	return st.Blocks * 512
 }
