@@ -78,6 +78,9 @@ func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	rng := r.killRng
 	pKill, pCmd, pick, frac := rng.Float64(), rng.Float64(), rng.IntN(1<<30), rng.Float64()
 	p := r.cfg.killRate
+	if rpc == remoteCreate {
+		p *= 1.7 // what the second node is there for: most transfers get a kill
+	}
 	if len(focus) > 0 || len(expectedCommands[rpc+"/"+kind]) > 0 || len(r.learned.commands[rpc+"/"+kind]) > 0 {
 		p *= 1.4 // calls that run commands have more places to be killed at
 	}
@@ -129,6 +132,9 @@ func (r *run) plan(rpc, kind string, kills int, focus []string) trigger {
 	d, ok := r.learned.callTime[key]
 	if !ok {
 		d = 50 * time.Millisecond
+	}
+	if rpc == remoteCreate {
+		d = r.transferTime
 	}
 	return trigger{kind: afterDelay, delay: time.Duration(frac * 1.2 * float64(d))}
 }
@@ -199,36 +205,47 @@ func (r *run) call(rpc string, v *volume, fn func(ctx context.Context) error, ac
 	fails := 0
 	for {
 		tr := r.plan(rpc, v.kind, len(kills), r.focus(rpc, v))
-		w := r.watch(tr, r.backendRuns("fallocate") && (rpc == "CreateVolume" || rpc == "NodeExpandVolume"))
+		// The node whose driver a kill hits: the one called, or, in a
+		// transfer, either side.
+		victim := r.victim(rpc, v, tr)
+		w := r.watch(victim.drv, tr, r.backendRuns("fallocate") && (rpc == "CreateVolume" || rpc == "NodeExpandVolume"))
 		start := time.Now()
 		ctx, cancel := context.WithTimeout(context.Background(), callTimeout)
 		err := fn(ctx)
 		cancel()
 		took := time.Since(start)
 		rec, victims, runs := w.stop()
+		r.checkTransferError(rpc, v, err)
 		r.stats.calls[rpc]++
 		if rec != nil {
 			r.stats.recordKill(rpc, rec, err == nil)
 			desc := describeKill(rpc, rec, err)
+			if r.peer != nil {
+				r.stats.recordSide(rpc, victim.name)
+				desc = victim.name + " " + desc
+			}
 			r.event("op %d: KILL %s", r.opNum, desc)
 			kills = append(kills, desc)
-			if werr := r.drv.waitGone(victims); werr != nil {
+			if werr := victim.drv.waitGone(victims); werr != nil {
 				return werr
 			}
-			r.drv = nil
+			victim.drv = nil
+			r.afterKill(rpc, v, victim)
 			r.stats.restarts++
-			if serr := r.startDriver(); serr != nil {
-				return fmt.Errorf("restarting flashpv after a kill: %w", serr)
+			if serr := victim.startDriver(); serr != nil {
+				return fmt.Errorf("restarting flashpv on %s after a kill: %w", victim.name, serr)
 			}
 			if err == nil {
 				return nil // the answer came before the kill
 			}
 			continue
 		}
-		if r.crashed() {
-			r.failf(v, "%s: flashpv exited by itself (%v) during the call; log: %s", rpc, r.drv.err, r.driverLog.Name())
-			if serr := r.restart(); serr != nil {
-				return serr
+		if crashed := r.crashedNodes(); len(crashed) > 0 {
+			for _, n := range crashed {
+				r.failf(v, "%s: flashpv on %s exited by itself (%v) during the call; log: %s", rpc, n.name, n.drv.err, n.driverLog.Name())
+				if serr := n.restart(); serr != nil {
+					return serr
+				}
 			}
 			continue
 		}

@@ -17,8 +17,6 @@ import (
 	"google.golang.org/grpc/credentials/insecure"
 )
 
-const nodeID = "fault-node"
-
 // buildBinary builds the real flashpv command, or takes the one named by
 // FLASHPV_FAULT_BIN (a VM has no Go toolchain).
 func buildBinary(t *testing.T) string {
@@ -51,12 +49,15 @@ type driverProc struct {
 	node   csi.NodeClient
 }
 
-// startDriver starts the binary and waits until it answers on its socket.
-func (r *run) startDriver() error {
+// startDriver starts the node's binary and waits until it answers on its
+// socket.
+func (n *node) startDriver() error {
+	r := n.r
 	args := []string{
-		"--endpoint", "unix://" + r.sock, "--node-id", nodeID, "--kubelet-dir", r.kubeletDir,
-		"--pool", "default=" + r.poolArg, "--state-dir", r.stateDir, "--health-address", "", "--max-volumes", "100", "-v", "2",
+		"--endpoint", "unix://" + n.sock, "--node-id", n.name, "--kubelet-dir", n.kubeletDir,
+		"--pool", "default=" + n.poolArg, "--state-dir", n.stateDir, "--health-address", "", "--max-volumes", "100", "-v", "2",
 	}
+	args = append(args, n.transfer...)
 	name := r.bin
 	if r.cfg.dropCap {
 		// setpriv execs the driver in place (same pid, same group) without
@@ -64,10 +65,10 @@ func (r *run) startDriver() error {
 		args = append([]string{"--inh-caps=-sys_resource", "--bounding-set=-sys_resource", "--", r.bin}, args...)
 		name = "setpriv"
 	}
-	r.starts++
-	fmt.Fprintf(r.driverLog, "\n===== flashpv start %d (op %d) %s\n", r.starts, r.opNum, time.Now().Format(time.RFC3339Nano))
+	n.starts++
+	fmt.Fprintf(n.driverLog, "\n===== flashpv start %d (op %d) %s\n", n.starts, r.opNum, time.Now().Format(time.RFC3339Nano))
 	cmd := exec.Command(name, args...)
-	cmd.Stdout, cmd.Stderr = r.driverLog, r.driverLog
+	cmd.Stdout, cmd.Stderr = n.driverLog, n.driverLog
 	// Pdeathsig fires when the thread that forked exits: that thread stays
 	// locked to the goroutine that waits for the process, so the driver
 	// dies with the test even where no cleanup runs (a test timeout).
@@ -89,10 +90,10 @@ func (r *run) startDriver() error {
 	if err := <-started; err != nil {
 		return fmt.Errorf("starting %s: %w", name, err)
 	}
-	r.drv = p
+	n.drv = p
 	// gRPC's default reconnect backoff starts at a second; the new
 	// process listens within milliseconds.
-	conn, err := grpc.NewClient("unix://"+r.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	conn, err := grpc.NewClient("unix://"+n.sock, grpc.WithTransportCredentials(insecure.NewCredentials()),
 		grpc.WithConnectParams(grpc.ConnectParams{MinConnectTimeout: time.Second,
 			Backoff: backoff.Config{BaseDelay: 5 * time.Millisecond, Multiplier: 1.5, MaxDelay: 100 * time.Millisecond}}))
 	if err != nil {
@@ -111,7 +112,7 @@ func (r *run) startDriver() error {
 		}
 		select {
 		case <-p.exited:
-			return fmt.Errorf("flashpv exited while starting (%v); its log is %s", p.err, r.driverLog.Name())
+			return fmt.Errorf("%s: flashpv exited while starting (%v); its log is %s", n.name, p.err, n.driverLog.Name())
 		default:
 		}
 		if time.Now().After(deadline) {
@@ -121,7 +122,7 @@ func (r *run) startDriver() error {
 			case <-p.exited:
 			case <-time.After(5 * time.Second):
 			}
-			return fmt.Errorf("flashpv does not answer on %s after %v (stacks in %s): %v", r.sock, startTimeout, r.driverLog.Name(), err)
+			return fmt.Errorf("flashpv does not answer on %s after %v (stacks in %s): %v", n.sock, startTimeout, n.driverLog.Name(), err)
 		}
 		time.Sleep(10 * time.Millisecond)
 	}
@@ -170,28 +171,28 @@ func (p *driverProc) waitGone(victims []int) error {
 }
 
 // kill kills the running driver's process group and waits until it is gone.
-func (r *run) kill() error {
-	if r.drv == nil {
+func (n *node) kill() error {
+	if n.drv == nil {
 		return nil
 	}
-	victims := r.drv.signalGroup(nil)
-	err := r.drv.waitGone(victims)
-	r.drv = nil
+	victims := n.drv.signalGroup(nil)
+	err := n.drv.waitGone(victims)
+	n.drv = nil
 	return err
 }
 
 // restart kills whatever runs and starts the driver again.
-func (r *run) restart() error {
-	if err := r.kill(); err != nil {
+func (n *node) restart() error {
+	if err := n.kill(); err != nil {
 		return err
 	}
-	r.stats.restarts++
-	return r.startDriver()
+	n.r.stats.restarts++
+	return n.startDriver()
 }
 
 // stop ends the driver with SIGTERM, as a rollout does, and waits for it.
-func (r *run) stop() error {
-	p := r.drv
+func (n *node) stop() error {
+	p := n.drv
 	if p == nil {
 		return nil
 	}
@@ -201,7 +202,7 @@ func (r *run) stop() error {
 	case <-time.After(30 * time.Second):
 		return fmt.Errorf("flashpv does not stop 30s after SIGTERM")
 	}
-	r.drv = nil
+	n.drv = nil
 	p.conn.Close()
 	if p.err != nil {
 		return fmt.Errorf("flashpv after SIGTERM: %v", p.err)
@@ -210,12 +211,12 @@ func (r *run) stop() error {
 }
 
 // crashed tells whether the driver exited without being killed.
-func (r *run) crashed() bool {
-	if r.drv == nil {
+func (n *node) crashed() bool {
+	if n.drv == nil {
 		return false
 	}
 	select {
-	case <-r.drv.exited:
+	case <-n.drv.exited:
 		return true
 	default:
 		return false

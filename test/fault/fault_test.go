@@ -4,6 +4,9 @@
 // provisioner do. Afterwards no call may have failed for good, every byte
 // written to a published volume must be there, every volume must delete,
 // and nothing may be left: no mount, no loop device, no file in the pool.
+// With image pools a second node runs beside the first, and restores and
+// clones are copied from one to the other with either side killed inside
+// the transfer (remote_test.go).
 //
 // FLASHPV_FAULT_SEED reproduces a run's choices (kill timing still varies),
 // FLASHPV_FAULT_OPS sets its length, FLASHPV_TEST_BACKEND its pool kind,
@@ -17,8 +20,8 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
+	"slices"
 	"strconv"
-	"strings"
 	"sync"
 	"testing"
 	"time"
@@ -71,26 +74,31 @@ type run struct {
 	opRng   *rand.Rand // which operations, on which volumes
 	killRng *rand.Rand // which calls are killed, and where
 
-	bin, root, kubeletDir, sock string
-	poolArg, poolDir            string // --pool value; directory for image and quota pools
-	baseline                    []string
-	canGrowExt4                 bool
+	bin         string
+	canGrowExt4 bool
 
-	drv       *driverProc
-	killMu    sync.Mutex
-	starts    int
-	driverLog *os.File
-	events    *os.File
-	outDir    string
-	stateDir  string
+	// *node is node-a, where the slots' volumes and their snapshots live.
+	// peer is node-b (nil with one node), where copies of them are made.
+	*node
+	peer   *node
+	broker *harness.Broker
+	killMu sync.Mutex
+	events *os.File
+	outDir string
 
-	vols     []*volume
-	snaps    []*snapshot
-	snapGen  int
-	opNum    int
-	learned  *learned
-	stats    *stats
-	failures []string
+	vols    []*volume
+	snaps   []*snapshot
+	snapGen int
+	copies  []*volume // node-b's volumes copied from node-a
+	copyGen int
+	// The copy being made: where its retries must resume, where its
+	// transfers' lines in node-b's log begin, how long it should take.
+	resumeFrom, logFrom int64
+	transferTime        time.Duration
+	opNum               int
+	learned             *learned
+	stats               *stats
+	failures            []string
 }
 
 func TestFault(t *testing.T) {
@@ -115,8 +123,12 @@ func TestFault(t *testing.T) {
 		}
 	}
 	if len(r.failures) > 0 {
-		t.Errorf("%d failures with seed %d (FLASHPV_FAULT_SEED=%d to run it again); report %s, events %s, driver log %s",
-			len(r.failures), cfg.seed, cfg.seed, filepath.Join(r.outDir, "report.txt"), r.events.Name(), r.driverLog.Name())
+		logs := r.driverLog.Name()
+		if r.peer != nil {
+			logs += ", " + r.peer.driverLog.Name()
+		}
+		t.Errorf("%d failures with seed %d (FLASHPV_FAULT_SEED=%d to run it again); report %s, events %s, driver logs %s",
+			len(r.failures), cfg.seed, cfg.seed, filepath.Join(r.outDir, "report.txt"), r.events.Name(), logs)
 	}
 }
 
@@ -128,46 +140,30 @@ func (r *run) setup() {
 		t.Fatal(err)
 	}
 	var err error
-	if r.driverLog, err = openLog(filepath.Join(runDir, "driver.log")); err != nil {
-		t.Fatal(err)
-	}
 	if r.events, err = openLog(filepath.Join(runDir, "events.log")); err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { r.driverLog.Close(); r.events.Close() })
+	t.Cleanup(func() { r.events.Close() })
 	r.event("seed %d, %d operations, backend %s, driver can grow mounted ext4: %v", r.cfg.seed, r.cfg.ops, r.cfg.backend, r.canGrowExt4)
 
 	r.bin = buildBinary(t)
 	// Volumes at their largest, with room to spare.
-	r.poolArg = harness.NewPool(t, "4G")
-	switch {
-	case r.cfg.backend == "image":
-		r.poolDir = r.poolArg
-	case strings.HasPrefix(r.poolArg, "quota:"):
-		r.poolDir = strings.TrimPrefix(r.poolArg, "quota:")
+	r.node = r.newNode("node-a", "4G", filepath.Join(runDir, "driver.log"))
+	if r.twoNodes() {
+		r.setupPeer(runDir)
 	}
-	if r.poolDir != "" {
-		if real, err := filepath.EvalSymlinks(r.poolDir); err == nil {
-			r.poolDir = real
-		}
-	}
-	r.root = t.TempDir()
-	r.kubeletDir = filepath.Join(r.root, "kubelet")
-	r.stateDir = filepath.Join(r.root, "state")
-	r.sock = filepath.Join(r.root, "csi.sock")
-	if err := os.MkdirAll(r.kubeletDir, 0o750); err != nil {
-		t.Fatal(err)
-	}
-	// Runs before the pool's own cleanup (registered earlier), also when
-	// the test fails: nothing of the driver outlives the test.
+	// Runs before the pools' own cleanup (registered earlier), also when
+	// the test fails: nothing of the drivers outlives the test.
 	t.Cleanup(r.cleanup)
 	for i := range r.cfg.slots {
 		r.vols = append(r.vols, &volume{slot: i})
 	}
-	if err := r.startDriver(); err != nil {
-		t.Fatal(err)
+	for _, n := range r.nodes() {
+		if err := n.startDriver(); err != nil {
+			t.Fatal(err)
+		}
+		n.baseline = n.poolContents()
 	}
-	r.baseline = r.poolContents()
 }
 
 // loop runs the operations.
@@ -183,10 +179,15 @@ func (r *run) loop() {
 			r.event("op %d: every volume is stuck; stopping", r.opNum)
 			break
 		}
-		v := live[r.opRng.IntN(len(live))]
-		did := r.step(v)
-		r.stats.ops++
-		r.event("op %d: %s %s -> %s", r.opNum, did, v, v.state)
+		if did, ok := r.remoteStep(); ok {
+			r.stats.ops++
+			r.event("op %d: %s", r.opNum, did)
+		} else {
+			v := live[r.opRng.IntN(len(live))]
+			did := r.step(v)
+			r.stats.ops++
+			r.event("op %d: %s %s -> %s", r.opNum, did, v, v.state)
+		}
 		// Now and then the driver is killed between calls, idle.
 		if r.killRng.IntN(100) < 2 {
 			r.stats.idleKills++
@@ -203,7 +204,9 @@ func (r *run) loop() {
 // and deletes it, stops the driver, and looks for anything left behind.
 func (r *run) finish() {
 	r.cfg.killRate = 0 // the end state is judged, not disturbed
-	for _, v := range r.vols {
+	// Copies on node-b are checked and taken down like the slots' volumes.
+	all := append(slices.Clone(r.vols), r.copies...)
+	for _, v := range all {
 		if v.stuck != "" || v.state == absent {
 			continue
 		}
@@ -217,7 +220,7 @@ func (r *run) finish() {
 			r.verifyData(v)
 		}
 	}
-	for _, v := range r.vols {
+	for _, v := range all {
 		if v.state == absent && v.id == "" {
 			continue
 		}
@@ -240,8 +243,10 @@ func (r *run) finish() {
 		}
 	}
 	r.deleteSnapshots()
-	if err := r.stop(); err != nil {
-		r.failf(nil, "%v", err)
+	for _, n := range r.nodes() {
+		if err := n.stop(); err != nil {
+			r.failf(nil, "%s: %v", n.name, err)
+		}
 	}
 	r.checkLeftovers()
 }

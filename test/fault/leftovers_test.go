@@ -15,22 +15,22 @@ import (
 
 // poolContents lists what the pool holds: the files of an image or quota
 // pool's directory, the logical volumes of an lvm pool's volume group.
-func (r *run) poolContents() []string {
+func (n *node) poolContents() []string {
 	var out []string
 	switch {
-	case r.poolDir != "":
-		entries, err := os.ReadDir(r.poolDir)
+	case n.poolDir != "":
+		entries, err := os.ReadDir(n.poolDir)
 		if err != nil {
-			r.fatal(err)
+			n.r.fatal(err)
 		}
 		for _, e := range entries {
 			out = append(out, e.Name())
 		}
-	case strings.HasPrefix(r.poolArg, "lvm:"):
-		vg, _, _ := strings.Cut(strings.TrimPrefix(r.poolArg, "lvm:"), ",")
+	case strings.HasPrefix(n.poolArg, "lvm:"):
+		vg, _, _ := strings.Cut(strings.TrimPrefix(n.poolArg, "lvm:"), ",")
 		data, err := exec.Command("lvm", "lvs", "--noheadings", "-o", "lv_name", vg).Output()
 		if err != nil {
-			r.fatal(fmt.Errorf("lvm lvs %s: %v", vg, err))
+			n.r.fatal(fmt.Errorf("lvm lvs %s: %v", vg, err))
 		}
 		out = strings.Fields(string(data))
 	}
@@ -53,13 +53,13 @@ func mountsUnder(dir string) []string {
 
 // poolLoopDevices lists the loop devices whose backing file is (or was) in
 // the pool directory.
-func (r *run) poolLoopDevices() []string {
-	if r.poolDir == "" {
+func (n *node) poolLoopDevices() []string {
+	if n.poolDir == "" {
 		return nil
 	}
 	var out []string
 	for dev, file := range loopBacking() {
-		if strings.HasPrefix(file, r.poolDir+"/") {
+		if strings.HasPrefix(file, n.poolDir+"/") {
 			out = append(out, dev+" ("+file+")")
 		}
 	}
@@ -68,50 +68,62 @@ func (r *run) poolLoopDevices() []string {
 }
 
 // checkLeftovers fails the run for anything the volumes left behind once all
-// were deleted and the driver stopped.
+// were deleted and the drivers stopped.
 func (r *run) checkLeftovers() {
-	if m := mountsUnder(r.root); len(m) > 0 {
-		r.failf(nil, "mounts left after every volume was deleted: %v", m)
-	}
-	if devs := r.poolLoopDevices(); len(devs) > 0 {
-		r.failf(nil, "loop devices left attached to pool images: %v", devs)
-	}
-	// The state directory keeps freeze records and the metadata copies of
-	// offline ext4 growths only while they are needed.
-	if left := filesUnder(r.stateDir); len(left) > 0 {
-		r.failf(nil, "the driver's state directory holds %v after every volume was deleted", left)
-	}
-	if got := r.poolContents(); !slices.Equal(got, r.baseline) {
-		r.failf(nil, "the pool holds %v after every volume was deleted; empty it held %v", got, r.baseline)
+	for _, n := range r.nodes() {
+		if m := mountsUnder(n.root); len(m) > 0 {
+			r.failf(nil, "%s: mounts left after every volume was deleted: %v", n.name, m)
+		}
+		if devs := n.poolLoopDevices(); len(devs) > 0 {
+			r.failf(nil, "%s: loop devices left attached to pool images: %v", n.name, devs)
+		}
+		// The state directory keeps freeze records and the metadata copies
+		// of offline ext4 growths only while they are needed.
+		if left := n.stateLeftovers(); len(left) > 0 {
+			r.failf(nil, "%s: the driver's state directory holds %v after every volume was deleted", n.name, left)
+		}
+		if left := n.incomingLeftovers(); len(left) > 0 {
+			r.failf(nil, "%s: incoming volumes left after every copy was deleted: %v", n.name, left)
+		}
+		if got := n.poolContents(); !slices.Equal(got, n.baseline) {
+			r.failf(nil, "%s: the pool holds %v after every volume was deleted; empty it held %v", n.name, got, n.baseline)
+		}
 	}
 }
 
 // cleanup undoes whatever the run left, also when it failed: it kills the
-// driver it started, unmounts everything below the run's directory and
-// detaches the loop devices of the pool's images. The pool itself goes with
-// the harness's cleanup, which runs after this one.
+// drivers it started, unmounts everything below their directories and
+// detaches the loop devices of their pools' images. The pools themselves go
+// with the harness's cleanup, which runs after this one.
 func (r *run) cleanup() {
-	if r.drv != nil {
-		victims := r.drv.signalGroup(nil)
-		if err := r.drv.waitGone(victims); err != nil {
-			r.t.Logf("cleanup: %v", err)
-		}
-		r.drv = nil
+	for _, n := range r.nodes() {
+		n.cleanup()
 	}
-	m := mountsUnder(r.root)
+}
+
+func (n *node) cleanup() {
+	t := n.r.t
+	if n.drv != nil {
+		victims := n.drv.signalGroup(nil)
+		if err := n.drv.waitGone(victims); err != nil {
+			t.Logf("cleanup: %s: %v", n.name, err)
+		}
+		n.drv = nil
+	}
+	m := mountsUnder(n.root)
 	for i := len(m) - 1; i >= 0; i-- {
 		if err := unix.Unmount(m[i], 0); err != nil {
-			r.t.Logf("cleanup: unmount %s: %v; detaching it", m[i], err)
+			t.Logf("cleanup: unmount %s: %v; detaching it", m[i], err)
 			unix.Unmount(m[i], unix.MNT_DETACH)
 		}
 	}
-	if r.poolDir == "" {
+	if n.poolDir == "" {
 		return
 	}
 	for dev, file := range loopBacking() {
-		if strings.HasPrefix(file, r.poolDir+"/") {
+		if strings.HasPrefix(file, n.poolDir+"/") {
 			if out, err := exec.Command("losetup", "-d", dev).CombinedOutput(); err != nil {
-				r.t.Logf("cleanup: losetup -d %s: %v: %s", dev, err, out)
+				t.Logf("cleanup: losetup -d %s: %v: %s", dev, err, out)
 			}
 		}
 	}

@@ -61,7 +61,9 @@ type volume struct {
 	// reaching is the state a call that failed for good was reaching
 	// for: the kubelet treats such a mount as uncertain and tears it down.
 	reaching volState
-	source   *csi.VolumeContentSource // a restore's snapshot
+	source   *csi.VolumeContentSource // a restore's snapshot, a copy's snapshot or volume
+	n        *node                    // where it lives (nil: node-a)
+	params   map[string]string        // CreateVolume's parameters
 }
 
 func (v *volume) String() string {
@@ -182,6 +184,7 @@ func (r *run) outcome(v *volume, what string, err error) bool {
 }
 
 func (r *run) create(v *volume) {
+	n := r.on(v)
 	if v.name == "" {
 		v.gen++
 		v.name = fmt.Sprintf("pvc-%x-%d-%d", r.cfg.seed&0xffffff, v.slot, v.gen)
@@ -190,16 +193,17 @@ func (r *run) create(v *volume) {
 	req := &csi.CreateVolumeRequest{
 		Name:                v.name,
 		CapacityRange:       &csi.CapacityRange{RequiredBytes: v.size},
+		Parameters:          v.params,
 		VolumeCapabilities:  []*csi.VolumeCapability{v.capability()},
 		VolumeContentSource: v.source,
 		AccessibilityRequirements: &csi.TopologyRequirement{
-			Requisite: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": nodeID}}},
-			Preferred: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": nodeID}}},
+			Requisite: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": n.name}}},
+			Preferred: []*csi.Topology{{Segments: map[string]string{"flashpv.dev/node": n.name}}},
 		},
 	}
 	var resp *csi.CreateVolumeResponse
-	err := r.call("CreateVolume", v, func(ctx context.Context) (err error) {
-		resp, err = r.drv.ctl.CreateVolume(ctx, req)
+	err := r.call(r.createRPC(v), v, func(ctx context.Context) (err error) {
+		resp, err = n.drv.ctl.CreateVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "CreateVolume", err) {
@@ -215,17 +219,18 @@ func (r *run) create(v *volume) {
 	v.id, v.context = vol.GetVolumeId(), vol.GetVolumeContext()
 	if v.state == absent {
 		v.state = created
-		v.staging = filepath.Join(r.kubeletDir, "plugins/kubernetes.io/csi/flashpv.dev", v.name, "globalmount")
+		v.staging = filepath.Join(n.kubeletDir, "plugins/kubernetes.io/csi/flashpv.dev", v.name, "globalmount")
 		if v.kind == "block" {
-			v.staging = filepath.Join(r.kubeletDir, "plugins/kubernetes.io/csi/volumeDevices/staging", v.name)
+			v.staging = filepath.Join(n.kubeletDir, "plugins/kubernetes.io/csi/volumeDevices/staging", v.name)
 		}
 	}
 }
 
 func (r *run) stage(v *volume) {
 	req := &csi.NodeStageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, VolumeCapability: v.capability(), VolumeContext: v.context}
+	n := r.on(v)
 	err := r.call("NodeStageVolume", v, func(ctx context.Context) error {
-		_, err := r.drv.node.NodeStageVolume(ctx, req)
+		_, err := n.drv.node.NodeStageVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "NodeStageVolume", err) {
@@ -241,20 +246,21 @@ func (r *run) stage(v *volume) {
 }
 
 func (r *run) publish(v *volume) {
+	n := r.on(v)
 	fresh := v.state == staged
 	if fresh {
 		// A new pod of the StatefulSet: a new UID, a new target path.
 		v.pods++
 		pod := fmt.Sprintf("pod-%d-%d-%d", v.slot, v.gen, v.pods)
-		v.target = filepath.Join(r.kubeletDir, "pods", pod, "volumes/kubernetes.io~csi", v.name, "mount")
+		v.target = filepath.Join(n.kubeletDir, "pods", pod, "volumes/kubernetes.io~csi", v.name, "mount")
 		if v.kind == "block" {
-			v.target = filepath.Join(r.kubeletDir, "plugins/kubernetes.io/csi/volumeDevices/publish", v.name, pod)
+			v.target = filepath.Join(n.kubeletDir, "plugins/kubernetes.io/csi/volumeDevices/publish", v.name, pod)
 		}
 	}
 	req := &csi.NodePublishVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging, TargetPath: v.target,
 		VolumeCapability: v.capability(), VolumeContext: v.context}
 	err := r.call("NodePublishVolume", v, func(ctx context.Context) error {
-		_, err := r.drv.node.NodePublishVolume(ctx, req)
+		_, err := n.drv.node.NodePublishVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "NodePublishVolume", err) {
@@ -302,7 +308,7 @@ func (r *run) expand(v *volume, step int) {
 	}
 	var resp *csi.NodeExpandVolumeResponse
 	err := r.call("NodeExpandVolume", v, func(ctx context.Context) (err error) {
-		resp, err = r.drv.node.NodeExpandVolume(ctx, req)
+		resp, err = r.on(v).drv.node.NodeExpandVolume(ctx, req)
 		return err
 	}, noCap)
 	if err != nil && noCap(err) {
@@ -324,8 +330,9 @@ func (r *run) expand(v *volume, step int) {
 
 func (r *run) unpublish(v *volume) {
 	req := &csi.NodeUnpublishVolumeRequest{VolumeId: v.id, TargetPath: v.target}
+	n := r.on(v)
 	err := r.call("NodeUnpublishVolume", v, func(ctx context.Context) error {
-		_, err := r.drv.node.NodeUnpublishVolume(ctx, req)
+		_, err := n.drv.node.NodeUnpublishVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "NodeUnpublishVolume", err) {
@@ -336,13 +343,14 @@ func (r *run) unpublish(v *volume) {
 		r.failf(v, "NodeUnpublishVolume succeeded but %s is still a mount point", v.target)
 	}
 	// The kubelet removes the pod's volume directory.
-	removeEmpty(filepath.Dir(v.target), r.kubeletDir)
+	removeEmpty(filepath.Dir(v.target), n.kubeletDir)
 }
 
 func (r *run) unstage(v *volume) {
 	req := &csi.NodeUnstageVolumeRequest{VolumeId: v.id, StagingTargetPath: v.staging}
+	n := r.on(v)
 	err := r.call("NodeUnstageVolume", v, func(ctx context.Context) error {
-		_, err := r.drv.node.NodeUnstageVolume(ctx, req)
+		_, err := n.drv.node.NodeUnstageVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "NodeUnstageVolume", err) {
@@ -356,19 +364,20 @@ func (r *run) unstage(v *volume) {
 		r.failf(v, "NodeUnstageVolume succeeded but the volume's image is still attached as %v", devs)
 	}
 	os.Remove(v.staging) // the kubelet's, and empty now
-	removeEmpty(filepath.Dir(v.staging), r.kubeletDir)
+	removeEmpty(filepath.Dir(v.staging), n.kubeletDir)
 }
 
 func (r *run) deleteVolume(v *volume) {
 	req := &csi.DeleteVolumeRequest{VolumeId: v.id}
+	n := r.on(v)
 	err := r.call("DeleteVolume", v, func(ctx context.Context) error {
-		_, err := r.drv.ctl.DeleteVolume(ctx, req)
+		_, err := n.drv.ctl.DeleteVolume(ctx, req)
 		return err
 	}, nil)
 	if !r.outcome(v, "DeleteVolume", err) {
 		return
 	}
-	*v = volume{slot: v.slot, gen: v.gen}
+	*v = volume{slot: v.slot, gen: v.gen, n: v.n}
 }
 
 // uncertain tells the errors after which the kubelet does not know whether

@@ -19,11 +19,21 @@ type stats struct {
 	// commands counts kills by the child command that ran at the kill
 	// ("fallocate(2)": the driver in that system call; "-": none).
 	commands map[string]int
+	// sides counts kills by RPC and the node killed, with two nodes.
+	sides  map[string]map[string]int
+	copies copyStats
 }
 
 func newStats() *stats {
 	return &stats{calls: map[string]int{}, retries: map[string]int{}, kills: map[string]map[triggerKind]int{},
-		answered: map[string]int{}, commands: map[string]int{}}
+		answered: map[string]int{}, commands: map[string]int{}, sides: map[string]map[string]int{}}
+}
+
+func (s *stats) recordSide(rpc, node string) {
+	if s.sides[rpc] == nil {
+		s.sides[rpc] = map[string]int{}
+	}
+	s.sides[rpc][node]++
 }
 
 func (s *stats) recordKill(rpc string, rec *killRecord, answered bool) {
@@ -92,6 +102,9 @@ func (r *run) report() string {
 		fmt.Fprintf(w, "%s\t%d\t\n", name, s.commands[c])
 	}
 	w.Flush()
+	if r.peer != nil {
+		r.reportCopies(&b)
+	}
 	if len(r.failures) > 0 {
 		b.WriteString("\nfailures:\n")
 		for _, f := range r.failures {

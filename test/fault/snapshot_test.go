@@ -25,6 +25,7 @@ type snapshot struct {
 	size     int64
 	files    []fileRecord
 	blocks   map[int64]uint64
+	copies   int // copies of it asked for on node-b
 }
 
 // subject is the stand-in volume under which a snapshot's calls are
@@ -86,8 +87,11 @@ func (r *run) deleteSnapshot(s *snapshot) {
 		return err
 	}, nil)
 	if err != nil {
-		r.failf(nil, "DeleteSnapshot %s: %v", s.id, err)
+		r.failf(nil, "DeleteSnapshot %s (source of %d copies on node-b): %v", s.id, s.copies, err)
 		return // kept: the final deletes try again
+	}
+	if s.copies > 0 {
+		r.stats.copies.servedDeleted++
 	}
 	r.snaps = slices.DeleteFunc(r.snaps, func(o *snapshot) bool { return o == s })
 }

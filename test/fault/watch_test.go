@@ -68,8 +68,8 @@ type watch struct {
 	seen     map[int]*sighting
 }
 
-func (r *run) watch(tr trigger, falloc bool) *watch {
-	w := &watch{r: r, p: r.drv, tr: tr, falloc: falloc, start: time.Now(), quit: make(chan struct{}), done: make(chan struct{}),
+func (r *run) watch(p *driverProc, tr trigger, falloc bool) *watch {
+	w := &watch{r: r, p: p, tr: tr, falloc: falloc, start: time.Now(), quit: make(chan struct{}), done: make(chan struct{}),
 		mu: &r.killMu, seen: map[int]*sighting{}}
 	go w.loop()
 	return w
