@@ -101,7 +101,7 @@ func notHere(err error, what, id, node string) error {
 	if !errors.Is(err, pool.ErrNotFound) {
 		return err
 	}
-	return fmt.Errorf("%w: %s %s is not on node %s; flashpv keeps a snapshot on the node of its source volume and restores or clones only there: schedule the pod that uses the new claim on that node (the node in the source PersistentVolume's nodeAffinity): %v",
+	return fmt.Errorf("%w: %s %s is not on node %s, and its data is not copied across nodes here (a class with crossNode: \"false\", or a driver without --transfer-broker): schedule the pod that uses the new claim on the source's node (the node in the source PersistentVolume's nodeAffinity): %v",
 		pool.ErrNotFound, what, id, node, err)
 }
 
