@@ -17,13 +17,16 @@ type Limiter struct {
 // that a frame never waits in pieces.
 const minBurst = 1 + dataHdrLen + MaxFrame
 
-// NewLimiter returns a limiter of bytesPerSecond, with a burst of 1 MiB or
-// one frame, whichever is larger; nil (no limit) for bytesPerSecond <= 0.
+// NewLimiter returns a limiter of bytesPerSecond, with a burst of an
+// eighth of a second's bytes or one frame, whichever is larger: a stream
+// that stalled for a segment's sync catches up instead of losing the time
+// for good (with a one-frame burst, 256 MiB/s delivered 175 MB/s). nil (no
+// limit) for bytesPerSecond <= 0.
 func NewLimiter(bytesPerSecond int64) *Limiter {
 	if bytesPerSecond <= 0 {
 		return nil
 	}
-	return &Limiter{r: rate.NewLimiter(rate.Limit(bytesPerSecond), max(1<<20, minBurst))}
+	return &Limiter{r: rate.NewLimiter(rate.Limit(bytesPerSecond), int(max(bytesPerSecond/8, minBurst)))}
 }
 
 // Wait blocks until n bytes may pass, or ctx is done.

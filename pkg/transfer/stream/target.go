@@ -45,7 +45,16 @@ type zeroWriter struct {
 	zeros []byte
 }
 
-func (z *zeroWriter) WriteAt(p []byte, off int64) (int, error) { return z.f.WriteAt(p, off) }
+// WriteAt writes p and starts its writeback at once, so that the sync at
+// the end of a segment finds little left to write and the stream is not
+// held up for the whole segment's flush.
+func (z *zeroWriter) WriteAt(p []byte, off int64) (int, error) {
+	n, err := z.f.WriteAt(p, off)
+	if err == nil && n > 0 {
+		_ = unix.SyncFileRange(int(z.f.Fd()), off, int64(n), unix.SYNC_FILE_RANGE_WRITE)
+	}
+	return n, err
+}
 
 func (z *zeroWriter) Sync() error { return z.f.Sync() }
 
