@@ -3,10 +3,12 @@ package main
 // The cluster phase (-cluster) measures flashpv as a user meets it, on the
 // local cluster that hack/cluster starts (make bench brings it up with three
 // nodes and deploys flashpv): a StatefulSet scaled from 0 to N replicas
-// against the same StatefulSet on emptyDir (cluster_scale.go), and a pod on a
-// claim restored from a VolumeSnapshot (cluster_restore.go). Everything it
-// makes lives in its own namespace and is deleted, also when a step fails;
-// it never brings the cluster up or down.
+// against the same StatefulSet on emptyDir (cluster_scale.go), a pod on a
+// claim restored from a VolumeSnapshot (cluster_restore.go), and a restore
+// onto another node than the snapshot's against a plain TCP copy between
+// the two nodes (cluster_transfer.go). Everything it makes lives in its own
+// namespace and is deleted, also when a step fails; it never brings the
+// cluster up or down. -cluster-parts picks the parts.
 
 import (
 	"context"
@@ -39,14 +41,25 @@ import (
 type clusterOptions struct {
 	enabled       bool
 	kubeconfig    string
+	state         string // hack/cluster's state directory
 	namespace     string
+	parts         map[string]bool
 	rounds        int
 	replicas      int
 	restoreRounds int
+	// transfer: rounds, nodes (empty: the scheduler's pick for the source,
+	// the roomiest other node for the target), whether to lift the cap
+	transferRounds                 int
+	transferSource, transferTarget string
+	transferUncapped               string
 	// sizes as given, and in bytes
-	size, restoreSize, restoreData              string
-	volumeBytes, restoreBytes, restoreDataBytes int64
+	size, restoreSize, restoreData, transferSize, transferData string
+	volumeBytes, restoreBytes, restoreDataBytes                int64
+	transferBytes, transferDataBytes                           int64
 }
+
+// clusterParts are the parts of the cluster phase, in the order they run.
+var clusterParts = []string{"scale", "restore", "transfer"}
 
 func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 	state := os.Getenv("STATE")
@@ -55,6 +68,17 @@ func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 	}
 	fs.BoolVar(&o.enabled, "cluster", false, "run the cluster phase only, on the local cluster (up, flashpv deployed; make bench does both), and add it to the report in -out")
 	fs.StringVar(&o.kubeconfig, "kubeconfig", filepath.Join(state, "kc", "admin.kubeconfig"), "cluster: the local cluster's kubeconfig")
+	fs.StringVar(&o.state, "cluster-state", state, "cluster: hack/cluster's state directory (its nodes' holder processes; default $STATE)")
+	fs.Func("cluster-parts", "cluster: what to run, of "+strings.Join(clusterParts, ",")+" (default all)", func(v string) error {
+		o.parts = map[string]bool{}
+		for _, p := range strings.Split(v, ",") {
+			if !slices.Contains(clusterParts, p) {
+				return fmt.Errorf("unknown part %q", p)
+			}
+			o.parts[p] = true
+		}
+		return nil
+	})
 	fs.StringVar(&o.namespace, "cluster-namespace", "flashpv-bench", "cluster: the bench's own namespace (deleted when done)")
 	fs.IntVar(&o.rounds, "cluster-rounds", 3, "cluster: rounds of the scale-up, flashpv and emptyDir alternated")
 	fs.IntVar(&o.replicas, "cluster-replicas", 30, "cluster: replicas of the StatefulSet")
@@ -62,40 +86,55 @@ func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 	fs.IntVar(&o.restoreRounds, "restore-rounds", 5, "cluster: rounds of restore-to-Ready, alternated with a new empty claim")
 	fs.StringVar(&o.restoreSize, "restore-size", "512Mi", "cluster: size of the snapshotted volume")
 	fs.StringVar(&o.restoreData, "restore-data", "256Mi", "cluster: bytes written into it before the snapshot")
+	fs.IntVar(&o.transferRounds, "transfer-rounds", 5, "cluster: rounds of a restore onto another node beside a plain TCP copy, per bandwidth")
+	fs.StringVar(&o.transferSize, "transfer-size", "1Gi", "cluster: size of the volume restored onto another node")
+	fs.StringVar(&o.transferData, "transfer-data", "512Mi", "cluster: bytes written into it before the snapshot")
+	fs.StringVar(&o.transferSource, "transfer-source-node", "", "cluster: the snapshot's node (default: the scheduler's pick)")
+	fs.StringVar(&o.transferTarget, "transfer-target-node", "", "cluster: the node restored onto (default: the other node with the most capacity)")
+	fs.StringVar(&o.transferUncapped, "transfer-uncapped", "auto", "cluster: also run with flashpv's --transfer-bandwidth=0 (the DaemonSet patched, and restored after): auto (when the plain copy is faster than the cap), yes, no")
 }
+
+// part says whether a part of the cluster phase runs.
+func (o *clusterOptions) part(name string) bool { return o.parts == nil || o.parts[name] }
 
 // finish parses the sizes; quick makes a short run that checks the phase.
 func (o *clusterOptions) finish(quick bool) error {
 	if quick {
 		o.rounds, o.replicas, o.restoreRounds, o.restoreData = 1, 6, 1, "16Mi"
+		o.transferRounds, o.transferSize, o.transferData = 1, "256Mi", "64Mi"
 	}
 	for _, s := range []struct {
 		flag, v string
 		to      *int64
-	}{{"cluster-size", o.size, &o.volumeBytes}, {"restore-size", o.restoreSize, &o.restoreBytes}, {"restore-data", o.restoreData, &o.restoreDataBytes}} {
+	}{{"cluster-size", o.size, &o.volumeBytes}, {"restore-size", o.restoreSize, &o.restoreBytes}, {"restore-data", o.restoreData, &o.restoreDataBytes},
+		{"transfer-size", o.transferSize, &o.transferBytes}, {"transfer-data", o.transferData, &o.transferDataBytes}} {
 		n, err := config.ParseSize(s.v)
 		if err != nil {
 			return fmt.Errorf("-%s: %w", s.flag, err)
 		}
 		*s.to = n
 	}
-	if o.rounds < 1 || o.replicas < 1 || o.restoreRounds < 1 {
-		return errors.New("-cluster-rounds, -cluster-replicas and -restore-rounds must be at least 1")
+	if o.rounds < 1 || o.replicas < 1 || o.restoreRounds < 1 || o.transferRounds < 1 {
+		return errors.New("-cluster-rounds, -cluster-replicas, -restore-rounds and -transfer-rounds must be at least 1")
 	}
-	if o.restoreDataBytes > o.restoreBytes/2 {
-		return errors.New("-restore-data must be at most half of -restore-size")
+	if o.restoreDataBytes > o.restoreBytes/2 || o.transferDataBytes > o.transferBytes/2 {
+		return errors.New("-restore-data and -transfer-data must be at most half of -restore-size and -transfer-size")
+	}
+	if !slices.Contains([]string{"auto", "yes", "no"}, o.transferUncapped) {
+		return fmt.Errorf("-transfer-uncapped %q: auto, yes or no", o.transferUncapped)
 	}
 	return nil
 }
 
 // clusterResult is the cluster phase's part of the report.
 type clusterResult struct {
-	Date    string         `json:"date"`
-	Flashpv string         `json:"flashpv"` // git describe of the checkout deployed
-	Nodes   []string       `json:"nodes"`
-	Seconds float64        `json:"seconds"`
-	Scale   *scaleUpResult `json:"scale_up,omitempty"`
-	Restore *restoreResult `json:"restore,omitempty"`
+	Date     string          `json:"date"`
+	Flashpv  string          `json:"flashpv"` // git describe of the checkout deployed
+	Nodes    []string        `json:"nodes"`
+	Seconds  float64         `json:"seconds"`
+	Scale    *scaleUpResult  `json:"scale_up,omitempty"`
+	Restore  *restoreResult  `json:"restore,omitempty"`
+	Transfer *transferResult `json:"transfer,omitempty"`
 }
 
 // runClusterPhase runs the cluster phase and adds it to the report in b.out
@@ -197,11 +236,20 @@ func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) 
 	if err != nil {
 		return nil, err
 	}
-	if res.Scale, err = k.runScaleUp(ctx, o, class); err != nil {
-		return res, fmt.Errorf("scale-up: %w", err)
+	if o.part("scale") {
+		if res.Scale, err = k.runScaleUp(ctx, o, class); err != nil {
+			return res, fmt.Errorf("scale-up: %w", err)
+		}
 	}
-	if res.Restore, err = k.runRestore(ctx, o, class); err != nil {
-		return res, fmt.Errorf("restore: %w", err)
+	if o.part("restore") {
+		if res.Restore, err = k.runRestore(ctx, o, class); err != nil {
+			return res, fmt.Errorf("restore: %w", err)
+		}
+	}
+	if o.part("transfer") {
+		if res.Transfer, err = k.runTransfer(ctx, o, class, nodes); err != nil {
+			return res, fmt.Errorf("transfer: %w", err)
+		}
 	}
 	return res, nil
 }

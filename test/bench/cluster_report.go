@@ -54,14 +54,89 @@ func (c *clusterResult) markdown() string {
 		fmt.Fprintf(&b, "### Restore to Ready\n\n")
 		if r.Skipped != "" {
 			fmt.Fprintf(&b, "Skipped: %s.\n\n", r.Skipped)
-			return b.String()
+		} else {
+			r.markdown(&b)
 		}
-		fmt.Fprintf(&b, "A %d MiB volume with %d MiB written, snapshotted (VolumeSnapshot ready in %.1f s). Each round: a claim restored from the snapshot and a new empty claim of the same size, each with a pod pinned to the snapshot's node (%s) whose init container checks the data (restored: all of it; new: none), timed from the claim's creation to the pod Ready; %d round(s), order alternated.\n\n",
-			r.VolumeBytes>>20, r.DataBytes>>20, r.SnapshotSec, r.Node, r.Rounds)
-		fmt.Fprintf(&b, "| | seconds |\n|---|---|\n| restored claim: pod Ready | %s |\n| new claim: pod Ready | %s |\n| restored ÷ new (per round) | %s |\n\n",
-			fmtSecs(r.RestoreSec), fmtSecs(r.NewSec), fmtSpread(r.Ratio))
+	}
+	if t := c.Transfer; t != nil {
+		t.markdown(&b)
 	}
 	return b.String()
+}
+
+func (r *restoreResult) markdown(b *strings.Builder) {
+	fmt.Fprintf(b, "A %d MiB volume with %d MiB written, snapshotted (VolumeSnapshot ready in %.1f s). Each round: a claim restored from the snapshot and a new empty claim of the same size, each with a pod pinned to the snapshot's node (%s) whose init container checks the data (restored: all of it; new: none), timed from the claim's creation to the pod Ready; %d round(s), order alternated.\n\n",
+		r.VolumeBytes>>20, r.DataBytes>>20, r.SnapshotSec, r.Node, r.Rounds)
+	fmt.Fprintf(b, "| | seconds |\n|---|---|\n| restored claim: pod Ready | %s |\n| new claim: pod Ready | %s |\n| restored ÷ new (per round) | %s |\n\n",
+		fmtSecs(r.RestoreSec), fmtSecs(r.NewSec), fmtSpread(r.Ratio))
+}
+
+// markdown is the transfer part's section: one column per bandwidth.
+func (t *transferResult) markdown(b *strings.Builder) {
+	fmt.Fprintf(b, "### Restores across nodes\n\n")
+	if t.Skipped != "" {
+		fmt.Fprintf(b, "Skipped: %s.\n\n", t.Skipped)
+		return
+	}
+	fmt.Fprintf(b, "A %d MiB volume with %d MiB written on %s, snapshotted (ready in %.1f s; its file allocates %d MiB). Each round: a claim restored from the snapshot with its pod pinned to %s (flashpv fetches the data from %s over mutual TLS 1.3), and a plain TCP copy of the snapshot file's data extents between the same two nodes' network namespaces into a file on %s's pool filesystem, allocated first and synced once at the end (the bench's own sender and receiver: no TLS, no hashes); order alternated, the source's page cache dropped before each. Transfer time from the target's log (\"Volume data received from another node\"), bytes from its metrics (flashpv_transfer_bytes_total, direction in); MB/s is data bytes ÷ 10⁶ per second. CPU and run-queue wait (time the threads were runnable but had no CPU, from schedstat; for flashpv from the claim's creation to Ready) tell a transfer that does too much work from one on a busy machine. Medians [lowest–highest].\n\n",
+		t.VolumeBytes>>20, t.DataBytes>>20, t.SourceNode, t.SnapshotSec, t.SnapshotAllocated>>20, t.TargetNode, t.SourceNode, t.TargetNode)
+	fmt.Fprintf(b, "| --transfer-bandwidth |")
+	for _, r := range t.Runs {
+		fmt.Fprintf(b, " %s, %d round(s) |", bandwidthOrDefault(r.Bandwidth), len(r.Rounds))
+	}
+	fmt.Fprintf(b, "\n|---|%s\n", strings.Repeat("---|", len(t.Runs)))
+	row := func(name string, f func(r transferRun) string) {
+		fmt.Fprintf(b, "| %s |", name)
+		for _, r := range t.Runs {
+			fmt.Fprintf(b, " %s |", f(r))
+		}
+		fmt.Fprintf(b, "\n")
+	}
+	each := func(f func(transferRound) float64) func(transferRun) spread {
+		return func(r transferRun) spread {
+			var xs []float64
+			for _, x := range r.Rounds {
+				xs = append(xs, f(x))
+			}
+			return spreadOf(xs)
+		}
+	}
+	data := each(func(x transferRound) float64 { return float64(x.DataBytes) })
+	wire := each(func(x transferRound) float64 { return float64(x.WireBytes) })
+	ratio := each(func(x transferRound) float64 { return float64(x.WireBytes) / float64(x.DataBytes) })
+	cpu := func(src, dst func(transferRound) float64) func(transferRun) string {
+		return func(r transferRun) string {
+			return fmt.Sprintf("%.2f / %.2f", each(src)(r).Median, each(dst)(r).Median)
+		}
+	}
+	row("claim created to pod Ready, s", func(r transferRun) string { return fmtSecs(r.ReadySec) })
+	row("transfer, s", func(r transferRun) string {
+		return fmt.Sprintf("%.2f [%.2f–%.2f]", r.Seconds.Median, r.Seconds.Min, r.Seconds.Max)
+	})
+	row("source's send (its log: \"Transfer sent\"), s", func(r transferRun) string {
+		return fmt.Sprintf("%.2f", each(func(x transferRound) float64 { return x.SendSec })(r).Median)
+	})
+	row("flashpv, MB/s", func(r transferRun) string { return fmtMBps(r.MBps) })
+	row("plain TCP copy, MB/s", func(r transferRun) string { return fmtMBps(r.PlainMBps) })
+	row(fmt.Sprintf("**flashpv ÷ plain** (per round; target ≥ %.1f)", transferTarget), func(r transferRun) string { return "**" + fmtSpread(r.Ratio) + "**" })
+	row("data bytes (MiB)", func(r transferRun) string { return fmt.Sprintf("%.1f", data(r).Median/(1<<20)) })
+	row("wire bytes (MiB)", func(r transferRun) string { return fmt.Sprintf("%.1f", wire(r).Median/(1<<20)) })
+	row("wire ÷ data", func(r transferRun) string { return fmt.Sprintf("%.4f", ratio(r).Median) })
+	row("plain copy: data bytes (MiB)", func(r transferRun) string {
+		return fmt.Sprintf("%.1f", each(func(x transferRound) float64 { return float64(x.PlainDataBytes) })(r).Median/(1<<20))
+	})
+	row("CPU s, flashpv source / target (claim to Ready)", cpu(func(x transferRound) float64 { return x.SourceCPUSec }, func(x transferRound) float64 { return x.TargetCPUSec }))
+	row("CPU s, plain sender / receiver", cpu(func(x transferRound) float64 { return x.PlainSendCPU }, func(x transferRound) float64 { return x.PlainRecvCPU }))
+	row("run-queue wait s, flashpv source / target", cpu(func(x transferRound) float64 { return x.SourceWaitSec }, func(x transferRound) float64 { return x.TargetWaitSec }))
+	row("run-queue wait s, plain sender / receiver", cpu(func(x transferRound) float64 { return x.PlainSendWait }, func(x transferRound) float64 { return x.PlainRecvWait }))
+	row("load average (1 min) as rounds start", func(r transferRun) string {
+		return fmt.Sprintf("%.1f", each(func(x transferRound) float64 { return x.LoadAverage })(r).Median)
+	})
+	fmt.Fprintf(b, "\n")
+}
+
+func fmtMBps(s spread) string {
+	return fmt.Sprintf("%.0f [%.0f–%.0f]", s.Median, s.Min, s.Max)
 }
 
 func fmtSecs(s spread) string {

@@ -12,7 +12,8 @@
 //     pool with reflinks and on an ext4 pool, against cp (snapshot.go);
 //   - cluster (-cluster, on its own, added to the report in -out): on the
 //     local cluster, a StatefulSet scaled to 30 replicas against emptyDir,
-//     and a pod on a claim restored from a VolumeSnapshot (cluster.go).
+//     a pod on a claim restored from a VolumeSnapshot, and a restore onto
+//     another node against a plain TCP copy between the nodes (cluster.go).
 //
 // It runs the real flashpv binary on a real socket, as root. Nothing here is
 // a test: it reports medians and ratios, and asserts no time.
@@ -60,6 +61,14 @@ func (b *bench) driverConfig(maxVolumes int) driverConfig {
 }
 
 func main() {
+	// The cluster phase runs the bench again inside a node's network
+	// namespace as the two sides of its plain copy.
+	if len(os.Args) > 1 && os.Args[1] == plainCopyCommand {
+		if err := runPlainCopy(os.Args[2:]); err != nil {
+			log.Fatal(err)
+		}
+		return
+	}
 	b := &bench{}
 	var phases, fioSize, scaleSize, conc string
 	var quick bool
