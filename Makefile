@@ -105,8 +105,9 @@ bench:
 
 # The bench's cluster phase, added to _output/bench/report.*: on the local
 # cluster with three nodes (brought up if needed, flashpv deployed, as make
-# e2e does), a StatefulSet scaled from 0 to 30 against emptyDir and a pod
-# on a claim restored from a VolumeSnapshot. It leaves the cluster up.
+# e2e does), a StatefulSet scaled from 0 to 30 against emptyDir, a pod
+# on a claim restored from a VolumeSnapshot, and a restore onto another node
+# against a plain TCP copy between the two nodes. It leaves the cluster up.
 bench-cluster:
 	NODES=$(E2E_NODES) hack/cluster/up.sh
 	NODES=$(E2E_NODES) FLASHPV_RESTART=1 hack/cluster/deploy.sh
