@@ -62,26 +62,38 @@ func Send(ctx context.Context, w io.Writer, src BlockSource, size, from, seg int
 	return s.st, s.w.Flush()
 }
 
-// writeError marks the errors of writing to the receiver: there is no
-// telling it about them.
-type writeError struct{ err error }
+// WriteError marks the errors of writing to the receiver: there is no
+// telling it about them. The tree format's sender uses it too.
+type WriteError struct{ Err error }
 
-func (e writeError) Error() string { return e.err.Error() }
-func (e writeError) Unwrap() error { return e.err }
+func (e WriteError) Error() string { return e.Err.Error() }
+func (e WriteError) Unwrap() error { return e.Err }
 
-// fail tries to tell the receiver why the stream stops, and returns err.
-func (s *sender) fail(err error) error {
-	var we writeError
+// FailureMessage is what a sender that stops on err tells its receiver:
+// ok is false when err is a WriteError (the stream is gone; the returned
+// error says so), else msg is err's message, valid UTF-8 and at most limit
+// bytes, cut at a rune's start.
+func FailureMessage(err error, limit int) (msg string, ok bool, _ error) {
+	var we WriteError
 	if errors.As(err, &we) {
-		return fmt.Errorf("sending: %w", we.err)
+		return "", false, fmt.Errorf("sending: %w", we.Err)
 	}
-	msg := strings.ToValidUTF8(err.Error(), "?")
-	if len(msg) > maxErrorSent {
-		n := maxErrorSent
+	msg = strings.ToValidUTF8(err.Error(), "?")
+	if len(msg) > limit {
+		n := limit
 		for !utf8.RuneStart(msg[n]) {
 			n--
 		}
 		msg = msg[:n]
+	}
+	return msg, true, err
+}
+
+// fail tries to tell the receiver why the stream stops, and returns err.
+func (s *sender) fail(err error) error {
+	msg, ok, err := FailureMessage(err, maxErrorSent)
+	if !ok {
+		return err
 	}
 	var hdr [1 + errHdrLen]byte
 	hdr[0] = frameError
@@ -187,10 +199,10 @@ func (s *sender) data(p []byte, off int64) error {
 	s.h.Write(s.hdr[1 : 1+dataHdrLen])
 	s.h.Write(p)
 	if _, err := s.w.Write(s.hdr[:1+dataHdrLen]); err != nil {
-		return writeError{err}
+		return WriteError{Err: err}
 	}
 	if _, err := s.w.Write(p); err != nil {
-		return writeError{err}
+		return WriteError{Err: err}
 	}
 	s.st.DataBytes += int64(len(p))
 	s.st.WireBytes += int64(1 + dataHdrLen + len(p))
@@ -203,7 +215,7 @@ func (s *sender) frame(b []byte) error {
 		return err
 	}
 	if _, err := s.w.Write(b); err != nil {
-		return writeError{err}
+		return WriteError{Err: err}
 	}
 	s.st.WireBytes += int64(len(b))
 	return nil

@@ -12,8 +12,6 @@ import (
 	"os"
 	"path"
 	"slices"
-	"strings"
-	"unicode/utf8"
 
 	"golang.org/x/sys/unix"
 
@@ -276,35 +274,20 @@ func (s *sender) frame(typ byte, p []byte) error {
 	s.h.Write(hdr[:])
 	s.h.Write(p)
 	if _, err := s.w.Write(hdr[:]); err != nil {
-		return writeError{err}
+		return stream.WriteError{Err: err}
 	}
 	if _, err := s.w.Write(p); err != nil {
-		return writeError{err}
+		return stream.WriteError{Err: err}
 	}
 	s.st.WireBytes += int64(frameHdrLen + len(p))
 	return nil
 }
 
-// writeError marks the errors of writing to the receiver: there is no
-// telling it about them.
-type writeError struct{ err error }
-
-func (e writeError) Error() string { return e.err.Error() }
-func (e writeError) Unwrap() error { return e.err }
-
 // fail tries to tell the receiver why the stream stops, and returns err.
 func (s *sender) fail(err error) error {
-	var we writeError
-	if errors.As(err, &we) {
-		return fmt.Errorf("sending: %w", we.err)
-	}
-	msg := strings.ToValidUTF8(err.Error(), "?")
-	if len(msg) > maxErrorShown {
-		n := maxErrorShown
-		for !utf8.RuneStart(msg[n]) {
-			n--
-		}
-		msg = msg[:n]
+	msg, ok, err := stream.FailureMessage(err, maxErrorShown)
+	if !ok {
+		return err
 	}
 	var hdr [frameHdrLen]byte
 	hdr[0] = frameError
