@@ -52,22 +52,8 @@ func (d *Driver) content(src *csi.VolumeContentSource) (*volumeContent, error) {
 		if id == "" {
 			return nil, invalid("content source snapshot ID is missing")
 		}
-		sid, err := pool.ParseVolumeID(id)
-		if err != nil {
-			return nil, notHere(err, "snapshot", id, d.nodeID)
-		}
-		p := d.pools[sid.Pool]
-		if p == nil {
-			return nil, notHere(fmt.Errorf("%w: no pool %q here", pool.ErrNotFound, sid.Pool), "snapshot", id, d.nodeID)
-		}
-		if p.snap == nil {
-			return nil, notHere(fmt.Errorf("%w: pool %s has no snapshots", pool.ErrNotFound, sid.Pool), "snapshot", id, d.nodeID)
-		}
-		s, err := p.snap.GetSnapshot(sid.Key)
-		if err != nil {
-			return nil, notHere(err, "snapshot", id, d.nodeID)
-		}
-		return &volumeContent{pool: p, snap: s}, nil
+		c, err := d.findSnapshot(id)
+		return c, notHere(err, "snapshot", id, d.nodeID)
 	}
 	if v := src.GetVolume(); v != nil {
 		id := v.GetVolumeId()
@@ -84,6 +70,27 @@ func (d *Driver) content(src *csi.VolumeContentSource) (*volumeContent, error) {
 		return &volumeContent{pool: p, vol: vol}, nil
 	}
 	return nil, invalid("content source is neither a snapshot nor a volume")
+}
+
+// findSnapshot finds snapshot id in this node's pools; NotFound when it
+// is not here.
+func (d *Driver) findSnapshot(id string) (*volumeContent, error) {
+	sid, err := pool.ParseVolumeID(id)
+	if err != nil {
+		return nil, err
+	}
+	p := d.pools[sid.Pool]
+	if p == nil {
+		return nil, fmt.Errorf("%w: no pool %q here", pool.ErrNotFound, sid.Pool)
+	}
+	if p.snap == nil {
+		return nil, fmt.Errorf("%w: pool %s has no snapshots", pool.ErrNotFound, sid.Pool)
+	}
+	s, err := p.snap.GetSnapshot(sid.Key)
+	if err != nil {
+		return nil, err
+	}
+	return &volumeContent{pool: p, snap: s}, nil
 }
 
 // poolFor is the pool of a volume made from c: its source's. A StorageClass
@@ -103,25 +110,38 @@ func (c *volumeContent) poolFor(params map[string]string) (*poolEntry, error) {
 // none.
 func (c *volumeContent) fits(mode pool.Mode, fsType string, caps []*csi.VolumeCapability) (string, error) {
 	srcMode, srcFs, _ := c.mode()
+	return fitsSource(c.id(), srcMode, srcFs, mode, caps)
+}
+
+// fitSize makes a volume at least as big as its source.
+func (c *volumeContent) fitSize(size, limit int64) (int64, error) {
+	_, _, srcSize := c.mode()
+	return sizeFor(c.id(), srcSize, size, limit)
+}
+
+// fitsSource checks that capabilities ask for what source id holds (a
+// srcMode volume of srcFs) and returns the new volume's fsType: the
+// source's. A restore on this node and one from another node judge alike.
+func fitsSource(id string, srcMode pool.Mode, srcFs string, mode pool.Mode, caps []*csi.VolumeCapability) (string, error) {
 	if mode != srcMode {
-		return "", invalid("source %s is a %s volume; a %s volume cannot be made from it", c.id(), srcMode, mode)
+		return "", invalid("source %s is a %s volume; a %s volume cannot be made from it", id, srcMode, mode)
 	}
 	if mode == pool.ModeBlock {
 		return "", nil
 	}
 	for _, cp := range caps {
 		if fs := cp.GetMount().GetFsType(); fs != "" && fs != srcFs {
-			return "", invalid("source %s holds %s, not %s", c.id(), srcFs, fs)
+			return "", invalid("source %s holds %s, not %s", id, srcFs, fs)
 		}
 	}
 	return srcFs, nil
 }
 
-// fitSize makes a volume at least as big as its source.
-func (c *volumeContent) fitSize(size, limit int64) (int64, error) {
-	_, _, srcSize := c.mode()
+// sizeFor makes a volume of the requested size at least as big as its
+// source of srcSize bytes, within limit.
+func sizeFor(id string, srcSize, size, limit int64) (int64, error) {
 	if limit > 0 && srcSize > limit {
-		return 0, fmt.Errorf("%w: source %s has %d bytes, more than the limit of %d", pool.ErrOutOfRange, c.id(), srcSize, limit)
+		return 0, fmt.Errorf("%w: source %s has %d bytes, more than the limit of %d", pool.ErrOutOfRange, id, srcSize, limit)
 	}
 	return max(size, srcSize), nil
 }

@@ -79,19 +79,7 @@ func openContent(ctx context.Context, p *poolEntry, c pool.Content) (*transfer.C
 func (d *Driver) localContent(kind, source string) (*volumeContent, error) {
 	switch kind {
 	case broker.KindSnapshot:
-		id, err := pool.ParseVolumeID(source)
-		if err != nil {
-			return nil, err
-		}
-		p := d.pools[id.Pool]
-		if p == nil || p.snap == nil {
-			return nil, fmt.Errorf("%w: snapshot %s is not on node %s", pool.ErrNotFound, source, d.nodeID)
-		}
-		s, err := p.snap.GetSnapshot(id.Key)
-		if err != nil {
-			return nil, err
-		}
-		return &volumeContent{pool: p, snap: s}, nil
+		return d.findSnapshot(source)
 	case broker.KindVolume:
 		p, v, err := d.lookup(source)
 		if err != nil {
@@ -114,8 +102,8 @@ func (d *Driver) exportable(c *volumeContent) (transfer.Header, error) {
 		return h, nil
 	}
 	h.Kind, h.Format = broker.KindVolume, c.vol.Format
-	if c.vol.Incoming != nil {
-		return h, fmt.Errorf("%w: volume %s is still being copied here", errAborted, c.vol.ID)
+	if err := notIncoming(c.vol); err != nil {
+		return h, err
 	}
 	src, _, mounts, err := d.sourceMounts(&nodeVolume{pool: c.pool, vol: c.vol})
 	if err != nil {

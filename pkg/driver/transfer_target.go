@@ -229,25 +229,17 @@ func (z zeroBelow) Zero(off, n int64) error {
 // fitsHeader checks that the capabilities fit what the source holds and
 // completes spec from it: the source's fsType, at least its size.
 func fitsHeader(h transfer.Header, spec *pool.Spec, caps []*csi.VolumeCapability) error {
-	if pool.Mode(h.Mode) != spec.Mode {
-		return invalid("source %s is a %s volume; a %s volume cannot be made from it", h.Source, h.Mode, spec.Mode)
+	fsType, err := fitsSource(h.Source, pool.Mode(h.Mode), h.FsType, spec.Mode, caps)
+	if err != nil {
+		return err
 	}
-	if spec.Mode == pool.ModeFilesystem {
-		for _, c := range caps {
-			if fs := c.GetMount().GetFsType(); fs != "" && fs != h.FsType {
-				return invalid("source %s holds %s, not %s", h.Source, h.FsType, fs)
-			}
-		}
-		if _, ok := minFsSize[h.FsType]; !ok {
-			return invalid("source %s holds %q, which flashpv does not mount", h.Source, h.FsType)
-		}
-		spec.FsType = h.FsType
+	if _, ok := minFsSize[fsType]; spec.Mode == pool.ModeFilesystem && !ok {
+		return invalid("source %s holds %q, which flashpv does not mount", h.Source, fsType)
 	}
-	if spec.MaxBytes > 0 && h.Size > spec.MaxBytes {
-		return fmt.Errorf("%w: source %s has %d bytes, more than the limit of %d", pool.ErrOutOfRange, h.Source, h.Size, spec.MaxBytes)
-	}
-	spec.SizeBytes = max(spec.SizeBytes, roundUp(h.Size, mib))
-	return nil
+	spec.FsType = fsType
+	size, err := sizeFor(h.Source, h.Size, spec.SizeBytes, spec.MaxBytes)
+	spec.SizeBytes = roundUp(size, mib)
+	return err
 }
 
 // checkMade makes a retry after the transfer finished return its volume.
@@ -296,16 +288,30 @@ func (d *Driver) CollectAbandoned(ctx context.Context, idle time.Duration) {
 			continue
 		}
 		for _, v := range vols {
-			if v.Incoming == nil || time.Since(v.Incoming.Updated) < idle {
-				continue
+			if abandoned(v, idle) {
+				d.collectAbandoned(ctx, p, v.ID, idle)
 			}
-			release, err := d.locks.acquire(v.ID)
-			if err != nil {
-				continue // a transfer is running
-			}
-			err = p.Delete(ctx, v.Key())
-			release()
-			klog.InfoS("Deleted an abandoned incoming volume", "volumeID", v.ID, "source", v.Incoming.Source, "lastProgress", v.Incoming.Updated, "err", err)
 		}
 	}
+}
+
+func abandoned(v *pool.Volume, idle time.Duration) bool {
+	return v.Incoming != nil && time.Since(v.Incoming.Updated) >= idle
+}
+
+// collectAbandoned deletes volume id if, under its lock, it is still an
+// abandoned incoming volume: a retry may have finished it since it was
+// listed, and a finished volume may already have a PV.
+func (d *Driver) collectAbandoned(ctx context.Context, p *poolEntry, id string, idle time.Duration) {
+	release, err := d.locks.acquire(id)
+	if err != nil {
+		return // a transfer is running
+	}
+	defer release()
+	_, v, err := d.lookup(id)
+	if err != nil || !abandoned(v, idle) {
+		return
+	}
+	err = p.Delete(ctx, v.Key())
+	klog.InfoS("Deleted an abandoned incoming volume", "volumeID", v.ID, "source", v.Incoming.Source, "lastProgress", v.Incoming.Updated, "err", err)
 }

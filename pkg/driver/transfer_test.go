@@ -61,6 +61,22 @@ func TestCollectAbandoned(t *testing.T) {
 	}
 }
 
+// A volume listed as abandoned that a retry finished before the lock was
+// taken is not deleted: its PV may exist already.
+func TestCollectAbandonedRechecksUnderLock(t *testing.T) {
+	d, _, _ := newTestDriver(t, t.TempDir())
+	ctx := context.Background()
+	v := incoming(t, d, "finished", time.Now().Add(-2*time.Hour))
+	p := d.pools["default"]
+	if _, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{}); err != nil {
+		t.Fatal(err)
+	}
+	d.collectAbandoned(ctx, p, v.ID, time.Hour) // v, as listed, was abandoned
+	if _, _, err := d.lookup(v.ID); err != nil {
+		t.Errorf("a volume finished since it was listed was deleted: %v", err)
+	}
+}
+
 func TestIncomingVolumeIsNotUsed(t *testing.T) {
 	d, _, _ := newTestDriver(t, t.TempDir())
 	v := incoming(t, d, "arriving", time.Now())
