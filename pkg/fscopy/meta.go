@@ -70,7 +70,7 @@ func copyXattrs(src, dst string, follow bool) error {
 	if follow {
 		list, get, set = unix.Listxattr, unix.Getxattr, unix.Setxattr
 	}
-	names, err := readXattr(func(b []byte) (int, error) { return list(src, b) })
+	names, err := ReadSized(func(b []byte) (int, error) { return list(src, b) })
 	if err != nil {
 		if notSupported(err) {
 			return nil
@@ -82,7 +82,7 @@ func copyXattrs(src, dst string, follow bool) error {
 			continue
 		}
 		attr := string(n)
-		val, err := readXattr(func(b []byte) (int, error) { return get(src, attr, b) })
+		val, err := ReadSized(func(b []byte) (int, error) { return get(src, attr, b) })
 		if errors.Is(err, unix.ENODATA) {
 			continue
 		}
@@ -96,9 +96,10 @@ func copyXattrs(src, dst string, follow bool) error {
 	return nil
 }
 
-// readXattr calls read with a buffer large enough for its answer, which
-// may grow between the size query and the read.
-func readXattr(read func([]byte) (int, error)) ([]byte, error) {
+// ReadSized calls read (a listxattr or getxattr) with a buffer large enough
+// for its answer, which may grow between the size query and the read. The
+// transfer of file trees reads attributes with it too.
+func ReadSized(read func([]byte) (int, error)) ([]byte, error) {
 	for {
 		n, err := read(nil)
 		if err != nil || n == 0 {

@@ -7,6 +7,8 @@ import (
 	"strconv"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/flashpv/flashpv/pkg/fscopy"
 )
 
 // Metadata is applied as fscopy applies it: owner first (chown clears the
@@ -27,7 +29,7 @@ func procPath(fd int, name string) string {
 // readXattrs reads every extended attribute that list names, with get; a
 // filesystem without extended attributes has none.
 func readXattrs(list func([]byte) (int, error), get func(string, []byte) (int, error)) ([]xattr, error) {
-	names, err := readSized(list)
+	names, err := fscopy.ReadSized(list)
 	if err != nil {
 		if notSupported(err) {
 			return nil, nil
@@ -40,7 +42,7 @@ func readXattrs(list func([]byte) (int, error), get func(string, []byte) (int, e
 			continue
 		}
 		name := string(n)
-		val, err := readSized(func(b []byte) (int, error) { return get(name, b) })
+		val, err := fscopy.ReadSized(func(b []byte) (int, error) { return get(name, b) })
 		if errors.Is(err, unix.ENODATA) {
 			continue
 		}
@@ -50,26 +52,6 @@ func readXattrs(list func([]byte) (int, error), get func(string, []byte) (int, e
 		out = append(out, xattr{name: name, value: val})
 	}
 	return out, nil
-}
-
-// readSized calls read with a buffer large enough for its answer, which may
-// grow between the size query and the read.
-func readSized(read func([]byte) (int, error)) ([]byte, error) {
-	for {
-		n, err := read(nil)
-		if err != nil || n == 0 {
-			return nil, err
-		}
-		buf := make([]byte, n)
-		n, err = read(buf)
-		if errors.Is(err, unix.ERANGE) {
-			continue
-		}
-		if err != nil {
-			return nil, err
-		}
-		return buf[:n], nil
-	}
 }
 
 // fdXattrs reads the extended attributes of an open file or directory.
