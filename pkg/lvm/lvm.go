@@ -27,6 +27,13 @@ var (
 	ErrExists   = errors.New("already exists")     // lvcreate of a name the VG already has
 	ErrInvalid  = errors.New("invalid argument")   // refused before running anything
 
+	// ErrNoThinDevice is an activation of a thin LV whose pool has no thin
+	// device for it: the kernel refuses the table with ENODATA. LVM commits
+	// a new thin LV to the VG's metadata before it asks the pool to make its
+	// device, so an lvcreate killed in between leaves such an LV. It never
+	// held data; lvremove removes it.
+	ErrNoThinDevice = errors.New("thin device missing from its pool")
+
 	// ErrVGNotFound is the ErrNotFound of a missing VG (a disk that is not
 	// there, say), for callers that must not take it for a missing LV.
 	ErrVGNotFound = fmt.Errorf("volume group %w", ErrNotFound)
@@ -457,6 +464,8 @@ var failures = []struct {
 	// Logical Volume "lv1" already exists in volume group "vg0"
 	// Logical volume lv1 already exists in Volume group vg0.
 	{regexp.MustCompile(`already exists in volume group`), ErrExists},
+	// device-mapper: reload ioctl on  (253:4) failed: No data available
+	{regexp.MustCompile(`reload ioctl .*failed: no data available`), ErrNoThinDevice},
 }
 
 // classify finds a known failure in a failed command's stderr. Warnings are

@@ -283,6 +283,8 @@ func TestClassify(t *testing.T) {
 		{"  Free space in pool vg0/tp is above threshold, new volumes are not allowed.\n", ErrNoSpace},
 		{"  Logical Volume \"lv1\" already exists in volume group \"exvg\"\n", ErrExists},
 		{"  Logical volume lv1 already exists in Volume group vg0.\n", ErrExists},
+		// lvchange -ay of a thin LV whose lvcreate was killed before the pool made its device.
+		{"  device-mapper: reload ioctl on  (253:4) failed: No data available\n", ErrNoThinDevice},
 		// Only a warning: the failure is something else.
 		{"  WARNING: Sum of all thin volume sizes (500.00 MiB) exceeds the size of thin pool exvg/tp (200.00 MiB).\n  Cannot activate thin pool exvg/tp.\n  Failed to update pool exvg/tp.\n", nil},
 		{"  Can't create thin without using device-mapper kernel driver.\n", nil},

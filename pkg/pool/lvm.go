@@ -161,9 +161,10 @@ func (p *LVMPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
 	defer p.mu.Unlock()
 	existing, err := p.Get(key)
 	if err == nil {
-		return existing, false, existing.compatible(s)
-	}
-	if !errors.Is(err, ErrNotFound) {
+		if half, err := p.dropHalfMade(ctx, key); err != nil || !half {
+			return existing, false, errors.Join(err, existing.compatible(s))
+		}
+	} else if !errors.Is(err, ErrNotFound) {
 		return nil, false, err
 	}
 	c, err := p.capacity(ctx)
@@ -195,12 +196,41 @@ func (p *LVMPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
 		if rerr != nil {
 			return nil, false, errors.Join(err, rerr)
 		}
+		if half, herr := p.dropHalfMade(ctx, key); herr != nil || half {
+			return nil, false, errors.Join(herr, fmt.Errorf("%w: removed what a killed lvcreate left of %s; try again", ErrInProgress, p.lvName(key)))
+		}
 		return existing, false, existing.compatible(s)
 	case err != nil:
 		return nil, false, err
 	}
 	v, err = p.reload(ctx, key)
 	return v, err == nil, err
+}
+
+// dropHalfMade removes a thin volume's LV that a killed lvcreate left
+// without its thin device (see lvm.ErrNoThinDevice) and tells whether it
+// did. Such an LV can never be activated, so it never held a byte; it is
+// found when a retried create adopts it. An active LV is whole. The caller
+// holds p.mu.
+func (p *LVMPool) dropHalfMade(ctx context.Context, key string) (bool, error) {
+	if !p.Thin() {
+		return false, nil
+	}
+	name := p.lvName(key)
+	l, err := p.lvm.LV(ctx, p.cfg.VG, name)
+	if err != nil || l.Active {
+		return false, err
+	}
+	err = p.lvm.Activate(ctx, p.cfg.VG, name)
+	if !errors.Is(err, lvm.ErrNoThinDevice) {
+		return false, err
+	}
+	klog.InfoS("Removing a thin LV that has no thin device (its lvcreate was killed)", "pool", p.name, "lv", p.cfg.VG+"/"+name)
+	if err := p.lvm.Remove(ctx, p.cfg.VG, name); err != nil {
+		return false, err
+	}
+	p.remember(key, nil)
+	return true, nil
 }
 
 // reload reads one LV back into the mirror.
@@ -341,10 +371,11 @@ func (p *LVMPool) Delete(ctx context.Context, key string) error {
 	// lvremove below.
 	if zero {
 		dev, err := p.Device(ctx, key)
-		if err != nil {
-			return err
+		if err == nil {
+			err = zeroDevice(dev)
 		}
-		if err := zeroDevice(dev); err != nil {
+		// An LV a killed lvcreate left (lvm.ErrNoThinDevice) never held a byte.
+		if err != nil && !errors.Is(err, lvm.ErrNoThinDevice) {
 			return err
 		}
 	}

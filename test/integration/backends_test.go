@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"errors"
 	"os"
+	"os/exec"
 	"path/filepath"
 	"strings"
 	"syscall"
@@ -192,6 +193,46 @@ func TestLVMWipesOnDelete(t *testing.T) {
 		f.Close()
 		c.unpublishUnstage(id, staging, target)
 		c.delete(id)
+	}
+}
+
+// TestKilledThinCreateIsMadeOver: LVM commits a new thin LV to the VG's
+// metadata before the pool makes its thin device, so an lvcreate killed in
+// between leaves an LV no activation can load. The stand-in: a volume's LV
+// deactivated and its thin device deleted behind LVM's back. The retried
+// CreateVolume makes it over, and it stages; one that was never made over
+// deletes.
+func TestKilledThinCreateIsMadeOver(t *testing.T) {
+	harness.RequireBackend(t, "lvm-thin")
+	env := harness.Start(t, harness.Options{})
+	c := newClient(t, env)
+	vg := strings.TrimPrefix(strings.TrimSuffix(env.Pools["default"], ",thin=thin"), "lvm:")
+	halfMake := func(name string) string {
+		lv := vg + "/flashpv-default-" + keyOf(name)
+		id := strings.TrimSpace(harness.Run(t, "lvm", "lvs", "--noheadings", "-o", "thin_id", lv))
+		harness.Run(t, "lvm", "lvchange", "-an", lv)
+		harness.Run(t, "dmsetup", "message", vg+"-thin-tpool", "0", "delete "+id)
+		if out, err := exec.Command("lvm", "lvchange", "-ay", lv).CombinedOutput(); err == nil || !strings.Contains(string(out), "No data available") {
+			t.Fatalf("the stand-in for a killed lvcreate activates (%v): it tests nothing: %s", err, out)
+		}
+		return lv
+	}
+	vc := mountCap("ext4")
+	id := c.create("pvc-half-thin", 16<<20, vc).GetVolumeId()
+	halfMake("pvc-half-thin")
+	if again := c.create("pvc-half-thin", 16<<20, vc).GetVolumeId(); again != id {
+		t.Fatalf("the retried create answered %s, want %s", again, id)
+	}
+	staging, target := c.stagePublish(id, "pvc-half-thin", vc)
+	sh(t, "echo kept >"+filepath.Join(target, "f")+" && sync")
+	c.unpublishUnstage(id, staging, target)
+	c.delete(id)
+
+	other := c.create("pvc-half-gone", 16<<20, blockCap()).GetVolumeId()
+	lv := halfMake("pvc-half-gone")
+	c.delete(other)
+	if out := harness.Run(t, "lvm", "lvs", "--noheadings", "-o", "lv_name", vg); strings.Contains(out, strings.TrimPrefix(lv, vg+"/")) {
+		t.Fatalf("DeleteVolume left the half-made LV: %s", out)
 	}
 }
 
