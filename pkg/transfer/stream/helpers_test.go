@@ -4,9 +4,9 @@ import (
 	"bytes"
 	"context"
 	"crypto/rand"
-	"crypto/sha256"
 	"encoding/binary"
 	"fmt"
+	"hash/crc32"
 	"io"
 	"os"
 	"path/filepath"
@@ -213,7 +213,7 @@ func (f *frames) dataLen(off int64, n uint32, p []byte) *frames {
 }
 
 func (f *frames) segment(end int64) *frames {
-	s := sha256.New()
+	s := crc32.New(castagnoli)
 	for _, p := range f.h {
 		s.Write(p)
 	}

@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"strings"
 )
@@ -26,8 +26,8 @@ type receiver struct {
 	// stream's bytes (data or zeros) in [start, pos).
 	start, end, pos int64
 	buf             []byte // one frame's payload
-	hdr             [segmentLen]byte
-	sum             [sha256.Size]byte
+	hdr             [maxHdrLen]byte
+	sum             [crc32.Size]byte
 	h               hash.Hash
 	st              Stats
 }
@@ -57,7 +57,7 @@ func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg 
 		size:   size,
 		seg:    seg,
 		buf:    make([]byte, MaxFrame),
-		h:      sha256.New(),
+		h:      crc32.New(castagnoli),
 	}
 	v.startSegment(from)
 	for {

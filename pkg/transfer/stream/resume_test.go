@@ -148,7 +148,7 @@ func TestChecksumMismatch(t *testing.T) {
 		at   int
 	}{
 		{"a data byte", data2 + 1 + dataHdrLen + 1000},
-		{"the hash", seg2 + 1 + 8 + 5},
+		{"the checksum", seg2 + 1 + 8 + 2},
 	}
 	for _, tc := range tests {
 		t.Run(tc.name, func(t *testing.T) {

@@ -4,11 +4,11 @@ import (
 	"bufio"
 	"bytes"
 	"context"
-	"crypto/sha256"
 	"encoding/binary"
 	"errors"
 	"fmt"
 	"hash"
+	"hash/crc32"
 	"io"
 	"strings"
 	"unicode/utf8"
@@ -22,7 +22,7 @@ type sender struct {
 	lim   *Limiter
 	buf   []byte // one chunk of source data
 	zeros []byte // one block of zeros to compare with
-	hdr   [1 + segmentLen]byte
+	hdr   [1 + maxHdrLen]byte
 	h     hash.Hash
 	st    Stats
 }
@@ -44,7 +44,7 @@ func Send(ctx context.Context, w io.Writer, src BlockSource, size, from, seg int
 		lim:   lim,
 		buf:   make([]byte, MaxFrame),
 		zeros: make([]byte, blockSize),
-		h:     sha256.New(),
+		h:     crc32.New(castagnoli),
 	}
 	for start := from; start < size; {
 		end := segmentEnd(start, size, seg)
