@@ -62,3 +62,10 @@ func removeAt(dfd int, name, at string) error {
 	}
 	return nil
 }
+
+// RemoveEntry removes the entry name of the open directory dir, and
+// everything in it if it is a directory, as EmptyDir removes: from
+// descriptors, never through a symlink.
+func RemoveEntry(dir *os.File, name string) error {
+	return removeAt(int(dir.Fd()), name, path.Join(dir.Name(), name))
+}
