@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"github.com/flashpv/flashpv/pkg/transfer/auth"
@@ -40,15 +41,23 @@ type Session struct {
 	release    func()
 }
 
+// Have is what the target already holds of a content: block content up
+// to From, or a tree up to its Checkpoint, of Version.
+type Have struct {
+	From       int64
+	Version    string
+	Checkpoint string
+}
+
 // Open asks the broker for a capability to copy g's source here and the
-// source's node for the content, resuming at from if it still has
-// version. Refusals are *RemoteError.
-func (c *Client) Open(ctx context.Context, g broker.GrantRequest, from int64, version string) (*Session, error) {
+// source's node for the content, resuming where have says if it still has
+// that version. Refusals are *RemoteError.
+func (c *Client) Open(ctx context.Context, g broker.GrantRequest, have Have) (*Session, error) {
 	release, ok := c.Slots.TryAcquire()
 	if !ok {
 		return nil, &RemoteError{CodeBusy, "this node receives as many transfers as it may; retry later"}
 	}
-	s, err := c.open(ctx, g, from, version)
+	s, err := c.open(ctx, g, have)
 	if err != nil {
 		release()
 		return nil, err
@@ -58,7 +67,7 @@ func (c *Client) Open(ctx context.Context, g broker.GrantRequest, from int64, ve
 	return s, nil
 }
 
-func (c *Client) open(ctx context.Context, g broker.GrantRequest, from int64, version string) (*Session, error) {
+func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*Session, error) {
 	if _, err := c.Identity.Certificate(ctx); err != nil {
 		return nil, &RemoteError{CodeBusy, fmt.Sprintf("this node has no transfer certificate yet: %v", err)}
 	}
@@ -78,13 +87,17 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, from int64, ve
 		DialTLSContext:    func(context.Context, string, string) (net.Conn, error) { return conn, nil },
 		DisableKeepAlives: true,
 	}
-	body, _ := json.Marshal(ReadRequest{Capability: grant.Capability, Kind: g.Kind, Source: g.Source, Target: g.Target, From: from, Version: version})
+	body, _ := json.Marshal(ReadRequest{Capability: grant.Capability, Kind: g.Kind, Source: g.Source, Target: g.Target, From: have.From, Version: have.Version})
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+grant.Address+PathRead, bytes.NewReader(body))
 	if err != nil {
 		conn.Close()
 		return nil, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set(HeaderTreeFormat, strconv.Itoa(TreeFormatCheckpoints))
+	if have.Checkpoint != "" && have.Version != "" {
+		req.Header.Set(HeaderTreeResume, have.Checkpoint)
+	}
 	resp, err := tr.RoundTrip(req)
 	if err != nil {
 		conn.Close()
@@ -96,7 +109,7 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, from int64, ve
 	}
 	h, err := readHeader(resp.Body)
 	if err == nil {
-		err = checkHeader(h, g, from, version)
+		err = checkHeader(h, g, have)
 	}
 	if err != nil {
 		conn.Close()
@@ -113,7 +126,8 @@ func (c *Client) idle() time.Duration {
 }
 
 // checkHeader refuses a header that answers another question than asked.
-func checkHeader(h Header, g broker.GrantRequest, from int64, version string) error {
+func checkHeader(h Header, g broker.GrantRequest, have Have) error {
+	from, version := have.From, have.Version
 	switch {
 	case h.Kind != g.Kind || h.Source != g.Source:
 		return fmt.Errorf("%w: sent %s %s, not %s %s", errBadHeader, h.Kind, h.Source, g.Kind, g.Source)
@@ -121,6 +135,8 @@ func checkHeader(h Header, g broker.GrantRequest, from int64, version string) er
 		return fmt.Errorf("%w: segment of %d bytes", errBadHeader, h.Segment)
 	case h.Start != 0 && (h.Start != from || h.Version != version || version == ""):
 		return fmt.Errorf("%w: starts at %d of version %q, asked %d of %q", errBadHeader, h.Start, h.Version, from, version)
+	case h.Resume != "" && (h.Resume != have.Checkpoint || h.Version != version):
+		return fmt.Errorf("%w: resumes the tree of version %q at another checkpoint than asked", errBadHeader, h.Version)
 	}
 	return nil
 }
@@ -166,13 +182,18 @@ func (s *Session) Receive(ctx context.Context, dst stream.BlockTarget, commit fu
 	return st, err
 }
 
-// ReceiveTree makes the session's file tree in dir, an open empty
-// directory; see tree.Receive.
-func (s *Session) ReceiveTree(ctx context.Context, dir *os.File, progress func(tree.Stats) error) (tree.Stats, error) {
+// ReceiveTree makes the session's file tree in dir: an open empty
+// directory, or, when the session resumes (Header.Resume), what the
+// attempts before made up to that checkpoint. See tree.Receive.
+func (s *Session) ReceiveTree(ctx context.Context, dir *os.File, progress func(tree.Stats, *tree.Checkpoint) error) (tree.Stats, error) {
 	if !s.IsTree() {
 		return tree.Stats{}, fmt.Errorf("%w: %s is block content, not a file tree", stream.ErrInvalid, s.Source)
 	}
-	st, err := tree.Receive(ctx, s.body, dir, s.client.Limit, progress)
+	opt, err := s.treeOptions()
+	if err != nil {
+		return tree.Stats{}, err
+	}
+	st, err := tree.Receive(ctx, s.body, dir, s.client.Limit, opt, progress)
 	s.client.Metrics.add(dirIn, stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes})
 	return st, err
 }

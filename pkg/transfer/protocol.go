@@ -6,6 +6,8 @@ import (
 	"errors"
 	"fmt"
 	"io"
+
+	"github.com/flashpv/flashpv/pkg/transfer/tree"
 )
 
 // The node-to-node protocol: one HTTPS POST to PathRead per attempt, over
@@ -13,10 +15,23 @@ import (
 // length-prefixed JSON Header followed by the content's frames: package
 // stream's from Header.Start on for block content, package tree's for a
 // file tree (Header.Layout). Any other answer's body is a RemoteError.
+//
+// A tree is resumable when the target asks for it with the HTTP header
+// Flashpv-Tree-Format: 2 (checkpoints; older sources ignore it, and send
+// a whole stream without them), and resumed after a checkpoint with
+// Flashpv-Tree-Resume (the checkpoint's text) when the source is of
+// ReadRequest.Version. Headers, not request fields: an older source
+// refuses a request with fields it does not know.
 
 const (
 	// PathRead is the one endpoint of a node's transfer server.
 	PathRead = "/v1/read"
+	// HeaderTreeFormat and HeaderTreeResume ask for a resumable tree, and
+	// for one resumed.
+	HeaderTreeFormat = "Flashpv-Tree-Format"
+	HeaderTreeResume = "Flashpv-Tree-Resume"
+	// TreeFormatCheckpoints is the tree format with checkpoints.
+	TreeFormatCheckpoints = 2
 	// maxRequest bounds a request body, maxHeader the answer's header.
 	maxRequest = 8 << 10
 	maxHeader  = 8 << 10
@@ -64,9 +79,27 @@ type Header struct {
 	// such a content is resumed. "" for a volume.
 	Version string `json:"version,omitempty"`
 	// Start is where the frames begin, Segment the unit of verification,
-	// for block content; a tree has neither (0), and always starts over.
+	// for block content; a tree has neither (0).
 	Start   int64 `json:"start"`
 	Segment int64 `json:"segment"`
+	// TreeFormat is TreeFormatCheckpoints for a resumable tree (0: one
+	// without checkpoints), Resume the checkpoint it resumes after, as
+	// the target sent it ("": from the start).
+	TreeFormat int    `json:"treeFormat,omitempty"`
+	Resume     string `json:"resume,omitempty"`
+}
+
+// treeOptions is how the tree that follows h is sent and received.
+func (h *Header) treeOptions() (tree.Options, error) {
+	opt := tree.Options{Checkpoints: h.TreeFormat == TreeFormatCheckpoints}
+	if h.Resume != "" {
+		c, err := tree.ParseCheckpoint(h.Resume)
+		if err != nil {
+			return opt, err
+		}
+		opt.From = &c
+	}
+	return opt, nil
 }
 
 // IsTree tells whether the content is a file tree.
@@ -132,6 +165,15 @@ func readHeader(r io.Reader) (Header, error) {
 	case LayoutTree:
 		if h.Size < 0 || h.Start != 0 {
 			return Header{}, fmt.Errorf("%w: a tree of size %d starting at %d", errBadHeader, h.Size, h.Start)
+		}
+		if h.TreeFormat != 0 && h.TreeFormat != TreeFormatCheckpoints {
+			return Header{}, fmt.Errorf("%w: tree format %d", errBadHeader, h.TreeFormat)
+		}
+		if h.Resume != "" && (h.TreeFormat != TreeFormatCheckpoints || h.Version == "") {
+			return Header{}, fmt.Errorf("%w: a tree of version %q in format %d that resumes", errBadHeader, h.Version, h.TreeFormat)
+		}
+		if _, err := h.treeOptions(); err != nil {
+			return Header{}, fmt.Errorf("%w: %v", errBadHeader, err)
 		}
 	default:
 		return Header{}, fmt.Errorf("%w: layout %q", errBadHeader, h.Layout)

@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -188,8 +189,8 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	h := c.Header
 	h.Layout, h.Start, h.Segment = "", 0, stream.DefaultSegment
 	if c.Tree != nil {
-		// A tree always starts over.
 		h.Layout, h.Segment = LayoutTree, 0
+		treeFormat(&h, r.Header, req)
 	} else if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
 		h.Start = req.From
 	}
@@ -199,7 +200,7 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusOK)
 	start := time.Now()
-	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start, "tree", c.Tree != nil)
+	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start, "tree", c.Tree != nil, "treeResumed", h.Resume != "")
 	s.Metrics.begin(dirOut)
 	defer s.Metrics.end(dirOut)
 	err = writeHeader(bw, h)
@@ -220,10 +221,32 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	klog.InfoS("Transfer sent", "peer", peer, "source", h.Source, "target", req.Target, "dataBytes", st.DataBytes, "wireBytes", st.WireBytes, "duration", time.Since(start))
 }
 
+// treeFormat chooses how a tree is sent: with checkpoints to a target
+// that asks for them, resumed after the target's checkpoint when the
+// source is a snapshot (a Version) of the version the target holds. A
+// volume, which may have changed since, starts over.
+func treeFormat(h *Header, hdr http.Header, req ReadRequest) {
+	if hdr.Get(HeaderTreeFormat) != strconv.Itoa(TreeFormatCheckpoints) {
+		return
+	}
+	h.TreeFormat = TreeFormatCheckpoints
+	cp := hdr.Get(HeaderTreeResume)
+	if cp == "" || h.Version == "" || req.Version != h.Version {
+		return
+	}
+	if _, err := tree.ParseCheckpoint(cp); err == nil {
+		h.Resume = cp
+	}
+}
+
 // frames writes c's frames, which follow its header h.
 func (s *Server) frames(ctx context.Context, w io.Writer, c *Content, h Header) (stream.Stats, error) {
 	if c.Tree != nil {
-		st, err := tree.Send(ctx, w, c.Tree, s.Limit)
+		opt, err := h.treeOptions()
+		if err != nil {
+			return stream.Stats{}, err
+		}
+		st, err := tree.Send(ctx, w, c.Tree, s.Limit, opt)
 		return stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes}, err
 	}
 	return stream.Send(ctx, w, c.Data, h.Size, h.Start, h.Segment, s.Limit)

@@ -31,7 +31,7 @@ type received struct {
 // receive opens the test snapshot on c, resuming at from of version, and
 // receives all of it into dst.
 func receive(ctx context.Context, c *Client, from int64, version string, dst *os.File) (received, error) {
-	s, err := c.Open(ctx, grantRequest(), from, version)
+	s, err := c.Open(ctx, grantRequest(), Have{From: from, Version: version})
 	if err != nil {
 		return received{}, err
 	}
@@ -378,7 +378,7 @@ func TestServerSlotsLimitConcurrentTransfers(t *testing.T) {
 
 	resp, body, err := exchange(addr, nodeTLS(idB, nodeA), readBody(t, cluster.capability(t, nil), nil))
 	wantRefusal(t, resp, body, err, 503, CodeBusy)
-	_, err = client.Open(ctx, grantRequest(), 0, "")
+	_, err = client.Open(ctx, grantRequest(), Have{})
 	wantRemoteCode(t, err, CodeBusy)
 	if n := opener.calls.Load(); n != 1 {
 		t.Errorf("opener called %d times while the slot was taken, want once", n)
@@ -416,7 +416,7 @@ func TestClientRefusesServerOfAnotherNode(t *testing.T) {
 			opener := &fakeOpener{content: content}
 			addr, _ := startServer(t, &Server{Identity: tt.impostor(t), Open: opener})
 			cluster.route(nodeA, addr) // the grant names node-a
-			_, err := (&Client{Identity: idB}).Open(testContext(t), grantRequest(), 0, "")
+			_, err := (&Client{Identity: idB}).Open(testContext(t), grantRequest(), Have{})
 			re := wantRemoteCode(t, err, CodeBusy)
 			if !strings.Contains(re.Message, "connecting to node "+nodeA) {
 				t.Errorf("refused %q, want the connection to node-a refused", re.Message)

@@ -4,6 +4,8 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
+	"net/http"
 	"os"
 	"path/filepath"
 	"testing"
@@ -30,7 +32,8 @@ func (o *treeOpener) OpenTransfer(_ context.Context, kind, source string) (*Cont
 }
 
 // TestTransferDeliversTree: a tree crosses the real server and client,
-// marked as one in the header, never resumed, and only as a tree.
+// marked as one in the header, in the format with checkpoints, and only
+// as a tree; block content's resume point means nothing to it.
 func TestTransferDeliversTree(t *testing.T) {
 	cluster := newTestCluster(t)
 	idA, idB := cluster.identity(t, nodeA), cluster.identity(t, nodeB)
@@ -50,14 +53,14 @@ func TestTransferDeliversTree(t *testing.T) {
 	ctx := testContext(t)
 	c := &Client{Identity: idB}
 
-	// Asked to resume, a tree still starts over.
-	s, err := c.Open(ctx, grantRequest(), stream.DefaultSegment, testVersion)
+	// A block content's resume point: the tree starts from the beginning.
+	s, err := c.Open(ctx, grantRequest(), Have{From: stream.DefaultSegment, Version: testVersion})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer s.Close()
 	want := Header{Kind: broker.KindSnapshot, Source: testSource, Layout: LayoutTree, PoolKind: "quota", Size: 64 << 20,
-		Mode: "filesystem", FsType: "xfs", Version: testVersion}
+		Mode: "filesystem", FsType: "xfs", Version: testVersion, TreeFormat: TreeFormatCheckpoints}
 	if s.Header != want || !s.IsTree() {
 		t.Errorf("header %+v, want %+v", s.Header, want)
 	}
@@ -92,7 +95,7 @@ func TestBlockSessionIsNoTree(t *testing.T) {
 	addr, _ := startServer(t, &Server{Identity: idA, Open: &fakeOpener{content: smallContent(t)}})
 	cluster.route(nodeA, addr)
 	ctx := testContext(t)
-	s, err := (&Client{Identity: idB}).Open(ctx, grantRequest(), 0, "")
+	s, err := (&Client{Identity: idB}).Open(ctx, grantRequest(), Have{})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -105,7 +108,7 @@ func TestBlockSessionIsNoTree(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer dir.Close()
-	if _, err := s.ReceiveTree(ctx, dir, func(tree.Stats) error { return nil }); !errors.Is(err, stream.ErrInvalid) {
+	if _, err := s.ReceiveTree(ctx, dir, func(tree.Stats, *tree.Checkpoint) error { return nil }); !errors.Is(err, stream.ErrInvalid) {
 		t.Errorf("ReceiveTree of block content: %v, want ErrInvalid", err)
 	}
 }
@@ -121,6 +124,11 @@ func TestReadHeaderLayouts(t *testing.T) {
 		{"block without a segment", Header{Size: 10}, false},
 		{"tree", Header{Layout: LayoutTree, Size: 10}, true},
 		{"tree that resumes", Header{Layout: LayoutTree, Size: 10, Start: 4}, false},
+		{"tree after a checkpoint", Header{Layout: LayoutTree, Size: 10, TreeFormat: 2, Version: "v", Resume: tree.Checkpoint{Entries: 1, Kind: tree.KindDir}.String()}, true},
+		{"tree of a volume after a checkpoint", Header{Layout: LayoutTree, Size: 10, TreeFormat: 2, Resume: tree.Checkpoint{Entries: 1, Kind: tree.KindDir}.String()}, false},
+		{"tree without checkpoints after one", Header{Layout: LayoutTree, Size: 10, Version: "v", Resume: tree.Checkpoint{Entries: 1, Kind: tree.KindDir}.String()}, false},
+		{"tree after a malformed checkpoint", Header{Layout: LayoutTree, Size: 10, TreeFormat: 2, Version: "v", Resume: "x"}, false},
+		{"tree of an unknown format", Header{Layout: LayoutTree, Size: 10, TreeFormat: 3}, false},
 		{"tree of negative size", Header{Layout: LayoutTree, Size: -1}, false},
 		{"unknown layout", Header{Layout: "zfs", Size: 10, Segment: 1 << 20}, false},
 	}
@@ -133,6 +141,108 @@ func TestReadHeaderLayouts(t *testing.T) {
 			_, err := readHeader(&b)
 			if (err == nil) != tt.ok {
 				t.Errorf("readHeader: %v, want ok %v", err, tt.ok)
+			}
+		})
+	}
+}
+
+// TestTransferResumesTree: a tree cut at a checkpoint is resumed by the
+// real server after it, when the target holds the same version; another
+// version starts over.
+func TestTransferResumesTree(t *testing.T) {
+	cluster := newTestCluster(t)
+	idA, idB := cluster.identity(t, nodeA), cluster.identity(t, nodeB)
+	src := t.TempDir()
+	// More entries than a checkpoint's spacing.
+	for i := range 5000 {
+		if err := os.WriteFile(filepath.Join(src, fmt.Sprintf("f%04d", i)), []byte{byte(i)}, 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	addr, _ := startServer(t, &Server{Identity: idA, Open: &treeOpener{dir: src}})
+	cluster.route(nodeA, addr)
+	ctx := testContext(t)
+	c := &Client{Identity: idB}
+	dst := t.TempDir()
+	dir, err := os.Open(dst)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dir.Close()
+
+	s, err := c.Open(ctx, grantRequest(), Have{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var cp *tree.Checkpoint
+	_, err = s.ReceiveTree(ctx, dir, func(_ tree.Stats, c *tree.Checkpoint) error {
+		cp = c
+		return errors.New("cut")
+	})
+	s.Close()
+	if cp == nil || err == nil {
+		t.Fatalf("no checkpoint before the cut (%v)", err)
+	}
+
+	other, err := c.Open(ctx, grantRequest(), Have{Version: "other", Checkpoint: cp.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	other.Close()
+	if other.Resume != "" {
+		t.Errorf("a checkpoint of another version was resumed: %q", other.Resume)
+	}
+
+	s, err = c.Open(ctx, grantRequest(), Have{Version: testVersion, Checkpoint: cp.String()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if s.Resume != cp.String() {
+		t.Fatalf("resume %q, want %q", s.Resume, cp.String())
+	}
+	st, err := s.ReceiveTree(ctx, dir, nil)
+	if err != nil {
+		t.Fatalf("resumed ReceiveTree: %v", err)
+	}
+	if st.Entries != 5001 {
+		t.Errorf("%d entries after resuming, want 5001", st.Entries)
+	}
+	names, _ := dir.Readdirnames(-1)
+	if len(names) != 5000 {
+		t.Errorf("%d entries in the copy, want 5000", len(names))
+	}
+}
+
+// TestTreeFormat: a target that does not ask for checkpoints (an older
+// node) gets a tree without them; only a snapshot of the version the
+// target holds is resumed, and only at a well-formed checkpoint.
+func TestTreeFormat(t *testing.T) {
+	cp := tree.Checkpoint{Entries: 3, Path: "a", Kind: tree.KindOther}.String()
+	asks := http.Header{HeaderTreeFormat: {"2"}, HeaderTreeResume: {cp}}
+	tests := []struct {
+		name        string
+		hdr         http.Header
+		version     string
+		asked       string
+		format      int
+		wantResumed bool
+	}{
+		{"older target", http.Header{}, "v", "v", 0, false},
+		{"older target with a checkpoint", http.Header{HeaderTreeResume: {cp}}, "v", "v", 0, false},
+		{"from the start", http.Header{HeaderTreeFormat: {"2"}}, "v", "v", 2, false},
+		{"snapshot of the same version", asks, "v", "v", 2, true},
+		{"snapshot of another version", asks, "v", "w", 2, false},
+		{"volume", asks, "", "", 2, false},
+		{"malformed checkpoint", http.Header{HeaderTreeFormat: {"2"}, HeaderTreeResume: {"garbage"}}, "v", "v", 2, false},
+		{"unknown format", http.Header{HeaderTreeFormat: {"3"}, HeaderTreeResume: {cp}}, "v", "v", 0, false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			h := Header{Layout: LayoutTree, Version: tt.version}
+			treeFormat(&h, tt.hdr, ReadRequest{Version: tt.asked})
+			if h.TreeFormat != tt.format || (h.Resume != "") != tt.wantResumed {
+				t.Errorf("format %d, resume %q; want %d, resumed %v", h.TreeFormat, h.Resume, tt.format, tt.wantResumed)
 			}
 		})
 	}

@@ -43,7 +43,34 @@ func (v *receiver) enter(dir, p string) (int, error) {
 			return -1, err
 		}
 	}
+	if err := v.inOrder(p); err != nil {
+		return -1, err
+	}
 	return v.top()
+}
+
+// level is a directory the stream is in, and the name of the last entry
+// made in it.
+type level struct {
+	entry
+	last string
+}
+
+// inOrder refuses, in a resumable stream, an entry whose name does not
+// come after the last one made in its directory: a resumed receiver
+// removes what comes after its checkpoint by name, so nothing may come
+// before.
+func (v *receiver) inOrder(p string) error {
+	if !v.opt.Checkpoints {
+		return nil
+	}
+	_, name := split(p)
+	top := &v.stack[len(v.stack)-1]
+	if name <= top.last {
+		return fmt.Errorf("%w: %q is sent twice or out of name order (after %q)", errProtocol, p, top.last)
+	}
+	top.last = name
+	return nil
 }
 
 // top is the descriptor of the directory the stream is in.
@@ -67,7 +94,7 @@ func (v *receiver) pop() error {
 	e := v.stack[len(v.stack)-1]
 	fd, err := v.top()
 	if err == nil {
-		err = modeAndTimes(fd, &e)
+		err = modeAndTimes(fd, &e.entry)
 	}
 	v.closeCur()
 	v.stack = v.stack[:len(v.stack)-1]
@@ -126,6 +153,7 @@ func (v *receiver) hardlink(p []byte) error {
 	if st.Mode&unix.S_IFMT == unix.S_IFDIR {
 		return fmt.Errorf("%w: hardlink %q to the directory %q", errProtocol, path, target)
 	}
+	v.last, v.lastKind = path, KindOther
 	// Flags 0: a symlink gets a second name; it is not followed.
 	return made(path, unix.Linkat(tfd, tname, dfd, name, 0))
 }

@@ -3,24 +3,27 @@
 // volume of another node's quota pool. It keeps what fscopy.Tree keeps of a
 // local copy (directories, regular files with their holes, symlinks, hard
 // links, fifos; owners, modes with their set-ID bits, times, extended
-// attributes), verifies everything with one SHA-256 over the whole stream,
-// and trusts nothing the sender says: every entry is created beneath the
-// target directory, relative to directory descriptors resolved with
+// attributes), verifies everything with SHA-256, and trusts nothing the
+// sender says: every entry is created beneath the target directory,
+// relative to directory descriptors resolved with
 // openat2(RESOLVE_BENEATH|RESOLVE_NO_SYMLINKS), never through a symlink,
 // never twice, never as a device node or socket.
 //
 // The stream is a sequence of frames: a type byte, a u32 payload length (at
 // most MaxFrame) and the payload; integers are big-endian.
 //
-//	'N' entry:    u32 st_mode (type and permission bits), u32 uid, u32 gid,
-//	              i64 atime s, u32 atime ns, i64 mtime s, u32 mtime ns,
-//	              u64 size (a regular file's; 0 otherwise),
-//	              u16 path length, path, u16 link length, link (a symlink's target),
-//	              u16 xattr count, per xattr: u8 name length, name, u32 value length, value
-//	'H' hardlink: u16 path length, path, u16 length, the path of an earlier entry
-//	'D' data:     u64 offset, bytes of the regular file of the entry before
-//	'E' end:      u64 entries, u64 data bytes, the SHA-256 of every frame before it
-//	'X' error:    a message: the sender failed
+//	'N' entry:      u32 st_mode (type and permission bits), u32 uid, u32 gid,
+//	                i64 atime s, u32 atime ns, i64 mtime s, u32 mtime ns,
+//	                u64 size (a regular file's; 0 otherwise),
+//	                u16 path length, path, u16 link length, link (a symlink's target),
+//	                u16 xattr count, per xattr: u8 name length, name, u32 value length, value
+//	'H' hardlink:   u16 path length, path, u16 length, the path of an earlier entry
+//	'D' data:       u64 offset, bytes of the regular file of the entry before
+//	'C' checkpoint: u64 entries, u64 data bytes, the SHA-256 of the frames since
+//	                the last checkpoint (resumable streams only)
+//	'E' end:        u64 entries, u64 data bytes, the SHA-256 of the frames since
+//	                the last checkpoint, or of every frame before it
+//	'X' error:      a message: the sender failed
 //
 // The first frame is the root directory's entry, with the empty path. Then
 // entries come depth first, a directory before what it holds: an entry's
@@ -30,8 +33,24 @@
 // its entry, in order, without overlaps, within its size; what they leave out
 // is a hole. Entries and hard links count as entries.
 //
-// A tree is not resumed: a receiver that was cut short is emptied and starts
-// over (fscopy.EmptyDir).
+// A resumable stream (Options.Checkpoints) also sends the entries of each
+// directory in name order, and a checkpoint frame between any two frames
+// every 64 MiB of stream or 4096 entries. At a checkpoint the receiver
+// checks the counts and the hash, syncs the filesystem and reports the
+// Checkpoint: the counts and the last entry (and how far its data went).
+// The walk is the same every time for a tree that does not change (a
+// snapshot), so a sender asked to resume after a checkpoint walks again,
+// sends nothing up to it (it still counts, and notes hard links), checks
+// that its own counts and last entry there are the checkpoint's, then
+// sends the root's entry and the entries of the directories the
+// checkpoint is in again, the last entry too if it is a regular file
+// whose data goes on, and everything after. The receiver first removes
+// what the cut attempt made after the checkpoint (in walk order: names
+// after the checkpoint's path in each directory on it), takes those
+// entries back (nothing else may come before them), and goes on; what it
+// finds not as it left it fails the resume (ErrResume), and the caller
+// starts over. A stream without checkpoints is never resumed: a receiver
+// that was cut short is emptied and starts over (fscopy.EmptyDir).
 package tree
 
 import (
@@ -75,15 +94,16 @@ const (
 )
 
 const (
-	frameEntry = 'N'
-	frameLink  = 'H'
-	frameData  = 'D'
-	frameEnd   = 'E'
-	frameError = 'X'
+	frameEntry      = 'N'
+	frameLink       = 'H'
+	frameData       = 'D'
+	frameEnd        = 'E'
+	frameError      = 'X'
+	frameCheckpoint = 'C'
 
 	// frameHdrLen is the type byte and the length.
 	frameHdrLen = 1 + 4
-	// endLen is the end frame's payload.
+	// endLen is the end frame's payload, and a checkpoint's.
 	endLen = 8 + 8 + 32
 	// dataChunk is the most data a sender puts in one frame: aligned
 	// writes, well within MaxFrame.
@@ -92,8 +112,12 @@ const (
 	maxErrorShown = 1 << 10
 	// bufSize is the buffer on either side of the connection.
 	bufSize = 256 << 10
-	// progressEvery is how many stream bytes pass between progress calls.
+	// progressEvery is how many stream bytes pass between progress calls
+	// in a stream without checkpoints.
 	progressEvery = 64 << 20
+	// checkpointBytes and checkpointEntries space a sender's checkpoints.
+	checkpointBytes   = 64 << 20
+	checkpointEntries = 4096
 )
 
 // Stats counts what a Send or Receive did.

@@ -221,7 +221,7 @@ func TestHostileStreams(t *testing.T) {
 			canary := filepath.Join(out, "canary")
 			must(t, os.WriteFile(canary, []byte("canary"), 0o600))
 
-			_, err := Receive(t.Context(), tc.stream(newFrames(), out).reader(), openDirPath(t, root), nil, nil)
+			_, err := Receive(t.Context(), tc.stream(newFrames(), out).reader(), openDirPath(t, root), nil, Options{}, nil)
 			switch {
 			case tc.want == nil && err != nil:
 				t.Fatalf("err %v", err)
@@ -267,7 +267,7 @@ func TestClaimedLengthsDoNotAllocate(t *testing.T) {
 		var before, after runtime.MemStats
 		runtime.GC()
 		runtime.ReadMemStats(&before)
-		_, err := Receive(t.Context(), bytes.NewReader(b), openDirPath(t, newDir(t)), nil, nil)
+		_, err := Receive(t.Context(), bytes.NewReader(b), openDirPath(t, newDir(t)), nil, Options{}, nil)
 		runtime.ReadMemStats(&after)
 		if err == nil {
 			t.Fatalf("claimed %d bytes: no error", n)
@@ -281,7 +281,7 @@ func TestClaimedLengthsDoNotAllocate(t *testing.T) {
 func TestReceiveRefusesNonEmptyRoot(t *testing.T) {
 	root := newDir(t)
 	must(t, os.WriteFile(filepath.Join(root, "x"), nil, 0o644))
-	_, err := Receive(t.Context(), newFrames().root().end().reader(), openDirPath(t, root), nil, nil)
+	_, err := Receive(t.Context(), newFrames().root().end().reader(), openDirPath(t, root), nil, Options{}, nil)
 	if !errors.Is(err, stream.ErrInvalid) {
 		t.Errorf("err %v, want ErrInvalid", err)
 	}

@@ -24,17 +24,26 @@ type receiver struct {
 	r        *bufio.Reader
 	root     *os.File
 	lim      *stream.Limiter
-	progress func(Stats) error
+	progress func(Stats, *Checkpoint) error
 	h        hash.Hash
 	buf      []byte // one frame's payload
 	st       Stats
 	next     int64 // the WireBytes of the next progress call
 	// stack is the directories the stream is in, the root first; cur is
 	// the descriptor of the last one (nil: not open yet, or the root).
-	stack []entry
+	stack []level
 	cur   *os.File
 	// file is the regular file whose data frames may follow.
 	file *openFile
+	opt  Options
+	// last is the last entry made, and lastKind what it is (a
+	// checkpoint's Path and Kind).
+	last     string
+	lastKind byte
+	// again is what a resumed stream sends again before it goes on: the
+	// paths of the directories (and maybe the file) of its checkpoint,
+	// the root first; nil once they came.
+	again []string
 }
 
 type openFile struct {
@@ -50,26 +59,23 @@ type openFile struct {
 // comment for what is refused. After the end frame it checks the stream's
 // hash and that nothing follows, gives the directories their modes and
 // times, and syncs root's filesystem: only then is the tree complete. On
-// an error what was made stays: the caller empties root before it tries
-// again (fscopy.EmptyDir).
+// an error what was made stays: the caller empties root before it starts
+// over (fscopy.EmptyDir), or resumes from its last checkpoint.
 //
+// opt says the stream's format, as Send's. With opt.From, root holds what
+// an attempt cut short made; what it made after the checkpoint is removed
+// first, and a root that does not match the checkpoint fails (ErrResume).
 // It waits on lim before each frame's payload and looks at ctx between
-// frames; progress (may be nil) is called every 64 MiB of stream, and an
-// error from it stops the stream.
-func Receive(ctx context.Context, r io.Reader, root *os.File, lim *stream.Limiter, progress func(Stats) error) (Stats, error) {
-	if err := checkEmpty(root); err != nil {
+// frames; progress (may be nil) is called at each checkpoint, once it is
+// verified and synced, or, in a stream without checkpoints, every 64 MiB
+// of stream with a nil checkpoint. An error from progress stops the
+// stream.
+func Receive(ctx context.Context, r io.Reader, root *os.File, lim *stream.Limiter, opt Options, progress func(Stats, *Checkpoint) error) (Stats, error) {
+	v, err := newReceiver(ctx, r, root, lim, opt)
+	if err != nil {
 		return Stats{}, err
 	}
-	v := &receiver{
-		ctx:      ctx,
-		r:        bufio.NewReaderSize(r, bufSize),
-		root:     root,
-		lim:      lim,
-		progress: progress,
-		h:        sha256.New(),
-		buf:      make([]byte, MaxFrame),
-		next:     progressEvery,
-	}
+	v.progress = progress
 	defer v.closeAll()
 	for {
 		if err := ctx.Err(); err != nil {
@@ -79,33 +85,75 @@ func Receive(ctx context.Context, r io.Reader, root *os.File, lim *stream.Limite
 		if err != nil {
 			return v.st, err
 		}
-		if typ != frameData {
+		if typ == frameEnd {
 			if err := v.finishFile(); err != nil {
 				return v.st, err
 			}
-		}
-		switch typ {
-		case frameEntry:
-			err = v.entry(p)
-		case frameLink:
-			err = v.hardlink(p)
-		case frameData:
-			err = v.data(p)
-		case frameEnd:
 			return v.st, v.end(p)
-		case frameError:
-			msg := strings.ToValidUTF8(string(p[:min(len(p), maxErrorShown)]), "?")
-			return v.st, fmt.Errorf("%w: %q", stream.ErrSender, msg)
-		default:
-			err = fmt.Errorf("%w: unknown frame type %#x at stream byte %d", errProtocol, typ, v.st.WireBytes)
 		}
-		if err == nil {
-			err = v.report()
-		}
-		if err != nil {
+		if err := v.dispatch(typ, p); err != nil {
 			return v.st, err
 		}
 	}
+}
+
+// newReceiver checks root and opt, and readies root: empty, or pruned back
+// to opt.From.
+func newReceiver(ctx context.Context, r io.Reader, root *os.File, lim *stream.Limiter, opt Options) (*receiver, error) {
+	if err := opt.check(); err != nil {
+		return nil, err
+	}
+	v := &receiver{
+		ctx:  ctx,
+		r:    bufio.NewReaderSize(r, bufSize),
+		root: root,
+		lim:  lim,
+		opt:  opt,
+		h:    sha256.New(),
+		buf:  make([]byte, MaxFrame),
+		next: progressEvery,
+	}
+	if opt.From == nil {
+		return v, checkEmpty(root)
+	}
+	if err := prune(root, opt.From); err != nil {
+		return nil, err
+	}
+	v.again = sentAgain(opt.From)
+	v.st.Entries, v.st.DataBytes = opt.From.Entries, opt.From.DataBytes
+	return v, nil
+}
+
+// dispatch takes one frame other than the end frame.
+func (v *receiver) dispatch(typ byte, p []byte) error {
+	if typ != frameData && typ != frameCheckpoint {
+		if err := v.finishFile(); err != nil {
+			return err
+		}
+	}
+	if v.again != nil && typ != frameEntry && typ != frameError {
+		return fmt.Errorf("%w: a resumed stream sends a %q frame before the entries of its checkpoint", ErrResume, typ)
+	}
+	var err error
+	switch {
+	case typ == frameEntry:
+		err = v.entry(p)
+	case typ == frameLink:
+		err = v.hardlink(p)
+	case typ == frameData:
+		err = v.data(p)
+	case typ == frameCheckpoint && v.opt.Checkpoints:
+		return v.checkpoint(p)
+	case typ == frameError:
+		msg := strings.ToValidUTF8(string(p[:min(len(p), maxErrorShown)]), "?")
+		return fmt.Errorf("%w: %q", stream.ErrSender, msg)
+	default:
+		return fmt.Errorf("%w: unknown frame type %#x at stream byte %d", errProtocol, typ, v.st.WireBytes)
+	}
+	if err == nil {
+		err = v.report()
+	}
+	return err
 }
 
 // checkEmpty refuses a root that holds anything.
@@ -144,7 +192,7 @@ func (v *receiver) frame() (byte, []byte, error) {
 	if _, err := io.ReadFull(v.r, p); err != nil {
 		return 0, nil, v.readErr("frame", err)
 	}
-	if hdr[0] != frameEnd {
+	if hdr[0] != frameEnd && hdr[0] != frameCheckpoint {
 		v.h.Write(hdr[:])
 		v.h.Write(p)
 	}
@@ -162,11 +210,11 @@ func (v *receiver) readErr(what string, err error) error {
 }
 
 func (v *receiver) report() error {
-	if v.progress == nil || v.st.WireBytes < v.next {
+	if v.progress == nil || v.opt.Checkpoints || v.st.WireBytes < v.next {
 		return nil
 	}
 	v.next = v.st.WireBytes + progressEvery
-	return v.progress(v.st)
+	return v.progress(v.st, nil)
 }
 
 // entry makes the entry a frame describes.
@@ -174,6 +222,9 @@ func (v *receiver) entry(p []byte) error {
 	e, err := decodeEntry(p)
 	if err != nil {
 		return err
+	}
+	if v.again != nil {
+		return v.takeBack(e)
 	}
 	if len(v.stack) == 0 {
 		return v.rootEntry(e)
@@ -205,6 +256,7 @@ func (v *receiver) entry(p []byte) error {
 			err = setFifoMeta(dfd, name, &e)
 		}
 	}
+	v.last, v.lastKind = e.path, kindOf(e.typ())
 	return made(e.path, err)
 }
 
@@ -230,7 +282,8 @@ func (v *receiver) rootEntry(e entry) error {
 	if err := ownAndLabel(int(v.root.Fd()), &e); err != nil {
 		return fmt.Errorf("the root directory: %w", err)
 	}
-	v.stack = append(v.stack, e)
+	v.stack = append(v.stack, level{entry: e})
+	v.last, v.lastKind = "", KindDir
 	return v.count(e.typ())
 }
 
@@ -268,7 +321,7 @@ func (v *receiver) mkdir(dfd int, name string, e entry) error {
 		return err
 	}
 	v.closeCur()
-	v.stack = append(v.stack, e)
+	v.stack = append(v.stack, level{entry: e})
 	v.cur = d
 	return nil
 }
@@ -333,8 +386,8 @@ func (v *receiver) end(p []byte) error {
 	if len(p) != endLen {
 		return fmt.Errorf("%w: end frame of %d bytes", errProtocol, len(p))
 	}
-	if len(v.stack) == 0 {
-		return fmt.Errorf("%w: end frame before the root directory", errProtocol)
+	if len(v.stack) == 0 || v.again != nil {
+		return fmt.Errorf("%w: end frame before the root directory or the entries a resumed stream sends again", errProtocol)
 	}
 	if !bytes.Equal(sum, p[16:]) {
 		return fmt.Errorf("%w: the tree's hash differs", errChecksum)

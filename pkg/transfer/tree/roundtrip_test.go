@@ -34,11 +34,11 @@ func transfer(t *testing.T, src, dst string, lim *stream.Limiter) (sent, got Sta
 	done := make(chan error, 1)
 	go func() {
 		var err error
-		sent, err = Send(ctx, pw, openDirPath(t, src), lim)
+		sent, err = Send(ctx, pw, openDirPath(t, src), lim, Options{})
 		pw.CloseWithError(err)
 		done <- err
 	}()
-	got, err = Receive(ctx, pr, openDirPath(t, dst), lim, nil)
+	got, err = Receive(ctx, pr, openDirPath(t, dst), lim, Options{}, nil)
 	pr.Close()
 	if serr := <-done; err == nil && serr != nil {
 		err = serr
@@ -50,7 +50,7 @@ func transfer(t *testing.T, src, dst string, lim *stream.Limiter) (sent, got Sta
 func sendAll(t *testing.T, src string) []byte {
 	t.Helper()
 	var b bytes.Buffer
-	if _, err := Send(t.Context(), &b, openDirPath(t, src), nil); err != nil {
+	if _, err := Send(t.Context(), &b, openDirPath(t, src), nil, Options{}); err != nil {
 		t.Fatal(err)
 	}
 	return b.Bytes()
@@ -126,15 +126,15 @@ func TestStartsOverAfterCut(t *testing.T) {
 	root := openDirPath(t, dst)
 	var before unix.Stat_t
 	must(t, unix.Fstat(int(root.Fd()), &before))
-	_, err := Receive(t.Context(), bytes.NewReader(full[:len(full)*2/3]), root, nil, nil)
+	_, err := Receive(t.Context(), bytes.NewReader(full[:len(full)*2/3]), root, nil, Options{}, nil)
 	if !errors.Is(err, io.ErrUnexpectedEOF) {
 		t.Fatalf("cut stream: %v, want io.ErrUnexpectedEOF", err)
 	}
-	if _, err := Receive(t.Context(), bytes.NewReader(full), root, nil, nil); !errors.Is(err, stream.ErrInvalid) {
+	if _, err := Receive(t.Context(), bytes.NewReader(full), root, nil, Options{}, nil); !errors.Is(err, stream.ErrInvalid) {
 		t.Fatalf("receiving into what the cut left: %v, want ErrInvalid", err)
 	}
 	must(t, fscopy.EmptyDir(root))
-	if _, err := Receive(t.Context(), bytes.NewReader(full), root, nil, nil); err != nil {
+	if _, err := Receive(t.Context(), bytes.NewReader(full), root, nil, Options{}, nil); err != nil {
 		t.Fatalf("receiving again: %v", err)
 	}
 	sameTree(t, src, dst)
@@ -155,7 +155,7 @@ func TestDataAlteredInTransit(t *testing.T) {
 		t.Fatal("no data in the stream")
 	}
 	b[i+5] ^= 1
-	_, err := Receive(t.Context(), bytes.NewReader(b), openDirPath(t, newDir(t)), nil, nil)
+	_, err := Receive(t.Context(), bytes.NewReader(b), openDirPath(t, newDir(t)), nil, Options{}, nil)
 	if !errors.Is(err, stream.ErrChecksum) {
 		t.Errorf("err %v, want ErrChecksum", err)
 	}
@@ -180,7 +180,7 @@ func TestBandwidthLimit(t *testing.T) {
 func TestSenderError(t *testing.T) {
 	f := newFrames().root()
 	f.raw(frameError, []byte("disk on fire"))
-	_, err := Receive(t.Context(), f.reader(), openDirPath(t, newDir(t)), nil, nil)
+	_, err := Receive(t.Context(), f.reader(), openDirPath(t, newDir(t)), nil, Options{}, nil)
 	if !errors.Is(err, stream.ErrSender) || !strings.Contains(err.Error(), "disk on fire") {
 		t.Errorf("err %v, want ErrSender with the message", err)
 	}
@@ -192,7 +192,7 @@ func TestSendRefusesFile(t *testing.T) {
 	f, err := os.Open(p)
 	must(t, err)
 	defer f.Close()
-	if _, err := Send(t.Context(), io.Discard, f, nil); !errors.Is(err, stream.ErrInvalid) {
+	if _, err := Send(t.Context(), io.Discard, f, nil, Options{}); !errors.Is(err, stream.ErrInvalid) {
 		t.Errorf("Send of a file: %v, want ErrInvalid", err)
 	}
 }

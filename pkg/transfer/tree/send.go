@@ -34,6 +34,16 @@ type sender struct {
 	// links maps an inode with several names to the path of the first
 	// name sent.
 	links map[inode]string
+	opt   Options
+	// cpEntries and cpWire are the counts at the last checkpoint (or
+	// where the stream began to be sent).
+	cpEntries, cpWire int64
+	// dirs are the entries of the directories the walk is in, the root
+	// first: a resumed stream sends them again.
+	dirs []entry
+	// skip is the checkpoint a resumed stream goes on after: until the
+	// walk reaches it, nothing is sent.
+	skip *Checkpoint
 }
 
 // Send writes the frames of the tree at root (an open directory) to w: its
@@ -43,9 +53,17 @@ type sender struct {
 // and sockets are sent as entries, which receivers refuse with the path
 // (ErrUnsupported). It waits on lim before each frame and looks at ctx
 // between frames. When reading fails, it tells the receiver in an error
-// frame before returning the error. It does not close w.
-func Send(ctx context.Context, w io.Writer, root *os.File, lim *stream.Limiter) (Stats, error) {
+// frame before returning the error. It does not close w. With
+// opt.Checkpoints it sends a resumable stream, from after opt.From if set
+// (see the package comment); a tree that no longer matches opt.From fails
+// with ErrResume.
+func Send(ctx context.Context, w io.Writer, root *os.File, lim *stream.Limiter, opt Options) (Stats, error) {
+	if err := opt.check(); err != nil {
+		return Stats{}, err
+	}
 	s := &sender{
+		opt:   opt,
+		skip:  opt.From,
 		ctx:   ctx,
 		w:     bufio.NewWriterSize(w, bufSize),
 		lim:   lim,
@@ -64,10 +82,15 @@ func Send(ctx context.Context, w io.Writer, root *os.File, lim *stream.Limiter) 
 	s.dev = st.Dev
 	xs, err := fdXattrs(fd)
 	if err == nil {
-		err = s.entry(entryOf(&st, "", xs))
+		e := entryOf(&st, "", xs)
+		s.dirs = append(s.dirs, e)
+		err = s.entry(e)
 	}
 	if err == nil {
 		err = s.walk(fd, "")
+	}
+	if err == nil && s.skip != nil {
+		err = fmt.Errorf("%w: the source ends before %s", ErrResume, s.skip.describe())
 	}
 	if err == nil {
 		err = s.end()
@@ -152,7 +175,10 @@ func (s *sender) dir(dfd int, name, rel string, st *unix.Stat_t) error {
 	if err != nil {
 		return fmt.Errorf("%s: %w", rel, err)
 	}
-	if err := s.entry(entryOf(st, rel, xs)); err != nil {
+	e := entryOf(st, rel, xs)
+	s.dirs = append(s.dirs, e)
+	defer func() { s.dirs = s.dirs[:len(s.dirs)-1] }()
+	if err := s.entry(e); err != nil {
 		return err
 	}
 	if st.Dev != s.dev {
@@ -183,14 +209,16 @@ func (s *sender) regular(dfd int, name, rel string, st *unix.Stat_t) error {
 	}
 	e := entryOf(&now, rel, xs)
 	e.size = now.Size
-	if err := s.entry(e); err != nil {
+	from, err := s.fileEntry(e, f)
+	if err != nil {
 		return err
 	}
-	return s.data(f, rel, now.Size)
+	return s.data(f, rel, now.Size, from)
 }
 
-// data sends the data extents of f, size bytes long, in chunks.
-func (s *sender) data(f *os.File, rel string, size int64) error {
+// data sends the data extents of f, size bytes long, in chunks; those
+// below from only count.
+func (s *sender) data(f *os.File, rel string, size, from int64) error {
 	it := fscopy.DataExtents(f, 0, size)
 	for {
 		a, b, ok, err := it.Next()
@@ -200,8 +228,12 @@ func (s *sender) data(f *os.File, rel string, size int64) error {
 		if !ok || a >= size {
 			return nil
 		}
-		for off := a; off < min(b, size); {
+		s.st.DataBytes += max(0, min(b, size, from)-a)
+		for off := max(a, from); off < min(b, size); {
 			if err := s.ctx.Err(); err != nil {
+				return err
+			}
+			if err := s.checkpoint(); err != nil {
 				return err
 			}
 			// Chunks end on chunk boundaries of the file, so writes are
@@ -229,6 +261,17 @@ func (s *sender) entry(e entry) error {
 	if len(s.enc) > MaxFrame {
 		return fmt.Errorf("%s: its extended attributes take more than %d bytes", displayPath(e.path), MaxFrame)
 	}
+	if s.skip != nil {
+		s.count(e.typ())
+		kind := byte(KindOther)
+		if e.typ() == unix.S_IFDIR {
+			kind = KindDir
+		}
+		return s.skipped(e.path, kind, 0)
+	}
+	if err := s.checkpoint(); err != nil {
+		return err
+	}
 	s.count(e.typ())
 	return s.frame(frameEntry, s.enc)
 }
@@ -248,8 +291,16 @@ func (s *sender) count(typ uint32) {
 }
 
 func (s *sender) hardlink(rel, first string) error {
+	if s.skip == nil {
+		if err := s.checkpoint(); err != nil {
+			return err
+		}
+	}
 	s.st.Entries++
 	s.st.HardLinks++
+	if s.skip != nil {
+		return s.skipped(rel, KindOther, 0)
+	}
 	s.enc = encodeLink(s.enc[:0], rel, first)
 	return s.frame(frameLink, s.enc)
 }
@@ -262,8 +313,28 @@ func (s *sender) end() error {
 	return s.frame(frameEnd, p[:])
 }
 
-// frame sends one frame and adds it to the hash (the end frame's own bytes
-// come after the hash it carries, and change nothing).
+// checkpoint sends a checkpoint frame when one is due: the counts so far
+// and the hash of the frames since the last, which it starts anew.
+func (s *sender) checkpoint() error {
+	bytes, entries := s.opt.every()
+	if !s.opt.Checkpoints || (s.st.WireBytes-s.cpWire < bytes && s.st.Entries-s.cpEntries < entries) {
+		return nil
+	}
+	var p [endLen]byte
+	binary.BigEndian.PutUint64(p[0:8], uint64(s.st.Entries))
+	binary.BigEndian.PutUint64(p[8:16], uint64(s.st.DataBytes))
+	s.h.Sum(p[16:16])
+	if err := s.frame(frameCheckpoint, p[:]); err != nil {
+		return err
+	}
+	s.h.Reset()
+	s.cpEntries, s.cpWire = s.st.Entries, s.st.WireBytes
+	return nil
+}
+
+// frame sends one frame and adds it to the hash (the end frame's and a
+// checkpoint's own bytes come after the hash they carry, and change
+// nothing).
 func (s *sender) frame(typ byte, p []byte) error {
 	var hdr [frameHdrLen]byte
 	hdr[0] = typ
