@@ -119,15 +119,14 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, spec pool.Spec, g brok
 		return nil, err
 	}
 	defer unlock()
-	var from int64
-	var version string
+	var have transfer.Have
 	if v, err := p.GetByName(spec.Name); err == nil {
 		if v.Incoming == nil {
 			return v, checkMade(v, spec)
 		}
-		from, version = v.Incoming.Next, v.Incoming.Version
+		have = transfer.Have{From: v.Incoming.Next, Version: v.Incoming.Version, Checkpoint: v.Incoming.Checkpoint}
 	}
-	sess, err := d.remote.Open(ctx, g, from, version)
+	sess, err := d.remote.Open(ctx, g, have)
 	if err != nil {
 		return nil, fromRemote(err)
 	}

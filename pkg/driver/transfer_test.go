@@ -148,7 +148,7 @@ type fakeTreePool struct{ pool.Pool }
 
 func (fakeTreePool) Name() string    { return "quota" }
 func (fakeTreePool) Kind() pool.Kind { return pool.KindQuota }
-func (fakeTreePool) OpenTreeImport(context.Context, *pool.Volume) (*os.File, error) {
+func (fakeTreePool) OpenTreeImport(context.Context, *pool.Volume, bool) (*os.File, error) {
 	return nil, errors.New("not here")
 }
 
@@ -206,8 +206,36 @@ func TestTreeFailedCodes(t *testing.T) {
 		{stream.ErrChecksum, codes.Aborted},
 		{io.ErrUnexpectedEOF, codes.Aborted},
 	} {
-		if got := status.Code(toStatus(treeFailed(c.err, sess, v))); got != c.want {
+		if got := status.Code(toStatus(treeFailed(c.err, sess, v, pool.Incoming{}))); got != c.want {
 			t.Errorf("%v: %v, want %v", c.err, got, c.want)
 		}
+	}
+}
+
+// TestTreeResumable: a cut keeps a tree's checkpoint; a refusal, a
+// corrupt stream, a failed sender or a resume that does not fit drop it,
+// so that the retry starts over.
+func TestTreeResumable(t *testing.T) {
+	for _, c := range []struct {
+		err  error
+		want bool
+	}{
+		{io.ErrUnexpectedEOF, true},
+		{fmt.Errorf("reading frame: %w", unix.ECONNRESET), true},
+		{context.Canceled, true},
+		{fmt.Errorf("%w: the hash differs", stream.ErrChecksum), false},
+		{fmt.Errorf("%w: out of order", stream.ErrProtocol), false},
+		{fmt.Errorf("%w: \"the source ends before\"", stream.ErrSender), false},
+		{fmt.Errorf("%w: a/b: too many levels of symbolic links", tree.ErrResume), false},
+		{fmt.Errorf("%w: a socket", tree.ErrUnsupported), false},
+	} {
+		if got := resumable(c.err); got != c.want {
+			t.Errorf("%v: resumable %v, want %v", c.err, got, c.want)
+		}
+	}
+	sess := &transfer.Session{Header: transfer.Header{Source: "default.x"}, SourceNode: "node-a"}
+	err := treeFailed(io.ErrUnexpectedEOF, sess, &pool.Volume{}, pool.Incoming{Checkpoint: "x", Next: 5 << 20})
+	if !strings.Contains(err.Error(), "resumes after 5242880 data bytes") {
+		t.Errorf("a cut with a checkpoint: %v", err)
 	}
 }

@@ -41,10 +41,11 @@ func (p *QuotaPool) OpenTree(_ context.Context, c Content) (*TreeContent, error)
 }
 
 // OpenTreeImport opens an incoming volume's directory for a tree from
-// another node, emptied of what an earlier attempt left (a tree is not
-// resumed). The directory itself stays, with its project, inherit flag and
-// limit, so everything made in it counts against the volume's size.
-func (p *QuotaPool) OpenTreeImport(_ context.Context, v *Volume) (*os.File, error) {
+// another node: as an earlier attempt left it when keep (the transfer
+// resumes after that attempt's last checkpoint), else emptied. The
+// directory itself stays, with its project, inherit flag and limit, so
+// everything made in it counts against the volume's size.
+func (p *QuotaPool) OpenTreeImport(_ context.Context, v *Volume, keep bool) (*os.File, error) {
 	if v.Incoming == nil {
 		return nil, fmt.Errorf("%w: volume %s is not incoming", ErrInvalid, v.ID)
 	}
@@ -62,6 +63,9 @@ func (p *QuotaPool) OpenTreeImport(_ context.Context, v *Volume) (*os.File, erro
 	}
 	if id != v.ProjectID || !inherit {
 		return fail(fmt.Errorf("the directory of volume %s is in project %d (inherit %v), not its own %d", v.ID, id, inherit, v.ProjectID))
+	}
+	if keep {
+		return f, nil
 	}
 	if err := fscopy.EmptyDir(f); err != nil {
 		return fail(fmt.Errorf("emptying volume %s for a new attempt: %w", v.ID, err))

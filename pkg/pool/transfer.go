@@ -28,9 +28,14 @@ type Incoming struct {
 	// a retry that finds another version starts over).
 	Version string `json:"version,omitempty"`
 	// Size is the content's size in bytes, Next how much of it has been
-	// received, verified and synced.
+	// received, verified and synced (of a tree: its data bytes up to
+	// Checkpoint).
 	Size int64 `json:"size"`
 	Next int64 `json:"next"`
+	// Checkpoint is a tree's last checkpoint, verified and synced, as its
+	// text (package transfer/tree): a retry from a snapshot of the same
+	// Version resumes after it.
+	Checkpoint string `json:"checkpoint,omitempty"`
 	// Dirty bounds what any attempt may have written: past it, the new
 	// volume still reads as zeros, so a retry need not zero its gaps.
 	Dirty int64 `json:"dirty,omitempty"`
@@ -91,10 +96,11 @@ type TreeExporter interface {
 // TreeImporter is implemented by pools that can receive a directory tree
 // from another node into a volume: Create with Spec.Incoming makes it as
 // any volume (its directory, project and limit), OpenTreeImport opens its
-// directory emptied of what an earlier attempt left, and SetNodeState with
-// Incoming cleared makes it complete.
+// directory, emptied of what an earlier attempt left unless the transfer
+// resumes it (keep), and SetNodeState with Incoming cleared makes it
+// complete.
 type TreeImporter interface {
-	OpenTreeImport(ctx context.Context, v *Volume) (*os.File, error)
+	OpenTreeImport(ctx context.Context, v *Volume, keep bool) (*os.File, error)
 }
 
 var (
