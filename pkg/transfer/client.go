@@ -194,7 +194,11 @@ func (s *Session) ReceiveTree(ctx context.Context, dir *os.File, progress func(t
 		return tree.Stats{}, err
 	}
 	st, err := tree.Receive(ctx, s.body, dir, s.client.Limit, opt, progress)
-	s.client.Metrics.add(dirIn, stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes})
+	moved := stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes}
+	if opt.From != nil {
+		moved.DataBytes -= opt.From.DataBytes // received by attempts before
+	}
+	s.client.Metrics.add(dirIn, moved)
 	return st, err
 }
 

@@ -385,10 +385,11 @@ func TestTransferRefusesOtherPoolKind(t *testing.T) {
 	}
 }
 
-// TestTransferTreeStartsOver cuts a quota restore short by restarting the
-// source's driver, puts a stray file into what the cut left, and checks
-// that the volume refuses to be staged meanwhile and that the retry
-// starts over: all the data again, nothing of the earlier attempt left.
+// TestTransferTreeStartsOver cuts a quota clone (a volume as source: it
+// may change between attempts) short by restarting the source's driver,
+// puts a stray file into what the cut left, and checks that the volume
+// refuses to be staged meanwhile and that the retry starts over: all the
+// data again, nothing of the earlier attempt left.
 func TestTransferTreeStartsOver(t *testing.T) {
 	harness.RequireBackend(t, "quota")
 	b := harness.StartBroker(t)
@@ -404,12 +405,11 @@ func TestTransferTreeStartsOver(t *testing.T) {
 	staging, target := a.stagePublish(src.VolumeId, "tree-src", vc)
 	want := fill(t, target, 48)
 	a.unpublishUnstage(src.VolumeId, staging, target)
-	snap := a.mustSnapshot("tree-snap", src.VolumeId)
-	b.Locate(snap.SnapshotId, "node-a")
+	b.Locate(src.VolumeId, "node-a")
 
 	done := make(chan error, 1)
 	go func() {
-		_, err := bn.createRemote("restarted", 128<<20, vc, true, snap.SnapshotId, nil)
+		_, err := bn.createRemote("restarted", 128<<20, vc, false, src.VolumeId, nil)
 		done <- err
 	}()
 	id := "default." + keyOf("restarted")
@@ -434,7 +434,7 @@ func TestTransferTreeStartsOver(t *testing.T) {
 		t.Fatal(err)
 	}
 	before := received(t, reg)
-	v, err := bn.createRemoteRetried("restarted", 128<<20, vc, true, snap.SnapshotId)
+	v, err := bn.createRemoteRetried("restarted", 128<<20, vc, false, src.VolumeId)
 	if err != nil {
 		t.Fatalf("retried CreateVolume: %v", err)
 	}
@@ -446,6 +446,72 @@ func TestTransferTreeStartsOver(t *testing.T) {
 	bn.unpublishUnstage(v.VolumeId, st, tg)
 	if got := received(t, reg) - before; got < 48<<20 {
 		t.Errorf("the retry received %.0f data bytes, want all %d again", got, 48<<20)
+	}
+}
+
+// TestTransferTreeResumes cuts a quota restore from a snapshot short by
+// restarting the source's driver once a checkpoint is recorded, and checks
+// that the retry resumes after it (it receives only the data after the
+// checkpoint), that an entry the cut attempt made after the checkpoint is
+// gone, and that the copy is the source's, byte for byte and entry for
+// entry.
+func TestTransferTreeResumes(t *testing.T) {
+	harness.RequireBackend(t, "quota")
+	b := harness.StartBroker(t)
+	ta := b.Node(t, "node-a")
+	ta.Bandwidth = 8 << 20 // slow enough to cut it in the middle
+	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: ta, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
+	reg := prometheus.NewRegistry()
+	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: reg, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
+	a, bn := newClient(t, envA), newClient(t, envB)
+	vc := mountCap("xfs")
+
+	src := a.create("tree-src", 384<<20, vc)
+	staging, target := a.stagePublish(src.VolumeId, "tree-src", vc)
+	want := fill(t, target, 160) // 160 MiB of data: checkpoints every 64 MiB of stream
+	a.unpublishUnstage(src.VolumeId, staging, target)
+	snap := a.mustSnapshot("tree-snap", src.VolumeId)
+	b.Locate(snap.SnapshotId, "node-a")
+
+	done := make(chan error, 1)
+	go func() {
+		_, err := bn.createRemote("resumed", 384<<20, vc, true, snap.SnapshotId, nil)
+		done <- err
+	}()
+	id := "default." + keyOf("resumed")
+	meta := filepath.Join(strings.TrimPrefix(envB.Pools["default"], "quota:"), keyOf("resumed")+".json")
+	deadline := time.Now().Add(2 * time.Minute)
+	for incomingNext(t, meta) < 64<<20 {
+		if time.Now().After(deadline) {
+			t.Fatal("no checkpoint recorded within two minutes")
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+	envA.Restart(t, harness.Options{NodeID: "node-a", Transfer: ta})
+	if err := <-done; status.Code(err) != codes.Aborted {
+		t.Fatalf("CreateVolume cut short by the source's restart: %v, want Aborted", err)
+	}
+	at := incomingNext(t, meta)
+	if at < 64<<20 || at >= 160<<20 {
+		t.Fatalf("after the cut the volume's checkpoint is at %d data bytes, want at least 64 MiB and not all", at)
+	}
+	// Names after the checkpoint's ("data") go: an attempt may have made
+	// them after it.
+	if err := os.WriteFile(filepath.Join(bn.storagePath(id), "stray"), []byte("after the checkpoint"), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	before := received(t, reg)
+	v, err := bn.createRemoteRetried("resumed", 384<<20, vc, true, snap.SnapshotId)
+	if err != nil {
+		t.Fatalf("retried CreateVolume: %v", err)
+	}
+	st, tg := bn.stagePublish(v.VolumeId, "resumed", vc)
+	if got := contents(t, tg); got != want {
+		t.Errorf("data differs after resuming:\n got %s\nwant %s", got, want)
+	}
+	bn.unpublishUnstage(v.VolumeId, st, tg)
+	if got := received(t, reg) - before; got > float64(160<<20-at) {
+		t.Errorf("the resumed transfer received %.0f data bytes; only %d were left after the checkpoint at %d", got, 160<<20-at, at)
 	}
 }
 
