@@ -212,8 +212,9 @@ func TestTreeFailedCodes(t *testing.T) {
 	}
 }
 
-// TestTreeResumable: a cut keeps a tree's checkpoint; a refusal, a
-// corrupt stream, a failed sender or a resume that does not fit drop it,
+// TestTreeResumable: a cut (also a sender stopped by its restart) keeps a
+// tree's checkpoint; a refusal, a corrupt stream or a resume that does
+// not fit drop it,
 // so that the retry starts over.
 func TestTreeResumable(t *testing.T) {
 	for _, c := range []struct {
@@ -225,7 +226,8 @@ func TestTreeResumable(t *testing.T) {
 		{context.Canceled, true},
 		{fmt.Errorf("%w: the hash differs", stream.ErrChecksum), false},
 		{fmt.Errorf("%w: out of order", stream.ErrProtocol), false},
-		{fmt.Errorf("%w: \"the source ends before\"", stream.ErrSender), false},
+		{fmt.Errorf("%w: \"context canceled\"", stream.ErrSender), true},
+		{fmt.Errorf("%w: %w: \"the source ends before\"", tree.ErrResume, stream.ErrSender), false},
 		{fmt.Errorf("%w: a/b: too many levels of symbolic links", tree.ErrResume), false},
 		{fmt.Errorf("%w: a socket", tree.ErrUnsupported), false},
 	} {

@@ -99,12 +99,12 @@ func (d *Driver) receiveTree(ctx context.Context, p *poolEntry, v *pool.Volume, 
 
 // resumable tells whether a tree transfer that failed with err may resume
 // at its last checkpoint: it was cut (the connection, either side's
-// process, a full disk), not refused. A stream that broke the rules, data
-// that does not match its hash, a sender that failed, and a resume that
-// found the target or the source otherwise than the checkpoint says start
-// over.
+// process and so a sender that failed, a full disk), not refused. A
+// stream that broke the rules, data that does not match its hash, and a
+// resume that found the target or the source otherwise than the
+// checkpoint says start over.
 func resumable(err error) bool {
-	for _, e := range []error{tree.ErrResume, stream.ErrProtocol, stream.ErrChecksum, stream.ErrSender, tree.ErrUnsupported} {
+	for _, e := range []error{tree.ErrResume, stream.ErrProtocol, stream.ErrChecksum, tree.ErrUnsupported} {
 		if errors.Is(err, e) {
 			return false
 		}

@@ -146,6 +146,11 @@ func (v *receiver) dispatch(typ byte, p []byte) error {
 		return v.checkpoint(p)
 	case typ == frameError:
 		msg := strings.ToValidUTF8(string(p[:min(len(p), maxErrorShown)]), "?")
+		if v.again != nil {
+			// It failed while it walked to the checkpoint: most likely
+			// it found the tree otherwise; the next attempt starts over.
+			return fmt.Errorf("%w: %w: %q", ErrResume, stream.ErrSender, msg)
+		}
 		return fmt.Errorf("%w: %q", stream.ErrSender, msg)
 	default:
 		return fmt.Errorf("%w: unknown frame type %#x at stream byte %d", errProtocol, typ, v.st.WireBytes)

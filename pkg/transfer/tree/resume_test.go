@@ -295,7 +295,8 @@ func listTree(t *testing.T, dir string) string {
 func TestResumeRefusesOtherSource(t *testing.T) {
 	src := newDir(t)
 	buildResumeTree(t, src)
-	_, _, c := cutAt(t, src, func(c *Checkpoint) bool { return filepath.Dir(c.Path) == "many" })
+	inMany := func(c *Checkpoint) bool { return filepath.Dir(c.Path) == "many" }
+	_, _, c := cutAt(t, src, inMany)
 	for name, change := range map[string]func(c *Checkpoint){
 		"other path":       func(c *Checkpoint) { c.Path += "x" },
 		"other data count": func(c *Checkpoint) { c.DataBytes++ },
@@ -312,8 +313,12 @@ func TestResumeRefusesOtherSource(t *testing.T) {
 			if !errors.Is(err, ErrResume) {
 				t.Fatalf("Send: %v, want ErrResume", err)
 			}
-			if _, err := Receive(t.Context(), bytes.NewReader(s), openDirPath(t, newDir(t)), nil, Options{Checkpoints: true}, nil); !errors.Is(err, stream.ErrSender) {
-				t.Errorf("the receiver was told: %v", err)
+			// The target holds c, the source walks to o.
+			_, root, c := cutAt(t, src, inMany)
+			held := small
+			held.From = c
+			if _, err := Receive(t.Context(), bytes.NewReader(s), root, nil, held, nil); !errors.Is(err, stream.ErrSender) || !errors.Is(err, ErrResume) {
+				t.Errorf("the receiver was told: %v, want ErrSender and ErrResume", err)
 			}
 		})
 	}
