@@ -247,6 +247,9 @@ func (s *Server) frames(ctx context.Context, w io.Writer, c *Content, h Header) 
 			return stream.Stats{}, err
 		}
 		st, err := tree.Send(ctx, w, c.Tree, s.Limit, opt)
+		if opt.From != nil {
+			st.DataBytes -= opt.From.DataBytes // sent by attempts before
+		}
 		return stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes}, err
 	}
 	return stream.Send(ctx, w, c.Data, h.Size, h.Start, h.Segment, s.Limit)
