@@ -6,7 +6,6 @@ import (
 	"strconv"
 
 	corev1 "k8s.io/api/core/v1"
-	storagev1 "k8s.io/api/storage/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
@@ -119,12 +118,14 @@ func (a *grantAuthorizer) claim(ctx context.Context, node string, req broker.Gra
 	default:
 		return nil, denied("storage class %s: %s %q is neither \"true\" nor \"false\"", className, wellknown.ParamCrossNode, v)
 	}
-	selected := claim.Annotations[annSelectedNode]
-	immediate := class.VolumeBindingMode == nil || *class.VolumeBindingMode == storagev1.VolumeBindingImmediate
-	switch {
-	case selected == "" && !immediate:
+	// Every claim flashpv provisions has its node: the scheduler's pick
+	// (WaitForFirstConsumer), or the node whose provisioner took an
+	// Immediate claim (it marks the claim before it provisions). Without
+	// one no node is entitled to the source.
+	switch selected := claim.Annotations[annSelectedNode]; {
+	case selected == "":
 		return nil, denied("claim %s has no selected node", ref)
-	case selected != "" && selected != node:
+	case selected != node:
 		return nil, denied("claim %s is for node %s, not %s", ref, selected, node)
 	}
 	return claim, nil

@@ -164,8 +164,7 @@ func TestAuthorize(t *testing.T) {
 		{name: "restore, node from the PV", req: restoreReq, change: func(w *world, _ *broker.GrantRequest) {
 			w.content.SetLabels(nil)
 		}},
-		{name: "restore, no selected node, Immediate class", req: restoreReq, change: func(w *world, _ *broker.GrantRequest) {
-			delete(w.claim("restore").Annotations, annSelectedNode)
+		{name: "restore, Immediate class, taken by this node", req: restoreReq, change: func(w *world, _ *broker.GrantRequest) {
 			w.classes[0].VolumeBindingMode = ptr(storagev1.VolumeBindingImmediate)
 		}},
 		{name: "newest ready pod", req: cloneReq, change: func(w *world, _ *broker.GrantRequest) {
@@ -177,6 +176,10 @@ func TestAuthorize(t *testing.T) {
 		{name: "wrong node", node: "n3", req: restoreReq, code: broker.CodeDenied, msg: "is for node n2"},
 		{name: "no selected node", req: restoreReq, code: broker.CodeDenied, msg: "no selected node", change: func(w *world, _ *broker.GrantRequest) {
 			delete(w.claim("restore").Annotations, annSelectedNode)
+		}},
+		{name: "Immediate class, no node took it yet", req: restoreReq, code: broker.CodeDenied, msg: "no selected node", change: func(w *world, _ *broker.GrantRequest) {
+			delete(w.claim("restore").Annotations, annSelectedNode)
+			w.classes[0].VolumeBindingMode = ptr(storagev1.VolumeBindingImmediate)
 		}},
 		{name: "bound claim", req: restoreReq, code: broker.CodeDenied, msg: "already bound", change: func(w *world, _ *broker.GrantRequest) {
 			w.claim("restore").Spec.VolumeName, w.claim("restore").Status.Phase = "pvc-r-uid", corev1.ClaimBound

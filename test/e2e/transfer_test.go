@@ -91,6 +91,35 @@ spec:
 		t.Logf("%s from %s on %s: pod Ready on %s after %v", c.name, c.source, source, node, time.Since(start).Round(time.Millisecond))
 	}
 
+	// An Immediate class: the claim is provisioned before any pod, by the
+	// node that wins it (here the only node the class allows, not the
+	// source's), and the pod follows the volume.
+	target := nodes[1]
+	applyYAML(t, "", fmt.Sprintf(`
+apiVersion: storage.k8s.io/v1
+kind: StorageClass
+metadata:
+  name: flashpv-immediate
+provisioner: flashpv.dev
+volumeBindingMode: Immediate
+allowedTopologies:
+  - matchLabelExpressions:
+      - key: flashpv.dev/node
+        values: [%s]
+`, target))
+	t.Cleanup(func() { kubectl("delete", "storageclass", "flashpv-immediate", "--ignore-not-found") })
+	start := time.Now()
+	copyAnywhere(t, ns, "immediate", "snapshot/src-snap", "256Mi", "flashpv-immediate")
+	waitPodReady(t, ns, "immediate", 5*time.Minute)
+	pv, _ := pvOf(t, ns, "immediate")
+	if node := podNode(t, ns, "immediate"); node != target || pinnedNode(t, pv) != target {
+		t.Fatalf("immediate: pod on %s, PV %s pinned to %s, want both on %s", node, pv, pinnedNode(t, pv), target)
+	}
+	if got := execIn(t, ns, "immediate", "sh", "-c", "cd /data && sha256sum -c sum >/dev/null && cat sum"); got != want {
+		t.Errorf("immediate on %s: %q, want %q", target, got, want)
+	}
+	t.Logf("immediate restore from %s onto %s: pod Ready after %v", source, target, time.Since(start).Round(time.Millisecond))
+
 	// A class that keeps data on its node refuses, and says where to go.
 	applyYAML(t, "", `
 apiVersion: storage.k8s.io/v1
