@@ -15,16 +15,17 @@ import (
 
 // receiver holds one Receive's state and buffers, reused for every frame.
 type receiver struct {
-	ctx  context.Context
-	r    *bufio.Reader
-	w    *writer
-	lim  *Limiter
-	size int64
-	seg  int64
-	// The segment being received is [start, end); the writes queued for
-	// the target cover [start, pos) with this stream's bytes or zeros.
+	ctx    context.Context
+	r      *bufio.Reader
+	dst    BlockTarget
+	lim    *Limiter
+	commit func(next int64) error
+	size   int64
+	seg    int64
+	// The segment being received is [start, end); the target holds this
+	// stream's bytes (data or zeros) in [start, pos).
 	start, end, pos int64
-	buf             []byte // an error frame's message
+	buf             []byte // one frame's payload
 	hdr             [maxHdrLen]byte
 	sum             [crc32.Size]byte
 	h               hash.Hash
@@ -34,13 +35,9 @@ type receiver struct {
 // Receive reads Send's frames from r into dst: content of size bytes, from
 // the target's committed position from (a multiple of seg, or size). In each
 // segment it writes the data frames, zeroes what they leave out (a resumed
-// segment may hold bytes of an earlier attempt), checks the segment's
-// checksum, syncs dst and calls commit with the segment's end, for the
-// caller to persist (commit may be nil); a commit error stops the stream.
-// The writes, syncs and commits run in order on a goroutine of their own,
-// up to writeBuffers frames behind the connection; none is left running
-// when Receive returns, and a segment is committed only after its checksum
-// matched.
+// segment may hold bytes of an earlier attempt), checks the segment's hash,
+// syncs dst and calls commit with the segment's end, for the caller to
+// persist (commit may be nil); a commit error stops the stream.
 //
 // It returns after the end frame and the end of r, so the sender closes or
 // half-closes (tls.Conn.CloseWrite) its side after Send; anything after the
@@ -52,34 +49,24 @@ func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg 
 		return Stats{}, err
 	}
 	v := &receiver{
-		ctx:  ctx,
-		r:    bufio.NewReaderSize(r, bufSize),
-		w:    startWriter(dst, commit),
-		lim:  lim,
-		size: size,
-		seg:  seg,
-		buf:  make([]byte, 1<<16),
-		h:    crc32.New(castagnoli),
+		ctx:    ctx,
+		r:      bufio.NewReaderSize(r, bufSize),
+		dst:    dst,
+		lim:    lim,
+		commit: commit,
+		size:   size,
+		seg:    seg,
+		buf:    make([]byte, MaxFrame),
+		h:      crc32.New(castagnoli),
 	}
 	v.startSegment(from)
-	err := v.frames()
-	werr := v.w.stop()
-	v.st.ZeroBytesSkipped, v.st.Segments = v.w.zeroed, v.w.segments
-	if werr != nil && (err == nil || err == werr) {
-		return v.st, werr
-	}
-	return v.st, err
-}
-
-// frames reads frames up to and including the end frame.
-func (v *receiver) frames() error {
 	for {
-		if err := v.ctx.Err(); err != nil {
-			return err
+		if err := ctx.Err(); err != nil {
+			return v.st, err
 		}
 		t, err := v.r.ReadByte()
 		if err != nil {
-			return v.readErr("frame", err)
+			return v.st, v.readErr("frame", err)
 		}
 		switch t {
 		case frameData:
@@ -89,12 +76,12 @@ func (v *receiver) frames() error {
 		case frameError:
 			err = v.senderError()
 		case frameEnd:
-			return v.finish()
+			return v.st, v.finish()
 		default:
 			err = fmt.Errorf("%w: unknown frame type %#x at stream byte %d", ErrProtocol, t, v.st.WireBytes)
 		}
 		if err != nil {
-			return err
+			return v.st, err
 		}
 	}
 }
@@ -126,7 +113,7 @@ func (v *receiver) readFull(b []byte, what string) error {
 }
 
 // data checks a data frame's header against the segment before it reads
-// the payload (so that no claimed length is trusted), then queues its write.
+// the payload (so that no claimed length is trusted), then writes it.
 func (v *receiver) data() error {
 	h := v.hdr[:dataHdrLen]
 	if err := v.readFull(h, "data frame header"); err != nil {
@@ -145,20 +132,18 @@ func (v *receiver) data() error {
 	if err := v.lim.Wait(v.ctx, 1+dataHdrLen+int(n)); err != nil {
 		return err
 	}
-	buf, err := v.w.buffer()
-	if err != nil {
-		return err
-	}
-	p := buf[:n]
+	p := v.buf[:n]
 	if err := v.readFull(p, "data"); err != nil {
-		v.w.free <- buf
 		return err
 	}
 	v.h.Write(h)
 	v.h.Write(p)
 	at := int64(off)
-	if err := v.w.send(writeOp{gap: v.pos, off: at, buf: p, free: buf}); err != nil {
+	if err := v.zero(v.pos, at); err != nil {
 		return err
+	}
+	if _, err := v.dst.WriteAt(p, at); err != nil {
+		return fmt.Errorf("writing target at %d: %w", at, err)
 	}
 	v.pos = at + int64(n)
 	v.st.DataBytes += int64(n)
@@ -166,7 +151,19 @@ func (v *receiver) data() error {
 	return nil
 }
 
-// segment checks a segment frame and queues the segment's commit.
+// zero zeroes [a, b) of the target, which no data frame covers.
+func (v *receiver) zero(a, b int64) error {
+	if a >= b {
+		return nil
+	}
+	if err := v.dst.Zero(a, b-a); err != nil {
+		return fmt.Errorf("zeroing target [%d, %d): %w", a, b, err)
+	}
+	v.st.ZeroBytesSkipped += b - a
+	return nil
+}
+
+// segment checks a segment frame and commits the segment.
 func (v *receiver) segment() error {
 	h := v.hdr[:segmentLen]
 	if err := v.readFull(h, "segment frame"); err != nil {
@@ -182,9 +179,18 @@ func (v *receiver) segment() error {
 	if !bytes.Equal(v.h.Sum(v.sum[:0]), h[8:]) {
 		return fmt.Errorf("%w: segment [%d, %d)", ErrChecksum, v.start, v.end)
 	}
-	if err := v.w.send(writeOp{gap: v.pos, off: v.end}); err != nil {
+	if err := v.zero(v.pos, v.end); err != nil {
 		return err
 	}
+	if err := v.dst.Sync(); err != nil {
+		return fmt.Errorf("syncing target: %w", err)
+	}
+	if v.commit != nil {
+		if err := v.commit(v.end); err != nil {
+			return fmt.Errorf("committing %d: %w", v.end, err)
+		}
+	}
+	v.st.Segments++
 	v.startSegment(v.end)
 	return nil
 }
