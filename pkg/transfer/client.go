@@ -77,8 +77,7 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*S
 	}
 	cfg := auth.ClientConfig(c.Identity.current, c.Identity.Trust, grant.SourceNode)
 	cfg.NextProtos = []string{"http/1.1"}
-	d := tls.Dialer{NetDialer: &net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}, Config: cfg}
-	raw, err := d.DialContext(ctx, "tcp", grant.Address)
+	raw, err := dialTLS(ctx, grant.Address, cfg)
 	if err != nil {
 		return nil, &RemoteError{CodeBusy, fmt.Sprintf("connecting to node %s at %s: %v", grant.SourceNode, grant.Address, err)}
 	}
@@ -116,6 +115,24 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*S
 		return nil, &RemoteError{CodeInternal, fmt.Sprintf("node %s: %v", grant.SourceNode, err)}
 	}
 	return &Session{Header: h, SourceNode: grant.SourceNode, client: c, conn: conn, body: resp.Body}, nil
+}
+
+// dialTLS connects to addr over TLS, reading the connection in bulkSize
+// reads rather than one or two per 16 KiB record.
+func dialTLS(ctx context.Context, addr string, cfg *tls.Config) (*tls.Conn, error) {
+	d := net.Dialer{Timeout: 10 * time.Second, KeepAlive: 15 * time.Second}
+	tcp, err := d.DialContext(ctx, "tcp", addr)
+	if err != nil {
+		return nil, err
+	}
+	conn := tls.Client(newBulkConn(tcp), cfg)
+	hctx, cancel := context.WithTimeout(ctx, 10*time.Second)
+	defer cancel()
+	if err := conn.HandshakeContext(hctx); err != nil {
+		tcp.Close()
+		return nil, err
+	}
+	return conn, nil
 }
 
 func (c *Client) idle() time.Duration {

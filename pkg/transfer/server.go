@@ -89,6 +89,7 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		// window between the data and the socket.
 		TLSNextProto: map[string]func(*http.Server, *tls.Conn, http.Handler){},
 		BaseContext:  func(net.Listener) context.Context { return ctx },
+		ConnContext:  withBulkConn,
 		ErrorLog:     nil,
 	}
 	go func() {
@@ -99,7 +100,7 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 		srv.Close()
 	}()
 	klog.InfoS("Transfer server listening", "address", lis.Addr().String())
-	err := srv.ServeTLS(lis, "", "")
+	err := srv.ServeTLS(bulkListener{lis}, "", "")
 	if errors.Is(err, http.ErrServerClosed) {
 		return nil
 	}
@@ -195,7 +196,12 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 		h.Start = req.From
 	}
 	rc := http.NewResponseController(w)
-	out := &deadlineWriter{w: w, rc: rc, idle: s.idle()}
+	out := &deadlineWriter{w: w, rc: rc, idle: s.idle(), bulk: bulkConnOf(ctx)}
+	if out.bulk != nil {
+		out.bulk.setBulk(true)
+		// Before the server ends the response.
+		defer out.bulk.setBulk(false)
+	}
 	bw := bufio.NewWriterSize(out, 256<<10)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusOK)
@@ -257,15 +263,22 @@ func (s *Server) frames(ctx context.Context, w io.Writer, c *Content, h Header) 
 
 // deadlineWriter moves the connection's write deadline on with every
 // write: a peer that stops reading ends the transfer, a slow one does not.
+// Each write's TLS records leave in one go when the connection gathers
+// them (bulk).
 type deadlineWriter struct {
 	w    http.ResponseWriter
 	rc   *http.ResponseController
 	idle time.Duration
+	bulk *bulkConn
 }
 
 func (d *deadlineWriter) Write(p []byte) (int, error) {
 	_ = d.rc.SetWriteDeadline(time.Now().Add(d.idle))
-	return d.w.Write(p)
+	n, err := d.w.Write(p)
+	if err == nil && d.bulk != nil {
+		err = d.bulk.Flush()
+	}
+	return n, err
 }
 
 func statusOf(code string) int {
