@@ -51,12 +51,6 @@ skips=(
 	# key): this cluster's kubelet is a process of up.sh and no SSH reaches the
 	# node.
 	'\[Disruptive\]'
-	# The "immediate binding" topology pattern: flashpv's provisioner runs on
-	# every node with --node-deployment-immediate-binding=false, so only
-	# WaitForFirstConsumer claims are provisioned (an Immediate claim has no
-	# node yet; every node's provisioner would race for it). The same tests run
-	# with the delayed-binding pattern.
-	'\[Testpattern: Dynamic PV \(immediate binding\)\] topology'
 	# Deploys hello-populator and volume-data-source-validator from
 	# registry.k8s.io/sig-storage, the validator with imagePullPolicy Always:
 	# this cluster has no registry and no image of either. (It tests
