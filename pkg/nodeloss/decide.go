@@ -62,7 +62,9 @@ type Loss struct {
 type View struct {
 	Now   time.Time
 	Grace time.Duration
-	// NodeExists: a Node of the lost node's name exists (any UID).
+	// NodeExists: a Node of the lost node's name exists (any UID), as
+	// Reconciler.view found it: in the cache within the grace period, on
+	// the API server past it.
 	NodeExists bool
 	// PVs are flashpv.dev PVs whose node affinity names the node.
 	PVs []*corev1.PersistentVolume

@@ -134,6 +134,11 @@ func TestDecide(t *testing.T) {
 			p.Spec.CSI.Driver = "other.dev"
 			return p
 		}(), want: Wait},
+		{name: "affinity with a second term not pinning the node", pv: func() *corev1.PersistentVolume {
+			p := opted()
+			p.Spec.NodeAffinity = affinityOr(p.Spec.NodeAffinity, zoneTerm("a"))
+			return p
+		}(), claims: []*corev1.PersistentVolumeClaim{claim()}, want: Wait},
 		{name: "PV on another node", pv: pv("pv-a", "n2", "data-0", "c1", recreate), claims: []*corev1.PersistentVolumeClaim{claim()}, want: Wait},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
@@ -184,6 +189,10 @@ func TestNodeOf(t *testing.T) {
 		"NotIn": {Required: &corev1.NodeSelector{NodeSelectorTerms: []corev1.NodeSelectorTerm{{
 			MatchExpressions: []corev1.NodeSelectorRequirement{{Key: wellknown.TopologyKey, Operator: corev1.NodeSelectorOpNotIn, Values: []string{"n1"}}}}}}},
 		"two terms, two nodes": {Required: &corev1.NodeSelector{NodeSelectorTerms: append(affinity("n1").Required.NodeSelectorTerms, affinity("n2").Required.NodeSelectorTerms...)}},
+		// Terms are ORed: the second lets the volume be used on any node
+		// of the zone, so it is not n1's alone.
+		"a second term not pinning the node": affinityOr(affinity("n1"), zoneTerm("a")),
+		"a first term not pinning the node":  affinityOr(nil, zoneTerm("a"), affinity("n1").Required.NodeSelectorTerms[0]),
 	} {
 		q := p.DeepCopy()
 		q.Spec.NodeAffinity = aff
@@ -191,6 +200,21 @@ func TestNodeOf(t *testing.T) {
 			t.Errorf("%s: NodeOf = %q, want none", name, got)
 		}
 	}
+}
+
+// zoneTerm is a node selector term of a zone, not of a node.
+func zoneTerm(zone string) corev1.NodeSelectorTerm {
+	return corev1.NodeSelectorTerm{MatchExpressions: []corev1.NodeSelectorRequirement{
+		{Key: "topology.kubernetes.io/zone", Operator: corev1.NodeSelectorOpIn, Values: []string{zone}}}}
+}
+
+// affinityOr is aff (nil: none) with more terms.
+func affinityOr(aff *corev1.VolumeNodeAffinity, terms ...corev1.NodeSelectorTerm) *corev1.VolumeNodeAffinity {
+	if aff == nil {
+		aff = &corev1.VolumeNodeAffinity{Required: &corev1.NodeSelector{}}
+	}
+	aff.Required.NodeSelectorTerms = append(aff.Required.NodeSelectorTerms, terms...)
+	return aff
 }
 
 func TestUsesEphemeralClaim(t *testing.T) {

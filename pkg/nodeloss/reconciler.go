@@ -168,17 +168,13 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 }
 
 func (r *Reconciler) syncNode(ctx context.Context, loss Loss, pvs []*corev1.PersistentVolume, now time.Time) error {
-	view := View{Now: now, Grace: r.grace, PVs: pvs, Claim: r.claim, Pods: r.pods, Class: r.class}
-	if !now.Before(loss.Since.Add(r.grace)) {
-		// The cache may lag: ask the API server itself.
-		exists, err := r.nodeExists(ctx, loss.Node)
-		if err != nil {
-			return err
-		}
-		if exists {
-			r.NodeAdded(loss.Node)
-			return nil
-		}
+	view, err := r.view(ctx, loss, pvs, now)
+	if err != nil {
+		return err
+	}
+	if view.NodeExists {
+		// The loss ends; Decide waits on every PV of the node.
+		r.NodeAdded(loss.Node)
 	}
 	var errs []error
 	for _, a := range Decide(loss, view) {
@@ -193,6 +189,25 @@ func (r *Reconciler) syncNode(ctx context.Context, loss Loss, pvs []*corev1.Pers
 }
 
 var errNodeBack = errors.New("the node is back")
+
+// view is what Decide sees of a lost node. Whether a Node of its name
+// exists comes from the cache within the grace period, when nothing
+// destructive can come out, and from the API server itself past it: the
+// cache may lag.
+func (r *Reconciler) view(ctx context.Context, loss Loss, pvs []*corev1.PersistentVolume, now time.Time) (View, error) {
+	v := View{Now: now, Grace: r.grace, PVs: pvs, Claim: r.claim, Pods: r.pods, Class: r.class}
+	if now.Before(loss.Since.Add(r.grace)) {
+		_, err := r.list.Nodes.Get(loss.Node)
+		v.NodeExists = !apierrors.IsNotFound(err)
+		return v, nil
+	}
+	exists, err := r.nodeExists(ctx, loss.Node)
+	if err != nil {
+		return View{}, err
+	}
+	v.NodeExists = exists
+	return v, nil
+}
 
 func (r *Reconciler) nodeExists(ctx context.Context, name string) (bool, error) {
 	_, err := r.client.CoreV1().Nodes().Get(ctx, name, metav1.GetOptions{})

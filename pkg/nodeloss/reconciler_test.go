@@ -3,6 +3,7 @@ package nodeloss
 import (
 	"context"
 	"errors"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -105,14 +106,20 @@ func (e *env) replace(kind string, items []any) {
 	}
 }
 
+// sync runs a Sync that must succeed.
 func (e *env) sync() {
 	e.t.Helper()
+	if err := e.syncErr(); err != nil {
+		e.t.Fatalf("sync: %v", err)
+	}
+}
+
+// syncErr runs a Sync and returns its error, for tests of refusals.
+func (e *env) syncErr() error {
 	if !e.stale {
 		e.refresh()
 	}
-	if err := e.r.Sync(context.Background()); err != nil {
-		e.t.Logf("sync: %v", err)
-	}
+	return e.r.Sync(context.Background())
 }
 
 // deletes lists the deletions sent to the API: "pvc db/data-0 uid=..." etc.
@@ -238,6 +245,94 @@ func TestRemovesProvisionerFinalizer(t *testing.T) {
 	}
 }
 
+// The PV in the cache is being deleted, but the API server's PV of that
+// name is another (recreated, or not being deleted): the live re-check
+// refuses, and the other PV keeps its finalizers.
+func TestFinalizerLiveRecheck(t *testing.T) {
+	for name, change := range map[string]func(*corev1.PersistentVolume){
+		"PV recreated":         func(p *corev1.PersistentVolume) { p.UID = "uid-new"; p.DeletionTimestamp = nil },
+		"PV not being deleted": func(p *corev1.PersistentVolume) { p.DeletionTimestamp = nil },
+	} {
+		t.Run(name, func(t *testing.T) {
+			p := pv("pv-a", "n1", "data-0", "c1", recreate)
+			p.DeletionTimestamp = &metav1.Time{Time: t0}
+			e := newEnv(t, p)
+			e.sync()
+			e.now = e.now.Add(grace)
+			live := pv("pv-a", "n1", "data-0", "c1", recreate)
+			change(live)
+			if err := e.client.Tracker().Update(pvsGVR, live, ""); err != nil {
+				t.Fatal(err)
+			}
+			e.stale = true
+			if err := e.syncErr(); !errors.Is(err, errRefused) {
+				t.Errorf("sync: %v, want %v", err, errRefused)
+			}
+			got, err := e.client.CoreV1().PersistentVolumes().Get(context.Background(), "pv-a", metav1.GetOptions{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if !slices.Equal(got.Finalizers, live.Finalizers) {
+				t.Errorf("finalizers %v, want %v", got.Finalizers, live.Finalizers)
+			}
+			if got := testutil.ToFloat64(e.metrics.actions.WithLabelValues(string(RemoveFinalizer), "refused")); got != 1 {
+				t.Errorf("RemoveFinalizer refused = %v", got)
+			}
+		})
+	}
+}
+
+// The View a lost node's PVs are decided on says whether its Node exists:
+// from the cache within the grace period, from the API server past it
+// (here the cache lags and has no n1). Decide alone then keeps everything.
+func TestViewNodeExists(t *testing.T) {
+	ctx := context.Background()
+	e := newEnv(t, lostNodeObjects(recreate)...)
+	e.sync()
+	loss := Loss{Node: "n1", Since: t0}
+	pvs := []*corev1.PersistentVolume{pv("pv-a", "n1", "data-0", "c1", recreate)}
+	for _, tc := range []struct {
+		name        string
+		after       time.Duration
+		inCache, up bool
+		want        bool
+	}{
+		{name: "gone, within grace", want: false},
+		{name: "gone, past grace", after: grace, want: false},
+		{name: "in the cache, within grace", inCache: true, up: true, want: true},
+		{name: "on the API server only, past grace", after: grace, up: true, want: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			var cached []any
+			if tc.inCache {
+				cached = append(cached, node("n1"))
+			}
+			e.replace("nodes", cached)
+			_ = e.client.Tracker().Delete(corev1.SchemeGroupVersion.WithResource("nodes"), "", "n1")
+			if tc.up {
+				if err := e.client.Tracker().Add(node("n1")); err != nil {
+					t.Fatal(err)
+				}
+			}
+			v, err := e.r.view(ctx, loss, pvs, t0.Add(tc.after))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if v.NodeExists != tc.want {
+				t.Fatalf("NodeExists = %v, want %v", v.NodeExists, tc.want)
+			}
+			if !tc.want {
+				return
+			}
+			for _, a := range Decide(loss, v) {
+				if a.Kind != Wait {
+					t.Errorf("with node n1 up: %s %s", a.Kind, a.PV.Name)
+				}
+			}
+		})
+	}
+}
+
 // A node deleted and re-added under the same name (any UID) before the
 // grace period ends: nothing is deleted, also later.
 func TestNodeBackBeforeGrace(t *testing.T) {
@@ -301,7 +396,9 @@ func TestNodeBackRightBeforeDelete(t *testing.T) {
 		}
 		return true, node("n1"), nil
 	})
-	e.sync()
+	if err := e.syncErr(); !errors.Is(err, errNodeBack) {
+		t.Errorf("sync: %v, want %v", err, errNodeBack)
+	}
 	if d := e.deletes(); len(d) != 0 {
 		t.Fatalf("deleted: %v", d)
 	}
@@ -333,7 +430,9 @@ func TestLiveClaimAndPodChecks(t *testing.T) {
 			e.now = e.now.Add(grace)
 			change(e)
 			e.stale = true
-			e.sync()
+			if err := e.syncErr(); !errors.Is(err, errRefused) {
+				t.Errorf("sync: %v, want %v", err, errRefused)
+			}
 			if d := e.deletes(); len(d) != 0 {
 				t.Fatalf("deleted: %v", d)
 			}
@@ -375,7 +474,9 @@ func TestPreconditionFailure(t *testing.T) {
 	})
 	e.sync()
 	e.now = e.now.Add(grace)
-	e.sync()
+	if err := e.syncErr(); !apierrors.IsConflict(err) {
+		t.Errorf("sync: %v, want a conflict", err)
+	}
 	if got := testutil.ToFloat64(e.metrics.actions.WithLabelValues(string(DeleteClaim), "refused")); got != 1 {
 		t.Errorf("refused = %v", got)
 	}
