@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -122,6 +123,9 @@ func TestCheckPath(t *testing.T) {
 		{"pods/a", false},
 		{"", false},
 		{kubelet + "/a\x00", false},
+		{kubelet, false}, // a mount there covers it all; an unpublish removes it
+		{kubelet + "/pods/" + strings.Repeat("a", 255), true},
+		{kubelet + "/pods/" + strings.Repeat("a", 256) + "/x", false}, // ENAMETOOLONG
 	} {
 		if err := d.checkPath(tc.p, "path"); (err == nil) != tc.ok {
 			t.Errorf("checkPath(%q) = %v", tc.p, err)

@@ -23,6 +23,7 @@ const (
 	// MinVolumeSize is the smallest volume of any kind.
 	MinVolumeSize = mib
 	maxPathLength = 4096
+	maxNameLength = 255 // of one element of a path (NAME_MAX)
 	// DefaultFsType is used when neither the capability nor the options name one.
 	DefaultFsType = "ext4"
 )
@@ -171,6 +172,18 @@ func (d *Driver) checkPath(p, what string) error {
 	root := filepath.Clean(d.kubeletDir)
 	if !within(p, root) {
 		return invalid("%s %q is outside the kubelet directory %s", what, p, root)
+	}
+	// The kubelet directory itself is no volume's path: a mount there would
+	// cover all of it, and an unpublish would remove it.
+	if p == root {
+		return invalid("%s %q is the kubelet directory itself", what, p)
+	}
+	// A name the kernel refuses (ENAMETOOLONG) is the caller's mistake,
+	// not an internal error of the mkdir or remove that would meet it.
+	for _, name := range strings.Split(p, "/") {
+		if len(name) > maxNameLength {
+			return invalid("%s has a name longer than %d bytes", what, maxNameLength)
+		}
 	}
 	// Resolve the deepest existing ancestor: a symlink there must not lead
 	// out of the kubelet directory.
