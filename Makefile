@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity sanity-cli fault test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
+.PHONY: all build image test test-unit test-integration sanity sanity-cli fault fuzz test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
 
 all: build
 
@@ -61,6 +61,22 @@ fault: deps
 	done; \
 	cat _output/fault/report-*.txt >_output/fault/report.txt 2>/dev/null; \
 	if [ -n "$$failed" ]; then echo "fault injection failed with seeds:$$failed (_output/fault/test-SEED.log)"; exit 1; fi
+
+# Fuzzing (no root needed): every Fuzz target of pkg/driver for FUZZTIME,
+# one after another; each input is a CSI request for a fresh driver on
+# image pools in a temp dir with faked loop devices and mounts (see
+# docs/development.md). New crashers land in pkg/driver/testdata/fuzz,
+# which `go test ./pkg/driver/` (and so `make test`) replays.
+FUZZTIME ?= 1m
+FUZZ_TARGETS = $(shell grep -ho '^func Fuzz[A-Za-z]*' pkg/driver/*_test.go | cut -c6-)
+# It needs Go modules only, none of the tools of deps.
+fuzz:
+	$(GO) mod download
+	@failed=; for t in $(FUZZ_TARGETS); do \
+		echo "=== $$t for $(FUZZTIME)"; \
+		$(GO) test -run '^$$' -fuzz "^$$t\$$" -fuzztime $(FUZZTIME) ./pkg/driver/ || failed="$$failed $$t"; \
+	done; \
+	if [ -n "$$failed" ]; then echo "fuzzing failed:$$failed (inputs in pkg/driver/testdata/fuzz)"; exit 1; fi
 
 # The lvm and quota backends need device-mapper and XFS project quotas, which
 # many hosts' kernels lack. Their integration tests and csi-sanity run in
