@@ -122,6 +122,7 @@ func TestFault(t *testing.T) {
 			t.Errorf("writing the report: %v", err)
 		}
 	}
+	r.checkKillFloors()
 	if len(r.failures) > 0 {
 		logs := r.driverLog.Name()
 		if r.peer != nil {

@@ -16,6 +16,9 @@ type stats struct {
 	// kills by RPC and trigger kind; answered: the answer was on its way.
 	kills    map[string]map[triggerKind]int
 	answered map[string]int
+	// inside counts kills by trigger kind that cut a call short (the
+	// answer had not arrived): what the floors judge.
+	inside map[triggerKind]int
 	// commands counts kills by the child command that ran at the kill
 	// ("fallocate(2)": the driver in that system call; "-": none).
 	commands map[string]int
@@ -26,7 +29,7 @@ type stats struct {
 
 func newStats() *stats {
 	return &stats{calls: map[string]int{}, retries: map[string]int{}, kills: map[string]map[triggerKind]int{},
-		answered: map[string]int{}, commands: map[string]int{}, sides: map[string]map[string]int{}}
+		answered: map[string]int{}, inside: map[triggerKind]int{}, commands: map[string]int{}, sides: map[string]map[string]int{}}
 }
 
 func (s *stats) recordSide(rpc, node string) {
@@ -43,6 +46,8 @@ func (s *stats) recordKill(rpc string, rec *killRecord, answered bool) {
 	s.kills[rpc][rec.trigger.kind]++
 	if answered {
 		s.answered[rpc]++
+	} else {
+		s.inside[rec.trigger.kind]++
 	}
 	for _, c := range rec.commands {
 		s.commands[c]++
@@ -83,14 +88,15 @@ func (r *run) report() string {
 		calls, s.totalKills(), s.idleKills, r.starts, s.verified, len(r.failures))
 
 	w := tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(w, "RPC\tcalls\tretries\tkills inside\tat a delay\tin a command\tin fallocate\tanswer already sent\t")
+	fmt.Fprintln(w, "RPC\tcalls\tretries\tkills inside\tat a delay\tin a command\tanswer already sent\t")
 	for _, rpc := range slices.Sorted(maps.Keys(s.calls)) {
 		k := s.kills[rpc]
-		total := k[afterDelay] + k[inCommand] + k[inFallocate]
-		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t%d\t\n", rpc, s.calls[rpc], s.retries[rpc], total,
-			k[afterDelay], k[inCommand], k[inFallocate], s.answered[rpc])
+		total := k[afterDelay] + k[inCommand]
+		fmt.Fprintf(w, "%s\t%d\t%d\t%d\t%d\t%d\t%d\t\n", rpc, s.calls[rpc], s.retries[rpc], total,
+			k[afterDelay], k[inCommand], s.answered[rpc])
 	}
 	w.Flush()
+	b.WriteString(r.floorReport())
 	b.WriteString("\n")
 	w = tabwriter.NewWriter(&b, 0, 0, 2, ' ', tabwriter.AlignRight)
 	fmt.Fprintln(w, "running at the kill\tkills\t")

@@ -16,14 +16,16 @@ import (
 type triggerKind int
 
 const (
-	noKill      triggerKind = iota
-	afterDelay              // a random moment of the call
-	inCommand               // a random moment of a child command's run
-	inFallocate             // while the driver is in fallocate(2)
+	noKill     triggerKind = iota
+	afterDelay             // a random moment of the call
+	inCommand              // a random moment of a child command's run
 )
 
+// triggerKinds are the kinds that kill.
+var triggerKinds = []triggerKind{afterDelay, inCommand}
+
 func (k triggerKind) String() string {
-	return [...]string{"none", "delay", "command", "fallocate"}[k]
+	return [...]string{"none", "delay", "command"}[k]
 }
 
 // trigger is a kill plan for one attempt of a call.
@@ -52,8 +54,10 @@ type watch struct {
 	r  *run
 	p  *driverProc
 	tr trigger
-	// falloc: the call may fallocate(2), so a kill looks whether it does
-	// (reading every thread's system call costs time before the kill).
+	// falloc: the call may fallocate(2), so a kill records whether it
+	// landed there (reading every thread's system call costs time before
+	// the kill). fallocate(2) is too short to aim at by polling: a kill
+	// lands in it only at a delay.
 	falloc bool
 	start  time.Time
 	quit   chan struct{}
@@ -99,11 +103,7 @@ func (w *watch) loop() {
 				fireAt = now.Add(w.tr.delay)
 			}
 		}
-		fire := !fireAt.IsZero() && !now.Before(fireAt)
-		if w.tr.kind == inFallocate && inSyscall(w.p.pid, fallocateNr) {
-			fire = true
-		}
-		if fire && w.fire() {
+		if !fireAt.IsZero() && !now.Before(fireAt) && w.fire() {
 			return
 		}
 		// Most calls take a few milliseconds: a kill at a delay is aimed
