@@ -192,7 +192,14 @@ func controllerMetrics(t *testing.T) string {
 // removed; nothing else is touched.
 func TestNodeLossRecreate(t *testing.T) {
 	needNodes(t, 3)
-	controllerGrace(t, lossGrace)
+	setArgs(t, "deployment", "flashpv-controller", 0, func(a []string) []string {
+		// A node plugin judges a volume only by a list written at least
+		// the orphan margin (2m) after the volume was made. The replicas'
+		// volumes are younger than that when the node returns; with the
+		// default refresh (5m) the next list could leave too little of
+		// the wait below for the grace and the scans.
+		return withArg(withArg(a, "--node-loss-grace", lossGrace.String()), "--volume-list-refresh", "30s")
+	})
 	setArgs(t, "daemonset", "flashpv-node", 0, func(a []string) []string {
 		return withArg(withArg(a, "--delete-orphans", "default"), "--orphan-grace", "1m")
 	})
