@@ -1,7 +1,6 @@
 package transfer
 
 import (
-	"bufio"
 	"context"
 	"crypto/tls"
 	"encoding/json"
@@ -202,20 +201,18 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 		// Before the server ends the response.
 		defer out.bulk.setBulk(false)
 	}
-	bw := bufio.NewWriterSize(out, 256<<10)
 	w.Header().Set("Content-Type", "application/octet-stream")
 	w.WriteHeader(http.StatusOK)
 	start := time.Now()
 	klog.InfoS("Transfer started", "peer", peer, "source", h.Source, "target", req.Target, "size", h.Size, "from", h.Start, "tree", c.Tree != nil, "treeResumed", h.Resume != "")
 	s.Metrics.begin(dirOut)
 	defer s.Metrics.end(dirOut)
-	err = writeHeader(bw, h)
+	// Straight to the connection: the block and tree senders buffer their
+	// frames themselves, and a buffer here would copy every byte once more.
+	err = writeHeader(out, h)
 	var st stream.Stats
 	if err == nil {
-		st, err = s.frames(ctx, bw, c, h)
-	}
-	if err == nil {
-		err = bw.Flush()
+		st, err = s.frames(ctx, out, c, h)
 	}
 	s.Metrics.add(dirOut, st)
 	if err != nil {
