@@ -201,7 +201,7 @@ func TestLVMWipesOnDelete(t *testing.T) {
 // between leaves an LV no activation can load. The stand-in: a volume's LV
 // deactivated and its thin device deleted behind LVM's back. The retried
 // CreateVolume makes it over, and it stages; one that was never made over
-// deletes.
+// deletes, also where the delete would wipe it first.
 func TestKilledThinCreateIsMadeOver(t *testing.T) {
 	harness.RequireBackend(t, "lvm-thin")
 	env := harness.Start(t, harness.Options{})
@@ -228,6 +228,9 @@ func TestKilledThinCreateIsMadeOver(t *testing.T) {
 	c.unpublishUnstage(id, staging, target)
 	c.delete(id)
 
+	// A pool that does not zero new blocks makes a delete wipe the LV
+	// first, which needs the device that a half-made LV cannot have.
+	harness.Run(t, "lvm", "lvchange", "-q", "--zero", "n", vg+"/thin")
 	other := c.create("pvc-half-gone", 16<<20, blockCap()).GetVolumeId()
 	lv := halfMake("pvc-half-gone")
 	c.delete(other)
