@@ -16,18 +16,44 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/config"
 	"github.com/flashpv/flashpv/pkg/pool"
 	"github.com/flashpv/flashpv/test/harness"
 )
 
-// twoNodes starts two drivers, node-a and node-b, each with its own pools,
+// nodePair is two drivers, node-a and node-b, each with its own pools,
 // socket and transfer server, and a broker that knows them.
-func twoNodes(t *testing.T, metricsB prometheus.Registerer) (b *harness.Broker, a, bn *client) {
+type nodePair struct {
+	b          *harness.Broker
+	ta         config.Transfer // node-a's, to restart it with
+	envA, envB *harness.Env
+	a, bn      *client
+	regB       *prometheus.Registry // node-b's metrics
+}
+
+// startPair starts a nodePair; pools makes each node's pools, and
+// bandwidth caps what node-a sends (0: no cap).
+func startPair(t *testing.T, pools func() map[string]string, bandwidth int64) *nodePair {
 	t.Helper()
-	b = harness.StartBroker(t)
-	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: b.Node(t, "node-a"), Pools: map[string]string{"default": harness.NewPool(t, "2G")}})
-	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: metricsB, Pools: map[string]string{"default": harness.NewPool(t, "2G")}})
-	return b, newClient(t, envA), newClient(t, envB)
+	n := &nodePair{b: harness.StartBroker(t), regB: prometheus.NewRegistry()}
+	n.ta = n.b.Node(t, "node-a")
+	n.ta.Bandwidth = bandwidth
+	n.envA = harness.Start(t, harness.Options{NodeID: "node-a", Transfer: n.ta, Pools: pools()})
+	n.envB = harness.Start(t, harness.Options{NodeID: "node-b", Transfer: n.b.Node(t, "node-b"), Metrics: n.regB, Pools: pools()})
+	n.a, n.bn = newClient(t, n.envA), newClient(t, n.envB)
+	return n
+}
+
+// defaultPool is one pool "default" of the test's backend, of size.
+func defaultPool(t *testing.T, size string) func() map[string]string {
+	return func() map[string]string { return map[string]string{"default": harness.NewPool(t, size)} }
+}
+
+// twoNodes is a nodePair with a 2G default pool on each node and no cap.
+func twoNodes(t *testing.T) (b *harness.Broker, a, bn *client) {
+	t.Helper()
+	n := startPair(t, defaultPool(t, "2G"), 0)
+	return n.b, n.a, n.bn
 }
 
 // createRemote asks c for a volume from a snapshot (snap) or volume id,
@@ -91,7 +117,7 @@ func itoa(n int) string { return strconv.Itoa(n) }
 // quota pool's file tree, with the quota backend), and checks the data
 // byte for byte and every entry's metadata.
 func TestTransferRestoreAndCloneAcrossNodes(t *testing.T) {
-	b, a, bn := twoNodes(t, nil)
+	b, a, bn := twoNodes(t)
 	types := fsTypes()
 	switch harness.Backend() {
 	case "image", "quota": // quota pools hold xfs only
@@ -189,7 +215,7 @@ func (c *client) checkCopy(v *csi.Volume, name string, vc *csi.VolumeCapability,
 // behind on the target.
 func TestTransferRefusals(t *testing.T) {
 	harness.RequireBackend(t, "image")
-	b, a, bn := twoNodes(t, nil)
+	b, a, bn := twoNodes(t)
 	vc := mountCap("ext4")
 	src := a.create("busy", 64<<20, vc)
 	b.Locate(src.VolumeId, "node-a")
@@ -225,13 +251,9 @@ func TestTransferRefusals(t *testing.T) {
 // staged meanwhile.
 func TestTransferResumes(t *testing.T) {
 	harness.RequireBackend(t, "image")
-	b := harness.StartBroker(t)
-	ta := b.Node(t, "node-a")
-	ta.Bandwidth = 24 << 20 // slow enough to cut it in the middle
-	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: ta, Pools: map[string]string{"default": harness.PoolFS(t, "2G")}})
-	reg := prometheus.NewRegistry()
-	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: reg, Pools: map[string]string{"default": harness.PoolFS(t, "2G")}})
-	a, bn := newClient(t, envA), newClient(t, envB)
+	// Slow enough to cut it in the middle.
+	n := startPair(t, func() map[string]string { return map[string]string{"default": harness.PoolFS(t, "2G")} }, 24<<20)
+	b, ta, envA, envB, a, bn, reg := n.b, n.ta, n.envA, n.envB, n.a, n.bn, n.regB
 
 	src := a.create("big", 256<<20, blockCap())
 	sh(t, "head -c 160M /dev/urandom | dd of="+a.imagePath(src.VolumeId)+" bs=1M conv=notrunc,fsync status=none")
@@ -341,13 +363,10 @@ func ownLimit(t *testing.T, dir string, size int64) {
 // refusal names both kinds, and leaves nothing behind.
 func TestTransferRefusesOtherPoolKind(t *testing.T) {
 	harness.RequireBackend(t, "quota")
-	b := harness.StartBroker(t)
-	pools := func() map[string]string {
+	n := startPair(t, func() map[string]string {
 		return map[string]string{"default": harness.NewPool(t, "1G"), "img": harness.PoolFS(t, "1G")}
-	}
-	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: b.Node(t, "node-a"), Pools: pools()})
-	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Pools: pools()})
-	a, bn := newClient(t, envA), newClient(t, envB)
+	}, 0)
+	b, a, bn := n.b, n.a, n.bn
 	vc := mountCap("xfs")
 
 	q := a.create("quota-src", 64<<20, vc)
@@ -392,13 +411,9 @@ func TestTransferRefusesOtherPoolKind(t *testing.T) {
 // data again, nothing of the earlier attempt left.
 func TestTransferTreeStartsOver(t *testing.T) {
 	harness.RequireBackend(t, "quota")
-	b := harness.StartBroker(t)
-	ta := b.Node(t, "node-a")
-	ta.Bandwidth = 8 << 20 // slow enough to cut it in the middle
-	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: ta, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
-	reg := prometheus.NewRegistry()
-	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: reg, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
-	a, bn := newClient(t, envA), newClient(t, envB)
+	// Slow enough to cut it in the middle.
+	n := startPair(t, defaultPool(t, "1G"), 8<<20)
+	b, ta, envA, envB, a, bn, reg := n.b, n.ta, n.envA, n.envB, n.a, n.bn, n.regB
 	vc := mountCap("xfs")
 
 	src := a.create("tree-src", 128<<20, vc)
@@ -457,13 +472,9 @@ func TestTransferTreeStartsOver(t *testing.T) {
 // entry.
 func TestTransferTreeResumes(t *testing.T) {
 	harness.RequireBackend(t, "quota")
-	b := harness.StartBroker(t)
-	ta := b.Node(t, "node-a")
-	ta.Bandwidth = 8 << 20 // slow enough to cut it in the middle
-	envA := harness.Start(t, harness.Options{NodeID: "node-a", Transfer: ta, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
-	reg := prometheus.NewRegistry()
-	envB := harness.Start(t, harness.Options{NodeID: "node-b", Transfer: b.Node(t, "node-b"), Metrics: reg, Pools: map[string]string{"default": harness.NewPool(t, "1G")}})
-	a, bn := newClient(t, envA), newClient(t, envB)
+	// Slow enough to cut it in the middle.
+	n := startPair(t, defaultPool(t, "1G"), 8<<20)
+	b, ta, envA, envB, a, bn, reg := n.b, n.ta, n.envA, n.envB, n.a, n.bn, n.regB
 	vc := mountCap("xfs")
 
 	src := a.create("tree-src", 384<<20, vc)
