@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -141,18 +142,41 @@ func (p *QuotaPool) removeTree(dir string) error {
 	if err := os.RemoveAll(dir); err != nil {
 		return err
 	}
-	// XFS frees removed inodes in the background; a syncfs finishes that,
-	// so the project's usage is back to zero and the ID can be reused.
 	if err := unix.Syncfs(int(p.root.Fd())); err != nil {
 		return err
 	}
 	if project >= FirstProjectID {
+		p.awaitProjectEmpty(project)
 		if err := xfsquota.SetLimit(p.root, project, 0, 0); err != nil {
 			return err
 		}
 	}
 	return durable.SyncDir(p.dir)
 }
+
+// awaitProjectEmpty waits, briefly, until the usage of a removed tree's
+// project reads zero. XFS frees unlinked inodes in a background worker
+// (deferred inactivation, Linux 5.19 on) and charges their blocks back to
+// the project only then; syncfs does not wait for it, a quota read only
+// nudges it. An ID whose usage is not zero yet is merely skipped by
+// freeProject, so giving up after the wait loses nothing.
+func (p *QuotaPool) awaitProjectEmpty(project uint32) {
+	deadline := time.Now().Add(projectSettleWait)
+	for {
+		q, err := xfsquota.Get(p.root, project)
+		if err != nil || (q.BlockUsed == 0 && q.InodeUsed == 0) {
+			return
+		}
+		if time.Now().After(deadline) {
+			klog.InfoS("A removed tree's project still shows usage", "pool", p.name, "project", project, "bytes", q.BlockUsed, "inodes", q.InodeUsed)
+			return
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+// projectSettleWait bounds awaitProjectEmpty.
+const projectSettleWait = 5 * time.Second
 
 // Create makes a volume directory with its own project and limit.
 func (p *QuotaPool) Create(ctx context.Context, s Spec) (*Volume, bool, error) {
