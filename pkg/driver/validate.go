@@ -4,8 +4,10 @@ import (
 	"errors"
 	"fmt"
 	"io/fs"
+	"maps"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -214,30 +216,52 @@ func within(p, root string) bool {
 	return p == root || strings.HasPrefix(p, root+"/")
 }
 
+// parameterChecks are the StorageClass parameters flashpv owns, each with
+// the check of its value (nil: any value). createParameters accepts these
+// and no others; StorageClassParameters lists them for the reference page.
+func parameterChecks() map[string]func(string) error {
+	oneOf := func(want ...string) func(string) error {
+		return func(v string) error {
+			if !slices.Contains(want, v) {
+				return fmt.Errorf("want %s", strings.Join(want, " or "))
+			}
+			return nil
+		}
+	}
+	return map[string]func(string) error{
+		ParamPool:                     nil,
+		wellknown.ParamNodeLossPolicy: oneOf(wellknown.NodeLossRecreate, wellknown.NodeLossReport),
+		wellknown.ParamCrossNode:      oneOf("true", "false"),
+	}
+}
+
+// StorageClassParameters returns the StorageClass parameters flashpv
+// owns, sorted; Kubernetes' own csi.storage.k8s.io/* keys are not among
+// them.
+func StorageClassParameters() []string {
+	return slices.Sorted(maps.Keys(parameterChecks()))
+}
+
 // createParameters keeps the StorageClass parameters flashpv owns and rejects
 // unknown ones, so a typo in a StorageClass fails loudly instead of silently
 // giving a volume the user did not ask for.
 func createParameters(params map[string]string) (map[string]string, error) {
+	checks := parameterChecks()
 	out := map[string]string{}
 	for k, v := range params {
-		switch {
-		case strings.HasPrefix(k, "csi.storage.k8s.io/"):
-			// Kubernetes' own keys (PVC name, namespace, ...): not ours.
-		case k == ParamPool:
-			out[k] = v
-		case k == wellknown.ParamNodeLossPolicy:
-			if v != wellknown.NodeLossRecreate && v != wellknown.NodeLossReport {
-				return nil, invalid("parameter %s=%q: want %s or %s", k, v, wellknown.NodeLossRecreate, wellknown.NodeLossReport)
-			}
-			out[k] = v
-		case k == wellknown.ParamCrossNode:
-			if v != "true" && v != "false" {
-				return nil, invalid("parameter %s=%q: want true or false", k, v)
-			}
-			out[k] = v
-		default:
-			return nil, invalid("unknown parameter %q (flashpv knows %q, %q and %q)", k, ParamPool, wellknown.ParamNodeLossPolicy, wellknown.ParamCrossNode)
+		if strings.HasPrefix(k, "csi.storage.k8s.io/") {
+			continue // Kubernetes' own keys (PVC name, namespace, ...): not ours
 		}
+		check, ok := checks[k]
+		if !ok {
+			return nil, invalid("unknown parameter %q (flashpv knows %s)", k, strings.Join(StorageClassParameters(), ", "))
+		}
+		if check != nil {
+			if err := check(v); err != nil {
+				return nil, invalid("parameter %s=%q: %v", k, v, err)
+			}
+		}
+		out[k] = v
 	}
 	return out, nil
 }
