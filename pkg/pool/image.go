@@ -131,15 +131,39 @@ func (p *ImagePool) Create(ctx context.Context, s Spec) (v *Volume, created bool
 	}
 	defer p.done(key)
 	if err := allocate(ctx, img, 0, s.SizeBytes, true); err != nil {
-		os.Remove(img)
-		return nil, false, err
+		return nil, false, p.createFailed(err, img, "")
 	}
 	v = newVolume(p.name, key, s, p.Layout())
 	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
-		os.Remove(img)
-		return nil, false, err
+		return nil, false, p.createFailed(err, img, p.metaPath(key))
 	}
 	return v, true, nil
+}
+
+// createFailed undoes a create that failed after it began to make files:
+// the metadata goes first (a failed directory sync may have left it renamed
+// into place), then the data, so that nothing half made stays and the
+// retry starts over. It returns err as the create's error.
+func (p *ImagePool) createFailed(err error, data, meta string) error {
+	var paths []string
+	if meta != "" {
+		paths = append(paths, meta)
+	}
+	if rerr := durable.Remove(append(paths, data)...); rerr != nil {
+		// What stays has no metadata: the retry, or Open, removes it.
+		klog.ErrorS(rerr, "Removing what a failed create made", "pool", p.name, "file", data)
+	}
+	return p.noSpace(err)
+}
+
+// noSpace names a full filesystem's error (ENOSPC, EDQUOT) as ErrNoSpace:
+// another process may fill the pool's filesystem after the capacity check,
+// and a create that runs into that is refused like one the check refused.
+func (p *dirPool) noSpace(err error) error {
+	if errors.Is(err, ErrNoSpace) || !(errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)) {
+		return err
+	}
+	return fmt.Errorf("%w %s (its filesystem is full): %w", ErrNoSpace, p.name, err)
 }
 
 // Delete removes a volume. Deleting a missing volume succeeds. The caller

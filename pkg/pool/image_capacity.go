@@ -103,5 +103,16 @@ func (p *ImagePool) capacity() (Capacity, error) {
 	bsize := int64(sfs.Bsize)
 	c.Total = max(int64(sfs.Blocks)*bsize-p.reserve, 0)
 	c.Available = max(int64(sfs.Bavail)*bsize-unbacked-p.reserve, 0)
+	// Files filling a filesystem's inode table (where it has one: btrfs
+	// reports none) leave free blocks no new volume can use: it needs
+	// inodes for its image and its metadata.
+	if sfs.Files > 0 && sfs.Ffree < inodesPerVolume {
+		c.Available = 0
+	}
 	return c, nil
 }
+
+// inodesPerVolume is what a new volume or snapshot takes of the pool
+// filesystem's inodes at most: its data and its metadata's temp file, which
+// is renamed into place.
+const inodesPerVolume = 2

@@ -72,8 +72,7 @@ func (p *ImagePool) CreateSnapshot(ctx context.Context, s SnapshotSpec) (*Snapsh
 		return nil, false, p.copyFailed(err, dst)
 	}
 	if err := writeSnapshot(&p.mirror, p.snapMetaPath(key), key, snap); err != nil {
-		os.Remove(dst)
-		return nil, false, err
+		return nil, false, p.createFailed(err, dst, p.snapMetaPath(key))
 	}
 	return snap, true, nil
 }
@@ -90,13 +89,14 @@ func (p *ImagePool) checkSpace(n int64) error {
 	return nil
 }
 
-// copyFailed removes what a failed copy to dst made and names the error.
+// copyFailed removes what a failed copy to dst made and names the error:
+// a source that is gone, or a filesystem that filled up under the copy.
 func (p *dirPool) copyFailed(err error, dst string) error {
 	os.RemoveAll(dst)
 	if errors.Is(err, fs.ErrNotExist) {
 		return fmt.Errorf("%w: the data of the source is gone: %v", ErrStorageMissing, err)
 	}
-	return err
+	return p.noSpace(err)
 }
 
 // DeleteSnapshot removes a snapshot's metadata, then its file.
@@ -154,7 +154,7 @@ func (p *ImagePool) CreateFrom(ctx context.Context, s Spec, c Content) (*Volume,
 	defer p.done(key)
 	if c.Volume != nil && p.reflink {
 		if err := p.markShared(c.Volume); err != nil {
-			return nil, false, err
+			return nil, false, p.noSpace(err)
 		}
 	}
 	err = quiesce.run(ctx, p.reflink, func(ctx context.Context) error {
@@ -172,16 +172,14 @@ func (p *ImagePool) CreateFrom(ctx context.Context, s Spec, c Content) (*Volume,
 	}
 	if s.SizeBytes > from {
 		if err := allocate(ctx, img, from, s.SizeBytes-from, false); err != nil {
-			os.Remove(img)
-			return nil, false, err
+			return nil, false, p.createFailed(err, img, "")
 		}
 	}
 	v := newVolume(p.name, key, s, p.Layout())
 	_, v.Format = c.size()
 	v.Shared = p.reflink
 	if err := writeVolume(&p.mirror, p.metaPath(key), key, v); err != nil {
-		os.Remove(img)
-		return nil, false, err
+		return nil, false, p.createFailed(err, img, p.metaPath(key))
 	}
 	klog.V(2).InfoS("Volume data copied", "volumeID", v.ID, "from", c.ID(), "reflink", p.reflink)
 	return v, true, nil
