@@ -247,7 +247,8 @@ func Main(m *testing.M, srv **Server) int {
 
 var notName = regexp.MustCompile(`[^a-z0-9]+`)
 
-// Namespace creates a namespace for the test, named after it, and deletes
+// Namespace creates a namespace for the test, named after it, with its
+// default ServiceAccount, and deletes
 // it when the test ends (without a controller-manager it stays
 // Terminating; the server is thrown away anyway). Cluster-scoped objects
 // of the test should carry its name too.
@@ -263,6 +264,11 @@ func (s *Server) Namespace(t testing.TB) string {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { _ = s.Client.CoreV1().Namespaces().Delete(ctx, name, metav1.DeleteOptions{}) })
+	// Pods need their ServiceAccount, which the controller-manager would make.
+	sa := &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: "default"}}
+	if _, err := s.Client.CoreV1().ServiceAccounts(name).Create(ctx, sa, metav1.CreateOptions{}); err != nil {
+		t.Fatal(err)
+	}
 	return name
 }
 
