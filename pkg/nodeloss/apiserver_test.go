@@ -30,7 +30,6 @@ import (
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
 	storagelisters "k8s.io/client-go/listers/storage/v1"
-	"k8s.io/client-go/rest"
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/record"
 
@@ -44,8 +43,8 @@ func TestMain(m *testing.M) { os.Exit(apiserver.Main(m, &srv)) }
 
 const pvcProtection, pvProtection = "kubernetes.io/pvc-protection", "kubernetes.io/pv-protection"
 
-// realEnv is a Reconciler whose client talks to the real API server
-// through a hook, its listers refreshed from the server before each Sync
+// realEnv is a Reconciler whose client talks to the real API server as
+// the deployed controller (its ServiceAccount and RBAC) through a hook, its listers refreshed from the server before each Sync
 // (settled informers) with the test's objects only.
 type realEnv struct {
 	t        *testing.T
@@ -83,7 +82,8 @@ func (h hookTransport) RoundTrip(req *http.Request) (*http.Response, error) {
 func newRealEnv(t *testing.T) *realEnv {
 	t.Helper()
 	e := &realEnv{t: t, ns: srv.Namespace(t), admin: srv.Client, now: time.Now(), indexers: map[string]cache.Indexer{}}
-	cfg := rest.CopyConfig(srv.Config)
+	// The reconciler acts as the controller, with the deployment's RBAC.
+	cfg := srv.ControllerConfig(t, e.ns)
 	cfg.WrapTransport = func(rt http.RoundTripper) http.RoundTripper { return hookTransport{e: e, next: rt} }
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {

@@ -12,6 +12,7 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/client-go/kubernetes"
 )
 
 var srv *Server
@@ -75,5 +76,28 @@ func TestSnapshotCRDs(t *testing.T) {
 	}
 	if _, found, _ := unstructured.NestedFieldNoCopy(got.Object, "spec", "bogus"); found {
 		t.Error("an unknown field was kept: the CRD's schema is not applied")
+	}
+}
+
+// ControllerConfig acts with the deployment's RBAC: what the controller
+// may do is allowed, the rest refused.
+func TestControllerConfig(t *testing.T) {
+	ctx := context.Background()
+	ns := srv.Namespace(t)
+	c, err := kubernetes.NewForConfig(srv.ControllerConfig(t, ns))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := c.CoreV1().Nodes().List(ctx, metav1.ListOptions{}); err != nil {
+		t.Errorf("listing nodes: %v", err)
+	}
+	if _, err := c.CoreV1().Secrets(ns).Get(ctx, "flashpv-transfer-key", metav1.GetOptions{}); !apierrors.IsNotFound(err) {
+		t.Errorf("getting its own Secret: %v, want NotFound", err)
+	}
+	if _, err := c.CoreV1().Secrets(ns).Get(ctx, "other", metav1.GetOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("getting another Secret: %v, want Forbidden", err)
+	}
+	if _, err := c.CoreV1().Pods(ns).Create(ctx, &corev1.Pod{ObjectMeta: metav1.ObjectMeta{Name: "p"}}, metav1.CreateOptions{}); !apierrors.IsForbidden(err) {
+		t.Errorf("creating a pod: %v, want Forbidden", err)
 	}
 }
