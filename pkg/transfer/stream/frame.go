@@ -20,6 +20,9 @@
 // cryptographic hash would only cost CPU (SHA-256 was a third of each
 // side's). CRC-32C runs in the CPU's own instruction where it has one.
 //
+// A delta stream (SendDelta, ReceiveDelta) brings a target that holds an
+// earlier state of the content up to date, with two more frames (delta.go).
+//
 // The receiver trusts nothing it reads: every offset and length is
 // checked against the segment it expects before anything is read or written.
 package stream
@@ -62,7 +65,7 @@ const (
 	segmentLen = 8 + 4
 	endLen     = 8 + 8
 	errHdrLen  = 2
-	maxHdrLen  = max(dataHdrLen, segmentLen, endLen, errHdrLen)
+	maxHdrLen  = max(dataHdrLen, segmentLen, endLen, errHdrLen, zeroLen, checkedLen)
 
 	// blockSize is the granularity of zero detection: a file system block,
 	// aligned to the device offset.
@@ -87,6 +90,9 @@ type Stats struct {
 	ZeroBytesSkipped int64
 	// Segments is the number of segments sent, or verified and committed.
 	Segments int
+	// For a delta: ZeroedBytes is what zero frames cover, UnchangedBytes
+	// (Send only) the data read that matched the base and was not sent.
+	ZeroedBytes, UnchangedBytes int64
 }
 
 // checkRange validates the arguments both ends share. from is where the

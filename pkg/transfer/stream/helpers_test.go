@@ -33,6 +33,13 @@ func makeFile(t testing.TB, size int64, ops []op) string {
 	if err := f.Truncate(size); err != nil {
 		t.Fatal(err)
 	}
+	applyOps(t, f, ops)
+	return path
+}
+
+// applyOps does ops to f and syncs it.
+func applyOps(t testing.TB, f *os.File, ops []op) {
+	t.Helper()
 	for _, o := range ops {
 		switch o.kind {
 		case 'f':
@@ -56,7 +63,14 @@ func makeFile(t testing.TB, size int64, ops []op) string {
 	if err := f.Sync(); err != nil {
 		t.Fatal(err)
 	}
-	return path
+}
+
+// punchHole deallocates e of f.
+func punchHole(t testing.TB, f *os.File, e Extent) {
+	t.Helper()
+	if err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, e.Off, e.Len); err != nil {
+		t.Fatal(err)
+	}
 }
 
 // makeTarget makes a file of size bytes of random garbage, as an image an

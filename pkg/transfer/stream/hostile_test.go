@@ -35,7 +35,9 @@ func hostileCases() []hostileCase {
 		{"well formed, resumed", seg, func(f *frames) *frames {
 			return f.data(seg, blk).segment(2*seg).data(size-8, blk[:8]).segment(size).end(size, 4*kib+8)
 		}, nil, ""},
-		{"unknown frame type", 0, func(f *frames) *frames { return f.raw('Z') }, ErrProtocol, "unknown"},
+		{"unknown frame type", 0, func(f *frames) *frames { return f.raw('Q') }, ErrProtocol, "unknown"},
+		{"zero frame in a full stream", 0, func(f *frames) *frames { return f.zero(0, 4*kib) }, ErrProtocol, "zero frame in a full stream"},
+		{"delta segment end in a full stream", 0, func(f *frames) *frames { return f.checked(seg, 0) }, ErrProtocol, "delta segment"},
 		{"frame type zero", 0, func(f *frames) *frames { return f.raw(0) }, ErrProtocol, "unknown"},
 		{"empty data frame", 0, func(f *frames) *frames { return f.dataLen(0, 0, nil) }, ErrProtocol, "length 0"},
 		{"data frame over MaxFrame", 0, func(f *frames) *frames { return f.dataLen(0, MaxFrame+1, blk) }, ErrProtocol, "length"},

@@ -30,6 +30,10 @@ type receiver struct {
 	sum             [crc32.Size]byte
 	h               hash.Hash
 	st              Stats
+	// delta: the target holds the base of a delta stream (ReceiveDelta),
+	// which reads the segments back from it.
+	delta  bool
+	reader io.ReaderAt
 }
 
 // Receive reads Send's frames from r into dst: content of size bytes, from
@@ -48,7 +52,33 @@ func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg 
 	if err := checkRange(size, from, seg); err != nil {
 		return Stats{}, err
 	}
-	v := &receiver{
+	return newReceiver(ctx, r, dst, size, seg, lim, commit).run(from)
+}
+
+// DeltaTarget is where a delta is applied: it is read back to check each
+// segment.
+type DeltaTarget interface {
+	BlockTarget
+	io.ReaderAt
+}
+
+// ReceiveDelta applies SendDelta's frames to dst, which holds the delta's
+// base (grown to size, if it was smaller, with zeros): data frames and
+// zero frames are written, what they leave out is kept. Each segment's
+// frames are checked against their checksum, then the segment is read
+// back from dst and checked against the content checksum before dst is
+// synced and commit is called. Otherwise it behaves as Receive.
+func ReceiveDelta(ctx context.Context, r io.Reader, dst DeltaTarget, size, from, seg int64, lim *Limiter, commit func(next int64) error) (Stats, error) {
+	if err := checkRange(size, from, seg); err != nil {
+		return Stats{}, err
+	}
+	v := newReceiver(ctx, r, dst, size, seg, lim, commit)
+	v.delta, v.reader = true, dst
+	return v.run(from)
+}
+
+func newReceiver(ctx context.Context, r io.Reader, dst BlockTarget, size, seg int64, lim *Limiter, commit func(next int64) error) *receiver {
+	return &receiver{
 		ctx:    ctx,
 		r:      bufio.NewReaderSize(r, bufSize),
 		dst:    dst,
@@ -59,9 +89,13 @@ func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg 
 		buf:    make([]byte, MaxFrame),
 		h:      crc32.New(castagnoli),
 	}
+}
+
+// run reads frames until the end frame, from the segment at from on.
+func (v *receiver) run(from int64) (Stats, error) {
 	v.startSegment(from)
 	for {
-		if err := ctx.Err(); err != nil {
+		if err := v.ctx.Err(); err != nil {
 			return v.st, err
 		}
 		t, err := v.r.ReadByte()
@@ -72,6 +106,22 @@ func Receive(ctx context.Context, r io.Reader, dst BlockTarget, size, from, seg 
 		case frameData:
 			err = v.data()
 		case frameSegment:
+			if v.delta {
+				err = fmt.Errorf("%w: a full segment's end in a delta stream", ErrProtocol)
+				break
+			}
+			err = v.segment()
+		case frameZero:
+			if !v.delta {
+				err = fmt.Errorf("%w: a zero frame in a full stream", ErrProtocol)
+				break
+			}
+			err = v.zeroFrame()
+		case frameChecked:
+			if !v.delta {
+				err = fmt.Errorf("%w: a delta segment's end in a full stream", ErrProtocol)
+				break
+			}
 			err = v.segment()
 		case frameError:
 			err = v.senderError()
@@ -139,8 +189,10 @@ func (v *receiver) data() error {
 	v.h.Write(h)
 	v.h.Write(p)
 	at := int64(off)
-	if err := v.zero(v.pos, at); err != nil {
-		return err
+	if !v.delta {
+		if err := v.zero(v.pos, at); err != nil {
+			return err
+		}
 	}
 	if _, err := v.dst.WriteAt(p, at); err != nil {
 		return fmt.Errorf("writing target at %d: %w", at, err)
@@ -164,22 +216,32 @@ func (v *receiver) zero(a, b int64) error {
 }
 
 // segment checks a segment frame and commits the segment.
+// A delta's segment frame also carries the content's checksum, checked by
+// reading the segment back.
 func (v *receiver) segment() error {
-	h := v.hdr[:segmentLen]
+	n := segmentLen
+	if v.delta {
+		n = checkedLen
+	}
+	h := v.hdr[:n]
 	if err := v.readFull(h, "segment frame"); err != nil {
 		return err
 	}
 	if end := binary.BigEndian.Uint64(h[0:8]); v.start >= v.size || end != uint64(v.end) {
 		return fmt.Errorf("%w: segment end %d, want %d", ErrProtocol, end, v.end)
 	}
-	if err := v.lim.Wait(v.ctx, 1+segmentLen); err != nil {
+	if err := v.lim.Wait(v.ctx, 1+n); err != nil {
 		return err
 	}
-	v.st.WireBytes += 1 + segmentLen
-	if !bytes.Equal(v.h.Sum(v.sum[:0]), h[8:]) {
+	v.st.WireBytes += 1 + int64(n)
+	if !bytes.Equal(v.h.Sum(v.sum[:0]), h[8:12]) {
 		return fmt.Errorf("%w: segment [%d, %d)", ErrChecksum, v.start, v.end)
 	}
-	if err := v.zero(v.pos, v.end); err != nil {
+	if v.delta {
+		if err := v.checkContent(binary.BigEndian.Uint32(h[12:16])); err != nil {
+			return err
+		}
+	} else if err := v.zero(v.pos, v.end); err != nil {
 		return err
 	}
 	if err := v.dst.Sync(); err != nil {
@@ -232,4 +294,49 @@ func (v *receiver) senderError() error {
 	}
 	msg := strings.ToValidUTF8(string(p[:min(len(p), maxErrorSent)]), "?")
 	return fmt.Errorf("%w: %q", ErrSender, msg)
+}
+
+// zeroFrame checks a zero frame against the segment, then zeroes its range.
+func (v *receiver) zeroFrame() error {
+	h := v.hdr[:zeroLen]
+	if err := v.readFull(h, "zero frame"); err != nil {
+		return err
+	}
+	off, n := binary.BigEndian.Uint64(h[0:8]), binary.BigEndian.Uint64(h[8:16])
+	if n == 0 || off < uint64(v.pos) || off > uint64(v.end) || n > uint64(v.end)-off {
+		return fmt.Errorf("%w: zero frame at %d of %d bytes outside [%d, %d) of segment [%d, %d)",
+			ErrProtocol, off, n, v.pos, v.end, v.start, v.end)
+	}
+	if err := v.lim.Wait(v.ctx, 1+zeroLen); err != nil {
+		return err
+	}
+	v.h.Write(h)
+	if err := v.dst.Zero(int64(off), int64(n)); err != nil {
+		return fmt.Errorf("zeroing target [%d, %d): %w", off, off+n, err)
+	}
+	v.pos = int64(off + n)
+	v.st.ZeroedBytes += int64(n)
+	v.st.WireBytes += 1 + zeroLen
+	return nil
+}
+
+// checkContent reads the segment back from the target and compares its
+// CRC-32C with the sender's.
+func (v *receiver) checkContent(want uint32) error {
+	var sum uint32
+	for off := v.start; off < v.end; {
+		p := v.buf[:min(int64(len(v.buf)), v.end-off)]
+		if k, err := v.reader.ReadAt(p, off); k < len(p) {
+			if err == nil || errors.Is(err, io.EOF) {
+				err = io.ErrUnexpectedEOF
+			}
+			return fmt.Errorf("reading the target back at %d: %w", off+int64(k), err)
+		}
+		sum = crc32.Update(sum, castagnoli, p)
+		off += int64(len(p))
+	}
+	if sum != want {
+		return fmt.Errorf("%w: segment [%d, %d) of the target does not hold what the source has after the delta (did the target hold the base?)", ErrChecksum, v.start, v.end)
+	}
+	return nil
 }

@@ -53,13 +53,18 @@ func Send(ctx context.Context, w io.Writer, src BlockSource, size, from, seg int
 		}
 		start = end
 	}
+	return s.st, s.end(size)
+}
+
+// end sends the end frame and flushes.
+func (s *sender) end(size int64) error {
 	s.hdr[0] = frameEnd
 	binary.BigEndian.PutUint64(s.hdr[1:9], uint64(size))
 	binary.BigEndian.PutUint64(s.hdr[9:17], uint64(s.st.DataBytes))
 	if err := s.frame(s.hdr[:1+endLen]); err != nil {
-		return s.st, s.fail(err)
+		return s.fail(err)
 	}
-	return s.st, s.w.Flush()
+	return s.w.Flush()
 }
 
 // WriteError marks the errors of writing to the receiver: there is no

@@ -32,7 +32,8 @@ const zeroBufSize = 1 << 20
 // regular file (zeroed with fallocate, which keeps a preallocated image
 // allocated). It does not change f's size: the caller makes f as large as
 // the content first. Where f cannot be examined, it is treated as a file.
-func FileTarget(f *os.File) BlockTarget {
+// It reads f back for a delta (ReceiveDelta).
+func FileTarget(f *os.File) DeltaTarget {
 	if st, err := f.Stat(); err == nil && st.Mode()&os.ModeDevice != 0 && st.Mode()&os.ModeCharDevice == 0 {
 		return &deviceTarget{zeroWriter: zeroWriter{f: f}}
 	}
@@ -57,6 +58,8 @@ func (z *zeroWriter) WriteAt(p []byte, off int64) (int, error) {
 }
 
 func (z *zeroWriter) Sync() error { return z.f.Sync() }
+
+func (z *zeroWriter) ReadAt(p []byte, off int64) (int, error) { return z.f.ReadAt(p, off) }
 
 func (z *zeroWriter) writeZeros(off, n int64) error {
 	if z.zeros == nil {
