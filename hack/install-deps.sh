@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Installs what flashpv's tests need on a Debian machine: the filesystem tools
 # the driver runs (mkfs, blkid, resize2fs, xfs_growfs, btrfs), util-linux and
-# lvm2 (pkg/lvm's tests use LVM metadata on loop devices). With --bench, also
+# lvm2 (pkg/lvm's tests use LVM metadata on loop devices), promtool (test/docs
+# checks deploy/monitoring's alerts). With --bench, also
 # fio for `make bench`; with --vm, what `make test-vm` needs: qemu, Debian's
 # kernel for the guest, debootstrap and cpio.
 set -euo pipefail
 
-tools="mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs losetup:util-linux blkid:util-linux blkdiscard:util-linux lvm:lvm2"
+tools="mkfs.ext4:e2fsprogs mkfs.xfs:xfsprogs mkfs.btrfs:btrfs-progs losetup:util-linux blkid:util-linux blkdiscard:util-linux lvm:lvm2 promtool:prometheus"
 case "${1:-}" in
 --bench) tools+=" fio:fio" ;;
 --vm) tools+=" qemu-system-x86_64:qemu-system-x86 qemu-img:qemu-utils debootstrap:debootstrap cpio:cpio" ;;
