@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image test test-unit test-integration sanity sanity-cli fault fuzz test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
+.PHONY: all build image helm test test-unit test-integration sanity sanity-cli fault fuzz test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
 
 all: build
 
@@ -23,8 +23,13 @@ deps:
 	hack/install-deps.sh
 	$(GO) mod download
 
+# The helm CLI (Helm v4, pinned in hack/tools/helm) in _output/bin, built
+# once from the Go module proxy; test/deploy renders the chart with it.
+helm:
+	hack/tools/helm/build.sh
+
 # Everything, as CI runs it.
-test: deps verify
+test: deps verify helm
 	$(GO) test -count=1 -timeout 20m ./...
 	hack/csi-sanity.sh
 
