@@ -23,7 +23,17 @@ type dirPool struct {
 	mirror
 	dir     string
 	reserve int64
-	lock    *os.File // flock held while the pool is open
+	// lock is the flock held while the pool is open. An image pool whose
+	// filesystem fails lets go of it (nil), so that the filesystem can be
+	// unmounted and repaired without stopping flashpv, and takes it again
+	// once a probe passes; lockMu guards it.
+	lockMu sync.Mutex
+	lock   *os.File
+	// releasable: the pool holds nothing else open on its filesystem, so
+	// letting go of the lock frees it (not so for quota pools).
+	releasable bool
+	// checks runs probes and volume checks that cannot hang a caller.
+	checks flights
 	// reflink: files of the pool directory can share blocks, so snapshots
 	// and clones are reflinks.
 	reflink bool
@@ -45,7 +55,7 @@ type claim struct {
 }
 
 func newDirPool(name, dir string, reserve int64, lock *os.File) dirPool {
-	return dirPool{mirror: newMirror(name), dir: dir, reserve: reserve, lock: lock, creating: map[string]claim{}, reflink: probeReflink(dir)}
+	return dirPool{mirror: newMirror(name), dir: dir, reserve: reserve, lock: lock, releasable: true, creating: map[string]claim{}, reflink: probeReflink(dir)}
 }
 
 // Dir is the pool directory.
@@ -54,10 +64,63 @@ func (p *dirPool) Dir() string { return p.dir }
 func (p *dirPool) metaPath(key string) string { return filepath.Join(p.dir, key+metaSuffix) }
 
 // Close releases the pool's directory lock.
-func (p *dirPool) Close() error { return p.lock.Close() }
+func (p *dirPool) Close() error {
+	p.lockMu.Lock()
+	defer p.lockMu.Unlock()
+	if p.lock == nil {
+		return nil
+	}
+	err := p.lock.Close()
+	p.lock = nil
+	return err
+}
 
-// Probe checks that the pool directory can be listed and written.
-func (p *dirPool) Probe(context.Context) error { return probeDir(p.dir) }
+// Probe checks that the pool directory can be listed, written and read
+// back from its device, within probeWait.
+func (p *dirPool) Probe(ctx context.Context) error { return p.probeWith(ctx, nil) }
+
+// probeWith probes the pool directory, then runs more (a backend's own
+// checks) when it passes.
+func (p *dirPool) probeWith(ctx context.Context, more func() error) error {
+	ctx, cancel := boundedWait(ctx)
+	defer cancel()
+	return p.checks.check(ctx, "", func() error {
+		err := probeDir(p.dir)
+		if err == nil && more != nil {
+			err = more()
+		}
+		return p.holdLock(err)
+	})
+}
+
+// holdLock lets go of the pool's lock when its filesystem fails, and
+// takes it again once the probe passes (probeErr nil).
+func (p *dirPool) holdLock(probeErr error) error {
+	if !p.releasable {
+		return probeErr
+	}
+	p.lockMu.Lock()
+	defer p.lockMu.Unlock()
+	switch {
+	case probeErr != nil && FilesystemFailing(probeErr):
+		if p.lock != nil {
+			p.lock.Close()
+			p.lock = nil
+			klog.InfoS("Letting go of a failing pool's filesystem, so that it can be unmounted and repaired", "pool", p.name, "dir", p.dir, "err", probeErr)
+		}
+		return explainFailing(p.dir, probeErr)
+	case probeErr != nil:
+		return probeErr
+	case p.lock == nil:
+		l, err := lockDir(p.dir)
+		if err != nil {
+			return err
+		}
+		p.lock = l
+		klog.InfoS("Pool's filesystem works again", "pool", p.name, "dir", p.dir)
+	}
+	return nil
+}
 
 // idle fails while key's create is in flight; p.mu must be held.
 func (p *dirPool) idle(key string) error {
@@ -265,18 +328,6 @@ func lockDir(dir string) (*os.File, error) {
 		return nil, fmt.Errorf("locking %s: %w", dir, err)
 	}
 	return f, nil
-}
-
-func probeDir(dir string) error {
-	if _, err := os.ReadDir(dir); err != nil {
-		return err
-	}
-	f, err := os.CreateTemp(dir, ".probe-*")
-	if err != nil {
-		return err
-	}
-	f.Close()
-	return os.Remove(f.Name())
 }
 
 // forgetVolume removes a volume's metadata file, then forgets the volume.

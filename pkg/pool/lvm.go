@@ -39,6 +39,8 @@ type LVMPool struct {
 	// mu makes a capacity check and the create or growth that follows one
 	// step.
 	mu sync.Mutex
+	// checks runs probes and volume checks that cannot hang a caller.
+	checks flights
 }
 
 // OpenLVM opens an lvm pool. A missing volume group or thin pool gives an
@@ -413,8 +415,21 @@ func zeroDevice(dev string) error {
 	return f.Sync()
 }
 
-// Probe checks that the volume group (and thin pool) can be read.
+// Probe checks that the volume group (and thin pool) can be read, and
+// that the thin pool has not failed, within probeWait. The LVM commands
+// read the physical volumes with O_DIRECT, so a PV returning I/O errors
+// fails them.
 func (p *LVMPool) Probe(ctx context.Context) error {
+	ctx, cancel := boundedWait(ctx)
+	defer cancel()
+	return p.checks.check(ctx, "", func() error {
+		ctx, cancel := context.WithTimeout(context.Background(), probeRun)
+		defer cancel()
+		return p.probe(ctx)
+	})
+}
+
+func (p *LVMPool) probe(ctx context.Context) error {
 	if !p.Thin() {
 		_, err := p.lvm.VG(ctx, p.cfg.VG)
 		return err
@@ -426,23 +441,52 @@ func (p *LVMPool) Probe(ctx context.Context) error {
 	if !tp.IsThinPool() {
 		return fmt.Errorf("%s/%s is not a thin pool", p.cfg.VG, p.cfg.ThinPool)
 	}
+	return thinPoolHealth(tp)
+}
+
+// thinPoolHealth reads a thin pool's health from the ninth character of
+// its lv_attr. A failed pool or one with read-only metadata (after an I/O
+// error on its metadata) stays so until it is repaired.
+func thinPoolHealth(tp *lvm.LV) error {
+	if len(tp.Attr) < 9 {
+		return nil
+	}
+	repair := fmt.Sprintf("; deactivate it and repair it (lvconvert --repair %s/%s) once its devices are healthy", tp.VG, tp.Name)
+	switch tp.Attr[8] {
+	case 'F':
+		return fmt.Errorf("thin pool %s/%s has failed%s", tp.VG, tp.Name, repair)
+	case 'M':
+		return fmt.Errorf("the metadata of thin pool %s/%s is read-only%s", tp.VG, tp.Name, repair)
+	case 'D':
+		return fmt.Errorf("thin pool %s/%s is out of data space", tp.VG, tp.Name)
+	case 'p':
+		return fmt.Errorf("thin pool %s/%s is partial: a physical volume is missing", tp.VG, tp.Name)
+	}
 	return nil
 }
 
 // Check finds LVs that are gone or smaller than their volumes, and a thin
-// pool about to run out, from one report of the volume group.
+// pool about to run out, from one report of the volume group, which waits
+// at most as long as the caller or probeWait.
 func (p *LVMPool) Check(ctx context.Context, vols []*Volume) map[string][]Problem {
 	out := map[string][]Problem{}
 	if len(vols) == 0 {
 		return out
 	}
-	lvs, err := p.lvm.LVs(ctx, p.cfg.VG)
+	ctx, cancel := boundedWait(ctx)
+	defer cancel()
+	res, err := p.checks.do(ctx, "lvs", func() (any, error) {
+		ctx, cancel := context.WithTimeout(context.Background(), probeRun)
+		defer cancel()
+		return p.lvm.LVs(ctx, p.cfg.VG)
+	})
 	if err != nil {
 		for _, v := range vols {
 			out[v.ID] = []Problem{{Reason: "LogicalVolumeUnreadable", Message: err.Error()}}
 		}
 		return out
 	}
+	lvs := res.([]lvm.LV)
 	var full *Problem
 	if p.Thin() {
 		if tp := findLV(lvs, p.cfg.ThinPool); tp != nil && tp.DataPercent >= thinFullPercent {

@@ -53,6 +53,7 @@ func OpenQuota(name, dir string, reserve int64) (*QuotaPool, error) {
 		return fail(err)
 	}
 	p := &QuotaPool{dirPool: newDirPool(name, real, reserve, lock), root: root}
+	p.releasable = false // root pins the filesystem
 	err = loadDir(&p.mirror, real)
 	if err == nil {
 		err = loadSnapshots(&p.mirror, real)
@@ -78,15 +79,12 @@ func (p *QuotaPool) Layout() Layout { return Layout{Directory: true, FsType: "xf
 // Close releases the pool's directory lock.
 func (p *QuotaPool) Close() error {
 	p.root.Close()
-	return p.lock.Close()
+	return p.dirPool.Close()
 }
 
 // Probe checks that the directory can be written and quotas are still on.
-func (p *QuotaPool) Probe(context.Context) error {
-	if err := probeDir(p.dir); err != nil {
-		return err
-	}
-	return xfsquota.Check(p.dir)
+func (p *QuotaPool) Probe(ctx context.Context) error {
+	return p.probeWith(ctx, func() error { return xfsquota.Check(p.dir) })
 }
 
 // VolumeDir is the directory of the volume with the given key.

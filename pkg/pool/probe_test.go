@@ -1,0 +1,89 @@
+package pool
+
+import (
+	"context"
+	"errors"
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/flashpv/flashpv/pkg/lvm"
+)
+
+// TestFlightsNeverHoldCallers checks that a check stuck in the kernel
+// keeps no caller past its context, is not started twice, and that the
+// next check after it returns runs afresh.
+func TestFlightsNeverHoldCallers(t *testing.T) {
+	var f flights
+	release := make(chan struct{})
+	starts := 0
+	stuck := func() error { starts++; <-release; return errors.New("late") }
+	for range 3 {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+		err := f.check(ctx, "k", stuck)
+		cancel()
+		if !errors.Is(err, ErrNotAnswering) {
+			t.Fatalf("a stuck check: %v, want ErrNotAnswering", err)
+		}
+	}
+	close(release)
+	// Once it returns, its result (or a fresh run's) is what callers get...
+	if err := f.check(context.Background(), "k", stuck); err == nil || err.Error() != "late" {
+		t.Fatalf("after the stuck check returned: %v", err)
+	}
+	// ...and a later check runs again.
+	if err := f.check(context.Background(), "k", func() error { return nil }); err != nil {
+		t.Fatalf("a check after the stuck one returned: %v", err)
+	}
+	if starts > 2 {
+		t.Fatalf("the stuck check was started %d times", starts)
+	}
+	// Other keys are not held by a stuck one.
+	block := make(chan struct{})
+	defer close(block)
+	ctx, cancel := context.WithTimeout(context.Background(), 20*time.Millisecond)
+	defer cancel()
+	f.check(ctx, "a", func() error { <-block; return nil })
+	if err := f.check(context.Background(), "b", func() error { return nil }); err != nil {
+		t.Fatalf("key b held by a: %v", err)
+	}
+}
+
+func TestProbeDir(t *testing.T) {
+	dir := t.TempDir()
+	if err := probeDir(dir); err != nil {
+		t.Fatalf("a writable directory: %v", err)
+	}
+	if left, _ := filepath.Glob(filepath.Join(dir, ".probe-*")); len(left) != 0 {
+		t.Fatalf("probe files left: %v", left)
+	}
+	if err := probeDir(filepath.Join(dir, "gone")); err == nil {
+		t.Fatal("a missing directory probes fine")
+	}
+	if err := readFirstBlock(filepath.Join(dir, "gone")); !errors.Is(err, os.ErrNotExist) {
+		t.Fatalf("reading a missing file: %v", err)
+	}
+	short := filepath.Join(dir, "short")
+	os.WriteFile(short, []byte("x"), 0o600)
+	if err := readFirstBlock(short); err != nil {
+		t.Fatalf("reading a file shorter than a block: %v", err)
+	}
+}
+
+func TestThinPoolHealth(t *testing.T) {
+	for attr, want := range map[string]string{
+		"twi-aotz--": "",
+		"twi-aotzF-": "has failed",
+		"twi-aotzM-": "metadata",
+		"twi-aotzD-": "out of data",
+		"twi-aotzp-": "partial",
+		"twi":        "",
+	} {
+		err := thinPoolHealth(&lvm.LV{VG: "vg", Name: "tp", Attr: attr})
+		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
+			t.Errorf("attr %s: %v, want %q", attr, err, want)
+		}
+	}
+}
