@@ -412,9 +412,5 @@ func (s *Controller) ControllerListVolumeHealth(ctx context.Context, req *csi.Co
 	if err != nil {
 		return nil, toStatus(err)
 	}
-	resp := &csi.ControllerListVolumeHealthResponse{NextToken: next}
-	for _, e := range page {
-		resp.Entries = append(resp.Entries, s.d.volumeHealth(ctx, e.pool, e.vol))
-	}
-	return resp, nil
+	return &csi.ControllerListVolumeHealthResponse{NextToken: next, Entries: s.d.volumesHealth(ctx, page)}, nil
 }

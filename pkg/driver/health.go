@@ -2,9 +2,13 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io/fs"
+	"sync"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 
 	"github.com/flashpv/flashpv/pkg/pool"
 )
@@ -13,21 +17,92 @@ func healthEntry(t csi.VolumeHealthErrorType, reason, format string, args ...any
 	return &csi.VolumeHealth_VolumeHealthEntry{Status: t, Reason: reason, Message: fmt.Sprintf(format, args...)}
 }
 
-// volumeHealth checks what can be seen from the pool alone: the volume's
-// storage exists and holds the whole volume.
+// volumeHealth checks what can be seen from the pool alone: the pool's
+// storage answers and can be written, and the volume's storage exists,
+// holds the whole volume and can be read from its device.
 func (d *Driver) volumeHealth(ctx context.Context, p *poolEntry, v *pool.Volume) *csi.VolumeHealth {
-	h := &csi.VolumeHealth{VolumeId: v.ID}
-	for _, pr := range p.Check(ctx, []*pool.Volume{v})[v.ID] {
-		t := csi.VolumeHealthErrorType_INACCESSIBLE
-		switch {
-		case pr.DataLoss:
-			t = csi.VolumeHealthErrorType_DATA_LOSS
-		case pr.Degraded:
-			t = csi.VolumeHealthErrorType_DEGRADED
-		}
-		h.HealthStatuses = append(h.HealthStatuses, healthEntry(t, pr.Reason, "%s", pr.Message))
+	return d.volumesHealth(ctx, []poolVolume{{p, v}})[0]
+}
+
+// volumesHealth is volumeHealth for many volumes, in their order, with one
+// probe and one check per pool.
+func (d *Driver) volumesHealth(ctx context.Context, vols []poolVolume) []*csi.VolumeHealth {
+	byPool := map[*poolEntry][]*pool.Volume{}
+	for _, pv := range vols {
+		byPool[pv.pool] = append(byPool[pv.pool], pv.vol)
 	}
-	return h
+	type result struct {
+		probe    error
+		problems map[string][]pool.Problem
+	}
+	results := map[*poolEntry]*result{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for p, pvols := range byPool {
+		wg.Go(func() {
+			r := &result{probe: p.Probe(ctx), problems: pool.CheckVolumes(ctx, p.Pool, pvols)}
+			mu.Lock()
+			results[p] = r
+			mu.Unlock()
+		})
+	}
+	wg.Wait()
+	out := make([]*csi.VolumeHealth, 0, len(vols))
+	for _, pv := range vols {
+		r := results[pv.pool]
+		h := &csi.VolumeHealth{VolumeId: pv.vol.ID}
+		if r.probe != nil {
+			_, reason := poolCondition(r.probe)
+			h.HealthStatuses = append(h.HealthStatuses, healthEntry(csi.VolumeHealthErrorType_INACCESSIBLE, reason, "pool %s: %v", pv.pool.Name(), r.probe))
+		}
+		for _, pr := range r.problems[pv.vol.ID] {
+			t := csi.VolumeHealthErrorType_INACCESSIBLE
+			switch {
+			case pr.DataLoss:
+				t = csi.VolumeHealthErrorType_DATA_LOSS
+			case pr.Degraded:
+				t = csi.VolumeHealthErrorType_DEGRADED
+			}
+			h.HealthStatuses = append(h.HealthStatuses, healthEntry(t, pr.Reason, "%s", pr.Message))
+		}
+		out = append(out, h)
+	}
+	return out
+}
+
+// poolCondition says what a failed probe of a pool means: how bad it is
+// for the storage and a reason naming what failed.
+func poolCondition(err error) (csi.StorageHealthErrorType, string) {
+	switch {
+	case errors.Is(err, pool.ErrNotAnswering):
+		return csi.StorageHealthErrorType_STORAGE_UNREACHABLE, "PoolNotAnswering"
+	case errors.Is(err, unix.EROFS) || errors.Is(err, fs.ErrPermission):
+		return csi.StorageHealthErrorType_STORAGE_DEGRADED, "PoolReadOnly"
+	case pool.FilesystemFailing(err):
+		return csi.StorageHealthErrorType_STORAGE_UNREACHABLE, "PoolIOError"
+	case errors.Is(err, pool.ErrUnusable):
+		return csi.StorageHealthErrorType_STORAGE_UNREACHABLE, "PoolUnusable"
+	}
+	return csi.StorageHealthErrorType_STORAGE_UNREACHABLE, "PoolUnreachable"
+}
+
+// probePools probes every pool at once, so that one whose storage does
+// not answer costs the others nothing, and returns the failures by pool.
+func (d *Driver) probePools(ctx context.Context) map[string]error {
+	out := map[string]error{}
+	var mu sync.Mutex
+	var wg sync.WaitGroup
+	for _, name := range d.poolNames {
+		wg.Go(func() {
+			if err := d.pools[name].Probe(ctx); err != nil {
+				mu.Lock()
+				out[name] = err
+				mu.Unlock()
+			}
+		})
+	}
+	wg.Wait()
+	return out
 }
 
 // attachmentHealth checks the node's view: the volume's device is there

@@ -9,6 +9,8 @@ import (
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/status"
 	"k8s.io/klog/v2"
+
+	"github.com/flashpv/flashpv/pkg/pool"
 )
 
 // scrapeTimeout bounds the pool checks of one metrics scrape.
@@ -26,8 +28,9 @@ var (
 	descAvailable = prometheus.NewDesc("flashpv_pool_available_bytes", "Bytes the pool can still promise to new volumes or growth.", []string{"pool"}, nil)
 	descAllocated = prometheus.NewDesc("flashpv_pool_allocated_bytes", "Sum of the sizes of the pool's volumes.", []string{"pool"}, nil)
 	descVolumes   = prometheus.NewDesc("flashpv_pool_volumes", "Volumes in the pool.", []string{"pool"}, nil)
-	descAbnormal  = prometheus.NewDesc("flashpv_pool_abnormal_volumes", "Volumes of the pool whose health reports a problem (image missing or short).", []string{"pool"}, nil)
-	descPoolUp    = prometheus.NewDesc("flashpv_pool_up", "1 when the pool can be read and written, else 0.", []string{"pool"}, nil)
+	descAbnormal  = prometheus.NewDesc("flashpv_pool_abnormal_volumes", "Volumes of the pool whose health reports a problem (pool failing; storage missing, short, or failing to read).", []string{"pool"}, nil)
+	descPoolUp    = prometheus.NewDesc("flashpv_pool_up", "1 when the pool's storage answers and can be written and read, else 0.", []string{"pool"}, nil)
+	descPoolError = prometheus.NewDesc("flashpv_pool_error", "1 for a pool whose probe fails, with the reason (PoolIOError, PoolReadOnly, PoolNotAnswering...).", []string{"pool", "reason"}, nil)
 )
 
 func (d *Driver) registerMetrics(reg prometheus.Registerer) error {
@@ -63,7 +66,7 @@ func (d *Driver) observe(ctx context.Context, req any, info *grpc.UnaryServerInf
 type poolCollector struct{ d *Driver }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descCapacity, descAvailable, descAllocated, descVolumes, descAbnormal, descPoolUp} {
+	for _, desc := range []*prometheus.Desc{descCapacity, descAvailable, descAllocated, descVolumes, descAbnormal, descPoolUp, descPoolError} {
 		ch <- desc
 	}
 }
@@ -72,13 +75,26 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 	// A scrape has no context of its own; an lvm report must not hang it.
 	ctx, cancel := context.WithTimeout(context.Background(), scrapeTimeout)
 	defer cancel()
+	failed := c.d.probePools(ctx)
 	for _, name := range c.d.poolNames {
 		p := c.d.pools[name]
 		up := 1.0
-		if err := p.Probe(ctx); err != nil {
+		probeErr, failed := failed[name]
+		if failed {
 			up = 0
+			_, reason := poolCondition(probeErr)
+			ch <- prometheus.MustNewConstMetric(descPoolError, prometheus.GaugeValue, 1, name, reason)
 		}
 		ch <- prometheus.MustNewConstMetric(descPoolUp, prometheus.GaugeValue, up, name)
+		if vols, err := p.List(); err == nil {
+			// A failing pool's volumes are all abnormal (their health says
+			// so); otherwise one check of the whole pool, not one per volume.
+			abnormal := len(vols)
+			if !failed {
+				abnormal = len(pool.CheckVolumes(ctx, p.Pool, vols))
+			}
+			ch <- prometheus.MustNewConstMetric(descAbnormal, prometheus.GaugeValue, float64(abnormal), name)
+		}
 		capa, err := p.Capacity(ctx)
 		if err != nil {
 			klog.ErrorS(err, "Pool capacity for metrics", "pool", name)
@@ -88,12 +104,5 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAvailable, prometheus.GaugeValue, float64(capa.Available), name)
 		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(capa.Allocated), name)
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(capa.Volumes), name)
-		vols, err := p.List()
-		if err != nil {
-			continue
-		}
-		// One check of the whole pool, not one per volume.
-		abnormal := len(p.Check(ctx, vols))
-		ch <- prometheus.MustNewConstMetric(descAbnormal, prometheus.GaugeValue, float64(abnormal), name)
 	}
 }

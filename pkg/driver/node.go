@@ -9,7 +9,6 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/pool"
@@ -337,16 +336,14 @@ func (s *Node) NodeGetVolumeHealth(ctx context.Context, req *csi.NodeGetVolumeHe
 	return &csi.NodeGetVolumeHealthResponse{VolumeHealth: h}, nil
 }
 
-// NodeGetStorageHealth reports pools that cannot be read or written.
+// NodeGetStorageHealth reports pools that cannot be read or written, or
+// whose storage does not answer, each probed at once and for a bounded time.
 func (s *Node) NodeGetStorageHealth(ctx context.Context, _ *csi.NodeGetStorageHealthRequest) (*csi.NodeGetStorageHealthResponse, error) {
 	resp := &csi.NodeGetStorageHealthResponse{}
+	failed := s.d.probePools(ctx)
 	for _, name := range s.d.poolNames {
-		if err := s.d.pools[name].Probe(ctx); err != nil {
-			st := csi.StorageHealthErrorType_STORAGE_UNREACHABLE
-			reason := "PoolUnreachable"
-			if errors.Is(err, unix.EROFS) || errors.Is(err, fs.ErrPermission) {
-				st, reason = csi.StorageHealthErrorType_STORAGE_DEGRADED, "PoolReadOnly"
-			}
+		if err, ok := failed[name]; ok {
+			st, reason := poolCondition(err)
 			resp.BackendHealth = append(resp.BackendHealth, &csi.NodeGetStorageHealthResponse_StorageBackendHealth{
 				Status: st, Reason: reason, Message: fmt.Sprintf("pool %s: %v", name, err),
 			})

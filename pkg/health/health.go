@@ -20,8 +20,10 @@ import (
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
-// Checker decides whether flashpv is healthy: its CSI socket answers Probe,
-// every pool can be read and written, and the kubelet did not refuse it.
+// Checker decides whether flashpv is healthy: its CSI socket answers Probe
+// and the kubelet did not refuse it. Pools whose storage fails are reported
+// beside it, by name, but do not make flashpv unhealthy: restarting it does
+// not heal a disk, and would stop its other pools from serving.
 type Checker struct {
 	CSISocket    string
 	Pools        []pool.Pool
@@ -31,25 +33,20 @@ type Checker struct {
 	Orphans interface{ Warnings() []string }
 }
 
+func (c *Checker) timeout() time.Duration {
+	if c.Timeout == 0 {
+		return 3 * time.Second
+	}
+	return c.Timeout
+}
+
 // Check returns why flashpv is unhealthy, or nil.
 func (c *Checker) Check(ctx context.Context) error {
-	timeout := c.Timeout
-	if timeout == 0 {
-		timeout = 3 * time.Second
-	}
-	ctx, cancel := context.WithTimeout(ctx, timeout)
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
 	defer cancel()
 	var errs []error
 	if err := probeCSI(ctx, c.CSISocket); err != nil {
 		errs = append(errs, fmt.Errorf("CSI socket %s: %w", c.CSISocket, err))
-	}
-	for _, p := range c.Pools {
-		if !pool.Usable(p) {
-			continue // see Warnings: restarting would not fix it
-		}
-		if err := p.Probe(ctx); err != nil {
-			errs = append(errs, fmt.Errorf("pool %s: %w", p.Name(), err))
-		}
 	}
 	if c.Registration != nil {
 		if err := c.Registration.Healthy(); err != nil {
@@ -57,6 +54,47 @@ func (c *Checker) Check(ctx context.Context) error {
 		}
 	}
 	return errors.Join(errs...)
+}
+
+// PoolErrors probes every pool at once, each for a bounded time (a pool
+// whose device stopped answering says so rather than hold the answer), and
+// returns what fails, one line per pool in the order of Pools. Unusable
+// pools are in it too: their storage is not set up for their kind.
+func (c *Checker) PoolErrors(ctx context.Context) []string {
+	ctx, cancel := context.WithTimeout(ctx, c.timeout())
+	defer cancel()
+	type result struct {
+		i   int
+		err error
+	}
+	// Buffered: a probe that ignores its context finishes into it later.
+	results := make(chan result, len(c.Pools))
+	for i, p := range c.Pools {
+		go func() { results <- result{i, p.Probe(ctx)} }()
+	}
+	errs := make([]error, len(c.Pools))
+	for i := range errs {
+		errs[i] = fmt.Errorf("no answer within %s", c.timeout())
+	}
+	for n := 0; n < len(c.Pools); n++ {
+		select {
+		case r := <-results:
+			errs[r.i] = r.err
+		case <-ctx.Done():
+			n = len(c.Pools)
+		}
+	}
+	var out []string
+	for i, p := range c.Pools {
+		switch {
+		case errs[i] == nil:
+		case !pool.Usable(p):
+			out = append(out, errs[i].Error())
+		default:
+			out = append(out, fmt.Sprintf("pool %s: %v", p.Name(), errs[i]))
+		}
+	}
+	return out
 }
 
 func probeCSI(ctx context.Context, socket string) error {
@@ -76,14 +114,9 @@ func probeCSI(ctx context.Context, socket string) error {
 }
 
 // Warnings lists what is wrong but would not be fixed by a restart: pools
-// whose storage is not set up for their kind, orphaned volumes.
-func (c *Checker) Warnings() []string {
-	var out []string
-	for _, p := range c.Pools {
-		if !pool.Usable(p) {
-			out = append(out, p.Probe(context.Background()).Error())
-		}
-	}
+// whose storage fails or is not set up for their kind, orphaned volumes.
+func (c *Checker) Warnings(ctx context.Context) []string {
+	out := c.PoolErrors(ctx)
 	if c.Orphans != nil {
 		out = append(out, c.Orphans.Warnings()...)
 	}
@@ -91,8 +124,9 @@ func (c *Checker) Warnings() []string {
 }
 
 // Handler serves /healthz (200 "ok", or 503 with the reasons) and /metrics.
-// Unusable pools are listed as warnings under a 200: the process is fine,
-// and failing its liveness probe would only restart it over and over.
+// Failing and unusable pools are listed as "warning: pool NAME: ..." lines
+// under a 200: the process is fine, and failing its liveness probe would
+// only restart it over and over, with its healthy pools.
 func Handler(c *Checker, g prometheus.Gatherer) http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
@@ -102,7 +136,7 @@ func Handler(c *Checker, g prometheus.Gatherer) http.Handler {
 			return
 		}
 		fmt.Fprintln(w, "ok")
-		for _, warn := range c.Warnings() {
+		for _, warn := range c.Warnings(r.Context()) {
 			fmt.Fprintln(w, "warning:", warn)
 		}
 	})
