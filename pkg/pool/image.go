@@ -42,6 +42,10 @@ func OpenImage(name, dir string, reserve int64) (*ImagePool, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := noCOWOnBtrfs(real); err != nil {
+		lock.Close()
+		return nil, fmt.Errorf("pool %s: %w", name, err)
+	}
 	p := &ImagePool{dirPool: newDirPool(name, real, reserve, lock), statfs: unix.Statfs}
 	if err := p.collectGarbage(); err != nil {
 		lock.Close()

@@ -28,7 +28,8 @@ type hostFS struct {
 }
 
 // newHostFS makes a 512 MiB filesystem of fsType for one image pool: ext4
-// (snapshots and clones are copies) or XFS with reflink (they share blocks).
+// (snapshots and clones are copies), XFS with reflink or btrfs (they share
+// blocks).
 func newHostFS(t *testing.T, fsType string) *hostFS {
 	t.Helper()
 	var mnt string
@@ -37,10 +38,29 @@ func newHostFS(t *testing.T, fsType string) *hostFS {
 		mnt = harness.PoolFS(t, "512M")
 	case "xfs":
 		mnt = reflinkXFS(t, "512M")
+	case "btrfs":
+		mnt = btrfsFS(t, "512M")
 	default:
 		t.Fatalf("no host filesystem %q", fsType)
 	}
 	return &hostFS{t: t, mnt: mnt, pool: filepath.Join(mnt, "pool")}
+}
+
+// btrfsFS makes a btrfs on a loop device for an image pool.
+func btrfsFS(t *testing.T, size string) string {
+	t.Helper()
+	if _, err := exec.LookPath("mkfs.btrfs"); err != nil {
+		t.Skip("no mkfs.btrfs")
+	}
+	dir := t.TempDir()
+	img := filepath.Join(dir, "btrfs.img")
+	harness.Run(t, "truncate", "-s", size, img)
+	harness.Run(t, "mkfs.btrfs", "-q", "-f", img)
+	mnt := filepath.Join(dir, "mnt")
+	must(t, os.Mkdir(mnt, 0o700))
+	harness.Run(t, "mount", "-o", "loop", img, mnt)
+	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+	return mnt
 }
 
 // avail is what the filesystem says an unprivileged writer can still have.
@@ -141,7 +161,7 @@ func gaugeOf(t *testing.T, reg *prometheus.Registry, name string) int64 {
 // restart.
 func TestFullHostDisk(t *testing.T) {
 	harness.RequireBackend(t, "image")
-	for _, fsType := range []string{"ext4", "xfs"} {
+	for _, fsType := range []string{"ext4", "xfs", "btrfs"} {
 		t.Run(fsType, func(t *testing.T) { fullHostDisk(t, fsType) })
 	}
 }
@@ -236,6 +256,11 @@ func fullHostDisk(t *testing.T, fsType string) {
 	if _, err := os.Stat(c.imagePath(gone)); !os.IsNotExist(err) {
 		t.Errorf("the deleted volume's image is still there: %v", err)
 	}
+	if fsType == "btrfs" {
+		// btrfs hands a removed file's blocks back when its transaction
+		// commits (every 30 s by default), not when the removal is synced.
+		sh(t, "sync -f "+h.mnt)
+	}
 	if got := c.capacity(); got < size-1<<20 {
 		t.Errorf("GetCapacity says %d bytes after a %d-byte volume was deleted on a full disk", got, 2*size)
 	}
@@ -287,7 +312,7 @@ func must(t *testing.T, err error) {
 // succeeds; retried once there is space, it makes what was asked.
 func TestFullHostDiskMetadata(t *testing.T) {
 	harness.RequireBackend(t, "image")
-	for _, fsType := range []string{"ext4", "xfs"} {
+	for _, fsType := range []string{"ext4", "xfs", "btrfs"} {
 		t.Run(fsType, func(t *testing.T) { fullHostDiskMetadata(t, fsType) })
 	}
 }
