@@ -56,19 +56,18 @@ func (a *tokenAuthenticator) Authenticate(ctx context.Context, token string) (st
 	if want := "system:serviceaccount:" + a.namespace + ":" + a.serviceAccount; st.User.Username != want {
 		return "", unauthenticated("%s is not the node plugins' ServiceAccount %s", st.User.Username, want)
 	}
-	if node, ok := single(st.User.Extra, extraNodeName); ok {
-		return node, nil
-	}
 	name, okName := single(st.User.Extra, extraPodName)
 	uid, okUID := single(st.User.Extra, extraPodUID)
 	if !okName || !okUID {
 		return "", unauthenticated("the token is not bound to a pod")
 	}
-	// The TokenReview checked that the pod exists with this UID; a pod's
-	// node never changes once set, so the cache is good enough.
+	// The API server caches a successful authentication (10 s by
+	// default): its review may accept the token of a pod deleted since.
+	// So the pod must be in the cache with the token's UID too, on the
+	// token's node if it names one. A pod's node never changes once set.
 	pod, err := a.pods.Pods(a.namespace).Get(name)
 	if apierrors.IsNotFound(err) {
-		return "", broker.Errorf(broker.CodeUnavailable, "pod %s/%s is not known yet; try again", a.namespace, name)
+		return "", broker.Errorf(broker.CodeUnavailable, "pod %s/%s is not known (yet, or any more); try again", a.namespace, name)
 	}
 	if err != nil {
 		return "", err
@@ -78,6 +77,11 @@ func (a *tokenAuthenticator) Authenticate(ctx context.Context, token string) (st
 	}
 	if pod.Spec.NodeName == "" {
 		return "", unauthenticated("pod %s/%s is not on a node", a.namespace, name)
+	}
+	if _, named := st.User.Extra[extraNodeName]; named {
+		if node, ok := single(st.User.Extra, extraNodeName); !ok || node != pod.Spec.NodeName {
+			return "", unauthenticated("the token names node %v, pod %s/%s is on %s", st.User.Extra[extraNodeName], a.namespace, name, pod.Spec.NodeName)
+		}
 	}
 	return pod.Spec.NodeName, nil
 }

@@ -44,20 +44,34 @@ func TestAuthenticate(t *testing.T) {
 	podExtra := func(name, uid string) map[string]authnv1.ExtraValue {
 		return map[string]authnv1.ExtraValue{extraPodName: {name}, extraPodUID: {uid}}
 	}
+	// A pod-bound token names the pod's node too (Kubernetes 1.30 and
+	// later); the review may come from the API server's cache of
+	// successful reviews, after the pod was deleted or replaced.
+	withNode := func(extra map[string]authnv1.ExtraValue, node string) map[string]authnv1.ExtraValue {
+		extra[extraNodeName] = authnv1.ExtraValue{node}
+		return extra
+	}
 	reviews := map[string]authnv1.TokenReviewStatus{
-		"bound":          reviewed(nodeSA, map[string]authnv1.ExtraValue{extraNodeName: {"n2"}, extraPodName: {"flashpv-node-a"}}),
-		"pod":            reviewed(nodeSA, podExtra("flashpv-node-a", "flashpv-node-a-uid")),
-		"pod-other-uid":  reviewed(nodeSA, podExtra("flashpv-node-a", "recreated")),
-		"pod-not-cached": reviewed(nodeSA, podExtra("flashpv-node-new", "new-uid")),
-		"pod-no-uid":     reviewed(nodeSA, map[string]authnv1.ExtraValue{extraPodName: {"flashpv-node-a"}}),
-		"unbound":        reviewed(nodeSA, nil),
-		"expired":        {Authenticated: false, Error: "token has expired"},
-		"other-sa":       reviewed("system:serviceaccount:flashpv:flashpv-controller", map[string]authnv1.ExtraValue{extraNodeName: {"n2"}}),
-		"other-ns":       reviewed("system:serviceaccount:apps:flashpv-node", map[string]authnv1.ExtraValue{extraNodeName: {"n2"}}),
-		"user":           reviewed("alice", map[string]authnv1.ExtraValue{extraNodeName: {"n2"}}),
+		"bound":           reviewed(nodeSA, withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n1")),
+		"bound-no-uid":    reviewed(nodeSA, map[string]authnv1.ExtraValue{extraNodeName: {"n1"}, extraPodName: {"flashpv-node-a"}}),
+		"bound-gone":      reviewed(nodeSA, withNode(podExtra("flashpv-node-a", "deleted"), "n1")),
+		"bound-elsewhere": reviewed(nodeSA, withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n2")),
+		"pod":             reviewed(nodeSA, podExtra("flashpv-node-a", "flashpv-node-a-uid")),
+		"pod-other-uid":   reviewed(nodeSA, podExtra("flashpv-node-a", "recreated")),
+		"pod-not-cached":  reviewed(nodeSA, podExtra("flashpv-node-new", "new-uid")),
+		"pod-no-uid":      reviewed(nodeSA, map[string]authnv1.ExtraValue{extraPodName: {"flashpv-node-a"}}),
+		"unbound":         reviewed(nodeSA, nil),
+		"expired":         {Authenticated: false, Error: "token has expired"},
+		"other-sa":        reviewed("system:serviceaccount:flashpv:flashpv-controller", withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n1")),
+		"other-ns":        reviewed("system:serviceaccount:apps:flashpv-node", withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n1")),
+		"user":            reviewed("alice", withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n1")),
 		"no-audience": {Authenticated: true, User: authnv1.UserInfo{Username: nodeSA,
-			Extra: map[string]authnv1.ExtraValue{extraNodeName: {"n2"}}}},
-		"two-nodes": reviewed(nodeSA, map[string]authnv1.ExtraValue{extraNodeName: {"n2", "n3"}}),
+			Extra: withNode(podExtra("flashpv-node-a", "flashpv-node-a-uid"), "n1")}},
+		"two-nodes": reviewed(nodeSA, func() map[string]authnv1.ExtraValue {
+			e := podExtra("flashpv-node-a", "flashpv-node-a-uid")
+			e[extraNodeName] = authnv1.ExtraValue{"n1", "n3"}
+			return e
+		}()),
 	}
 	client := fake.NewClientset()
 	reviewTokens(t, client, reviews)
@@ -67,7 +81,10 @@ func TestAuthenticate(t *testing.T) {
 	for _, tc := range []struct {
 		token, node, code string
 	}{
-		{"bound", "n2", ""},
+		{"bound", "n1", ""},
+		{"bound-no-uid", "", broker.CodeUnauthenticated},
+		{"bound-gone", "", broker.CodeUnauthenticated},
+		{"bound-elsewhere", "", broker.CodeUnauthenticated},
 		{"pod", "n1", ""},
 		{"pod-other-uid", "", broker.CodeUnauthenticated},
 		{"pod-not-cached", "", broker.CodeUnavailable},

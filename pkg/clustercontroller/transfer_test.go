@@ -39,7 +39,7 @@ func TestServe(t *testing.T) {
 	az := w.authorizer(t)
 	client := az.client.(*fake.Clientset)
 	reviewTokens(t, client, map[string]authnv1.TokenReviewStatus{
-		"n2-token": reviewed(nodeSA, map[string]authnv1.ExtraValue{extraNodeName: {"n2"}}),
+		"n2-token": reviewed(nodeSA, map[string]authnv1.ExtraValue{extraNodeName: {"n2"}, extraPodName: {"flashpv-node-b"}, extraPodUID: {"flashpv-node-b-uid"}}),
 	})
 	opts := TransferOptions{Address: freeAddress(t), NodePort: 9811, Secret: "flashpv-transfer-key", TrustConfigMap: "flashpv-transfer-trust",
 		ServiceName: "flashpv-controller", NodeServiceAccount: "flashpv-node", NodePodLabel: "app.kubernetes.io/name=flashpv"}
