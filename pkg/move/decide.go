@@ -1,0 +1,452 @@
+// Package move decides the steps of moving a volume, with its data, from
+// one node to another (docs/moving.md): a snapshot copied ahead while the
+// pod runs, the source fenced and the rest sent as a delta once it stops,
+// the claim pointed at the target's copy, the source's copy dropped.
+//
+// Decide is a pure function of what the controller sees: the move's record
+// (annotations on the source PV, written with resourceVersion
+// preconditions), the claim, its pods, the snapshot, and what the two nodes
+// answer about their orders. Every action it returns is one API write or
+// one idempotent order, so a controller killed anywhere decides the same
+// step again, or the next one, from what it finds.
+package move
+
+import (
+	"fmt"
+
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/types"
+
+	"github.com/flashpv/flashpv/pkg/nodeloss"
+)
+
+// Annotations. The request is on the claim; the record on the source PV,
+// which lives through the whole move (also while the claim is deleted and
+// recreated); the state is also copied onto the claim for people.
+const (
+	AnnRequest  = "flashpv.dev/move-to"
+	AnnState    = "flashpv.dev/move-state"
+	AnnID       = "flashpv.dev/move-id"
+	AnnSource   = "flashpv.dev/move-source"
+	AnnTarget   = "flashpv.dev/move-target"
+	AnnClaimUID = "flashpv.dev/move-claim-uid"
+	AnnMode     = "flashpv.dev/move-mode"
+	AnnReclaim  = "flashpv.dev/move-reclaim"
+	// RequestAny asks for any node that fits.
+	RequestAny = "any"
+)
+
+// State is a move's step.
+type State string
+
+const (
+	Planned       State = "Planned"
+	PreCopying    State = "PreCopying"
+	WaitingForPod State = "WaitingForPod"
+	CatchingUp    State = "CatchingUp"
+	Rebinding     State = "Rebinding"
+	Cleaning      State = "Cleaning"
+	Done          State = "Done"
+	RollingBack   State = "RollingBack"
+)
+
+// Mode is how the claim is pointed at the target's copy.
+type Mode string
+
+const (
+	// ModeAffinity: the PV's node affinity is rewritten
+	// (MutablePVNodeAffinity).
+	ModeAffinity Mode = "affinity"
+	// ModeSwap: a new PV pre-bound to the claim, the claim deleted and
+	// recreated by its StatefulSet.
+	ModeSwap Mode = "swap"
+)
+
+// Record is a move as recorded on its source PV.
+type Record struct {
+	ID, Source, Target string
+	State              State
+	ClaimUID           types.UID
+	Mode               Mode
+	Reclaim            corev1.PersistentVolumeReclaimPolicy // the PV's, before the move
+}
+
+// RecordOf reads the record on pv.
+func RecordOf(pv *corev1.PersistentVolume) (Record, bool) {
+	a := pv.Annotations
+	if a[AnnID] == "" {
+		return Record{}, false
+	}
+	return Record{
+		ID: a[AnnID], Source: a[AnnSource], Target: a[AnnTarget], State: State(a[AnnState]),
+		ClaimUID: types.UID(a[AnnClaimUID]), Mode: Mode(a[AnnMode]),
+		Reclaim: corev1.PersistentVolumeReclaimPolicy(a[AnnReclaim]),
+	}, true
+}
+
+// Annotations are the record's annotations.
+func (r Record) Annotations() map[string]string {
+	return map[string]string{
+		AnnID: r.ID, AnnSource: r.Source, AnnTarget: r.Target, AnnState: string(r.State),
+		AnnClaimUID: string(r.ClaimUID), AnnMode: string(r.Mode), AnnReclaim: string(r.Reclaim),
+	}
+}
+
+// Order is what the controller asks of a node's flashpv.
+type Order string
+
+const (
+	// OrderImport: the target fetches the snapshot into an incoming copy.
+	OrderImport Order = "import"
+	// OrderFence: the source refuses to stage or publish the volume.
+	OrderFence Order = "fence"
+	// OrderUnfence lifts the fence.
+	OrderUnfence Order = "unfence"
+	// OrderCatchUp: the target fetches the volume's delta against the
+	// snapshot and completes its copy.
+	OrderCatchUp Order = "catch-up"
+	// OrderDrop: the node deletes its copy of the volume (the target's
+	// incoming one on a rollback, the source's after the move).
+	OrderDrop Order = "drop"
+)
+
+// Progress is a node's answer about an order.
+type Progress string
+
+const (
+	// Unknown: not asked yet (or the controller restarted).
+	Unknown Progress = ""
+	Running Progress = "Running"
+	// Finished: the order is carried out.
+	Finished Progress = "Finished"
+	Failed   Progress = "Failed"
+)
+
+// Snapshot is the state of a move's VolumeSnapshot.
+type Snapshot struct {
+	Exists, Ready bool
+	Error         string
+}
+
+// View is what the controller knows when it decides about one PV.
+type View struct {
+	// PV is a flashpv.dev PV: one with a record, or one whose claim asks
+	// for a move.
+	PV *corev1.PersistentVolume
+	// Claim returns the claim of that namespace and name, or nil.
+	Claim func(namespace, name string) *corev1.PersistentVolumeClaim
+	// Pods returns the pods of a namespace.
+	Pods func(namespace string) []*corev1.Pod
+	// NewPV is, in ModeSwap, the PV made for the target's copy
+	// (NewPVName), or nil.
+	NewPV *corev1.PersistentVolume
+	// Snapshot is the move's snapshot (SnapshotName).
+	Snapshot Snapshot
+	// Orders are the nodes' last answers, by order; Unknown where not
+	// asked since the controller started.
+	Orders map[Order]Progress
+	// OrderError is what a node said about a Failed order.
+	OrderError string
+	// MutableAffinity: the API server lets a PV's node affinity change.
+	MutableAffinity bool
+	// Target is the node a new move would go to, or "" with TargetReason
+	// saying why none fits.
+	Target, TargetReason string
+	// NewID returns a fresh move ID.
+	NewID func() string
+}
+
+// Kind is what to do.
+type Kind string
+
+const (
+	// Wait: nothing now; Reason says what is awaited.
+	Wait Kind = "Wait"
+	// Refuse: the move cannot start; Reason says why (an Event).
+	Refuse Kind = "Refuse"
+	// Write: write Record on the PV (and its state on the claim).
+	Write Kind = "Write"
+	// TakeSnapshot, DeleteSnapshot: the move's VolumeSnapshot.
+	TakeSnapshot   Kind = "TakeSnapshot"
+	DeleteSnapshot Kind = "DeleteSnapshot"
+	// Send sends Order to Node and records its answer.
+	Send Kind = "Send"
+	// SetAffinity points the PV at the target node (ModeAffinity).
+	SetAffinity Kind = "SetAffinity"
+	// CreatePV makes NewPV: the volume handle on the target node,
+	// pre-bound to the claim's name, Retain.
+	CreatePV Kind = "CreatePV"
+	// SetReclaim sets Target's reclaim policy to Policy.
+	SetReclaim Kind = "SetReclaim"
+	// DeleteClaim deletes Claim, preconditioned on its UID.
+	DeleteClaim Kind = "DeleteClaim"
+	// DeletePod deletes Pod, preconditioned on its UID.
+	DeletePod Kind = "DeletePod"
+	// Finish removes the record (and the request from the claim), the
+	// claim's state set to Reason's outcome.
+	Finish Kind = "Finish"
+)
+
+// Action is the decision for one PV.
+type Action struct {
+	Kind   Kind
+	Record Record // Write: the record to write; else the current one
+	Order  Order
+	Node   string
+	Claim  *corev1.PersistentVolumeClaim
+	Pod    *corev1.Pod
+	PV     *corev1.PersistentVolume // SetReclaim: the PV to change
+	Policy corev1.PersistentVolumeReclaimPolicy
+	Reason string
+}
+
+// SnapshotName is the VolumeSnapshot of a move, in the claim's namespace.
+func SnapshotName(r Record) string { return "flashpv-move-" + r.ID }
+
+// NewPVName is the PV made for the target's copy in ModeSwap.
+func NewPVName(pv *corev1.PersistentVolume, r Record) string {
+	return pv.Name + "-" + r.ID
+}
+
+// Decide returns the next step for v.PV.
+func Decide(v View) Action {
+	rec, ok := RecordOf(v.PV)
+	if !ok {
+		return start(v)
+	}
+	a := Action{Record: rec}
+	wait := func(format string, args ...any) Action {
+		a.Kind, a.Reason = Wait, fmt.Sprintf(format, args...)
+		return a
+	}
+	to := func(s State, format string, args ...any) Action {
+		a.Kind, a.Reason = Write, fmt.Sprintf(format, args...)
+		a.Record.State = s
+		return a
+	}
+	send := func(o Order, node string) Action {
+		a.Kind, a.Order, a.Node = Send, o, node
+		return a
+	}
+	claim := v.claim()
+	if claim != nil && claim.UID == rec.ClaimUID && cancelled(claim) && rec.State.canRollBack() {
+		return to(RollingBack, "the claim no longer asks for the move")
+	}
+	switch rec.State {
+	case Planned:
+		switch s := v.Snapshot; {
+		case s.Error != "":
+			return to(RollingBack, "the snapshot failed: %s", s.Error)
+		case !s.Exists:
+			a.Kind, a.Claim = TakeSnapshot, claim
+			return a
+		case !s.Ready:
+			return wait("the snapshot is not ready yet")
+		}
+		return to(PreCopying, "the snapshot is ready")
+	case PreCopying:
+		switch v.Orders[OrderImport] {
+		case Finished:
+			return to(WaitingForPod, "node %s holds the snapshot", rec.Target)
+		case Failed:
+			return to(RollingBack, "node %s could not import the snapshot: %s", rec.Target, v.OrderError)
+		}
+		return send(OrderImport, rec.Target)
+	case WaitingForPod:
+		// Fenced first: a StatefulSet makes a stopped pod again at once,
+		// and on the source's node (unless it is cordoned) it would start
+		// with the volume again. The fence holds it there until the move
+		// is over; a pod that runs already is not disturbed.
+		switch f := v.Orders[OrderFence]; f {
+		case Failed:
+			return to(RollingBack, "node %s could not fence the volume: %s", rec.Source, v.OrderError)
+		case Finished:
+		default:
+			return send(OrderFence, rec.Source)
+		}
+		if pod, _ := v.pods(claim); pod != nil {
+			return wait("pod %s/%s runs with the claim", pod.Namespace, pod.Name)
+		}
+		return to(CatchingUp, "no pod runs with the claim")
+	case CatchingUp:
+		// A pod that got past the fence makes the source refuse the
+		// catch-up; this sees it sooner.
+		if pod, _ := v.pods(claim); pod != nil {
+			return to(RollingBack, "pod %s/%s started with the claim during the move", pod.Namespace, pod.Name)
+		}
+		switch c := v.Orders[OrderCatchUp]; {
+		case c == Finished:
+			return to(Rebinding, "node %s holds the volume's data, verified", rec.Target)
+		case c == Failed:
+			return to(RollingBack, "node %s could not catch up: %s", rec.Target, v.OrderError)
+		}
+		return send(OrderCatchUp, rec.Target)
+	case Rebinding:
+		if rec.Mode == ModeAffinity {
+			if nodeloss.NodeOf(v.PV) != rec.Target {
+				a.Kind, a.Reason = SetAffinity, "the PV follows its data"
+				return a
+			}
+			// A pod the fence holds on the source's node stays there;
+			// made again, it is placed by the PV's new affinity.
+			if _, waiting := v.pods(claim); waiting != nil && waiting.Spec.NodeName == rec.Source {
+				a.Kind, a.Pod, a.Reason = DeletePod, waiting, fmt.Sprintf("it waits on node %s for a volume that moved", rec.Source)
+				return a
+			}
+			return to(Cleaning, "the PV is on node %s", rec.Target)
+		}
+		return rebindSwap(v, a, claim)
+	case Cleaning:
+		if v.Orders[OrderDrop] != Finished {
+			return send(OrderDrop, rec.Source)
+		}
+		if v.Snapshot.Exists {
+			a.Kind = DeleteSnapshot
+			return a
+		}
+		if rec.Mode == ModeSwap {
+			if v.NewPV != nil && v.NewPV.Spec.PersistentVolumeReclaimPolicy != rec.Reclaim {
+				a.Kind, a.PV, a.Policy = SetReclaim, v.NewPV, rec.Reclaim
+				return a
+			}
+			// The old PV's claim is gone; with Delete, its provisioner
+			// removes it (its volume is dropped already).
+			return to(Done, "moved to node %s", rec.Target)
+		}
+		a.Kind, a.Reason = Finish, fmt.Sprintf("moved to node %s", rec.Target)
+		return a
+	case Done:
+		if v.PV.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+			a.Kind, a.PV, a.Policy = SetReclaim, v.PV, corev1.PersistentVolumeReclaimDelete
+			return a
+		}
+		return wait("moved; the provisioner removes this PV")
+	case RollingBack:
+		switch {
+		case v.Orders[OrderDrop] != Finished:
+			return send(OrderDrop, rec.Target)
+		case v.Orders[OrderUnfence] != Finished:
+			return send(OrderUnfence, rec.Source)
+		case v.Snapshot.Exists:
+			a.Kind = DeleteSnapshot
+			return a
+		}
+		a.Kind, a.Reason = Finish, "rolled back"
+		return a
+	}
+	return wait("unknown move state %q", rec.State)
+}
+
+// start decides about a PV without a record: a move starts when its bound
+// claim asks for one and a target fits.
+func start(v View) Action {
+	claim := v.claim()
+	if claim == nil || claim.Spec.VolumeName != v.PV.Name || claim.Annotations[AnnRequest] == "" {
+		return Action{Kind: Wait, Reason: "no move asked"}
+	}
+	source := nodeloss.NodeOf(v.PV)
+	req := claim.Annotations[AnnRequest]
+	refuse := func(format string, args ...any) Action {
+		return Action{Kind: Refuse, Claim: claim, Reason: fmt.Sprintf(format, args...)}
+	}
+	switch {
+	case source == "":
+		return refuse("the PV is not a flashpv volume of one node")
+	case claim.DeletionTimestamp != nil || v.PV.DeletionTimestamp != nil:
+		return Action{Kind: Wait, Reason: "the claim or the PV is being deleted"}
+	case req == source:
+		return refuse("the volume is on node %s already", source)
+	case v.Target == "":
+		return refuse("no node fits: %s", v.TargetReason)
+	case req != RequestAny && req != v.Target:
+		return refuse("node %s does not fit: %s", req, v.TargetReason)
+	}
+	mode := ModeSwap
+	if v.MutableAffinity {
+		mode = ModeAffinity
+	}
+	return Action{Kind: Write, Claim: claim, Reason: fmt.Sprintf("moving from node %s to node %s", source, v.Target), Record: Record{
+		ID: v.NewID(), Source: source, Target: v.Target, State: Planned, ClaimUID: claim.UID,
+		Mode: mode, Reclaim: v.PV.Spec.PersistentVolumeReclaimPolicy,
+	}}
+}
+
+// rebindSwap points the claim at a new PV: the old one kept (Retain) while
+// the claim is deleted and its StatefulSet makes it again, which binds to
+// the new one, pre-bound to its name.
+func rebindSwap(v View, a Action, claim *corev1.PersistentVolumeClaim) Action {
+	rec := a.Record
+	switch {
+	case v.PV.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimRetain:
+		a.Kind, a.PV, a.Policy = SetReclaim, v.PV, corev1.PersistentVolumeReclaimRetain
+		a.Reason = "no delete may reach the source while the claim is swapped"
+		return a
+	case v.NewPV == nil:
+		a.Kind, a.Reason = CreatePV, fmt.Sprintf("a PV for the copy on node %s", rec.Target)
+		return a
+	case claim == nil:
+		a.Kind, a.Reason = Wait, "waiting for the claim to be made again (by its StatefulSet)"
+		return a
+	case claim.UID == rec.ClaimUID:
+		running, waiting := v.pods(claim)
+		switch {
+		case running != nil:
+			a.Kind, a.Reason = Wait, fmt.Sprintf("pod %s/%s runs with the claim", running.Namespace, running.Name)
+		case claim.DeletionTimestamp == nil:
+			a.Kind, a.Claim, a.Reason = DeleteClaim, claim, "its StatefulSet makes it again, bound to the new PV"
+		case waiting != nil:
+			// Held by the fence on the source's node, it keeps the claim
+			// from going; made again, it finds the claim gone.
+			a.Kind, a.Pod, a.Reason = DeletePod, waiting, "it waits for a claim that is being replaced"
+		default:
+			a.Kind, a.Reason = Wait, "the old claim is being deleted"
+		}
+		return a
+	case claim.Spec.VolumeName == v.NewPV.Name && v.NewPV.Spec.ClaimRef != nil && v.NewPV.Spec.ClaimRef.UID == claim.UID:
+		a.Kind, a.Reason = Write, fmt.Sprintf("claim %s/%s is bound to %s", claim.Namespace, claim.Name, v.NewPV.Name)
+		a.Record.State = Cleaning
+		return a
+	}
+	a.Kind, a.Reason = Wait, "waiting for the new claim to bind to the new PV"
+	return a
+}
+
+// claim is the claim the PV's claimRef names (any UID), or nil.
+func (v View) claim() *corev1.PersistentVolumeClaim {
+	ref := v.PV.Spec.ClaimRef
+	if ref == nil || v.Claim == nil {
+		return nil
+	}
+	return v.Claim(ref.Namespace, ref.Name)
+}
+
+// pods returns a pod that runs with the claim, and one that uses it but
+// does not run (Pending: unscheduled, or held by the fence), if any.
+func (v View) pods(claim *corev1.PersistentVolumeClaim) (running, waiting *corev1.Pod) {
+	if claim == nil || v.Pods == nil {
+		return nil, nil
+	}
+	for _, p := range v.Pods(claim.Namespace) {
+		if p.Status.Phase == corev1.PodSucceeded || p.Status.Phase == corev1.PodFailed || !nodeloss.UsesClaim(p, claim.Name) {
+			continue
+		}
+		if p.Status.Phase == corev1.PodRunning {
+			running = p
+		} else {
+			waiting = p
+		}
+	}
+	return running, waiting
+}
+
+// cancelled: the claim no longer asks for a move.
+func cancelled(c *corev1.PersistentVolumeClaim) bool { return c.Annotations[AnnRequest] == "" }
+
+// canRollBack: the steps before the claim is pointed at the target.
+func (s State) canRollBack() bool {
+	switch s {
+	case Planned, PreCopying, WaitingForPod, CatchingUp:
+		return true
+	}
+	return false
+}
