@@ -355,10 +355,20 @@ func fullHostDiskMetadata(t *testing.T, fsType string) {
 		{"restore", volumeCall(func() (*csi.Volume, error) { return c.createFrom("restore", size, blk, true, snap) })},
 	} {
 		t.Run(op.name, func(t *testing.T) {
-			before := h.entries()
+			before, loops := h.entries(), h.loops()
 			h.fill(size)
+			left := h.avail()
 			id, volume, err := op.call()
+			// A refused call gives back every block it took: no file
+			// left, and none held open (an unnamed temp file of a copy).
+			sh(t, "sync -f "+h.mnt)
+			if now := h.avail(); err != nil && now < left {
+				t.Errorf("%s was refused, yet the filesystem has %d bytes left, %d before it", op.name, now, left)
+			}
 			h.free()
+			if h.loops() != loops {
+				t.Errorf("%d loop devices on the pool's images after %s, %d before", h.loops(), op.name, loops)
+			}
 			wouldBe := "default." + keyOf(op.name)
 			switch {
 			case err == nil:
