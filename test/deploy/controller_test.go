@@ -1,6 +1,7 @@
 package deploy
 
 import (
+	"fmt"
 	"maps"
 	"slices"
 	"strings"
@@ -66,7 +67,14 @@ func checkControllerRules(t *testing.T, who string, rules []rbacv1.PolicyRule, a
 }
 
 func TestController(t *testing.T) {
-	r := render(t, "../../deploy/kubernetes")
+	checkController(t, render(t, "../../deploy/kubernetes"), "flashpv:latest", 9811, "flashpv-node")
+}
+
+// checkController: the controller's RBAC, pod and broker, and what the
+// node plugin DaemonSets (named; their transfer servers on nodePort) take
+// from it.
+func checkController(t *testing.T, r rendered, image string, nodePort int, daemonSets ...string) {
+	t.Helper()
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "flashpv-controller", &cr)
 	checkControllerRules(t, "ClusterRole", cr.Rules, controllerAllowed)
@@ -86,10 +94,10 @@ func TestController(t *testing.T) {
 		t.Fatalf("controller pod %+v", pod)
 	}
 	c := pod.Containers[0]
-	if c.Image != "flashpv:latest" || len(c.Args) == 0 || c.Args[0] != "controller" {
+	if c.Image != image || len(c.Args) == 0 || c.Args[0] != "controller" {
 		t.Errorf("controller runs %s %v; want the flashpv image's controller subcommand", c.Image, c.Args)
 	}
-	wantArgs(t, c, "--namespace=$(POD_NAMESPACE)", "--health-address=:9809", "--transfer-address=:9810", "--transfer-node-port=9811")
+	wantArgs(t, c, "--namespace=$(POD_NAMESPACE)", "--health-address=:9809", "--transfer-address=:9810", fmt.Sprintf("--transfer-node-port=%d", nodePort))
 	sc := c.SecurityContext
 	if sc == nil || sc.RunAsNonRoot == nil || !*sc.RunAsNonRoot || sc.Privileged != nil && *sc.Privileged ||
 		sc.ReadOnlyRootFilesystem == nil || !*sc.ReadOnlyRootFilesystem {
@@ -101,27 +109,29 @@ func TestController(t *testing.T) {
 	if d.Spec.Replicas == nil || *d.Spec.Replicas < 2 {
 		t.Errorf("want a standby replica")
 	}
-	checkBroker(t, r, d)
+	for _, name := range daemonSets {
+		var ds appsv1.DaemonSet
+		r.decode(t, "DaemonSet", name, &ds)
+		checkBroker(t, r, d, ds, nodePort)
 
-	// The node plugin reads the controller's volume lists from a mount.
-	var ds appsv1.DaemonSet
-	r.decode(t, "DaemonSet", "flashpv-node", &ds)
-	wantArgs(t, ds.Spec.Template.Spec.Containers[0], "--volume-list-dir=/etc/flashpv-volumes")
-	found := false
-	for _, v := range ds.Spec.Template.Spec.Volumes {
-		if v.ConfigMap != nil && v.ConfigMap.Name == "flashpv-volumes" {
-			found = v.ConfigMap.Optional != nil && *v.ConfigMap.Optional
+		// The node plugin reads the controller's volume lists from a mount.
+		wantArgs(t, ds.Spec.Template.Spec.Containers[0], "--volume-list-dir=/etc/flashpv-volumes")
+		found := false
+		for _, v := range ds.Spec.Template.Spec.Volumes {
+			if v.ConfigMap != nil && v.ConfigMap.Name == "flashpv-volumes" {
+				found = v.ConfigMap.Optional != nil && *v.ConfigMap.Optional
+			}
 		}
-	}
-	if !found {
-		t.Error("the DaemonSet does not mount the optional flashpv-volumes ConfigMap")
+		if !found {
+			t.Errorf("DaemonSet %s does not mount the optional flashpv-volumes ConfigMap", name)
+		}
 	}
 }
 
 // checkBroker: the Service node plugins reach the broker by, in front of
 // the controller's transfer port, and the node plugin pods the controller
 // looks for as transfer sources.
-func checkBroker(t *testing.T, r rendered, d appsv1.Deployment) {
+func checkBroker(t *testing.T, r rendered, d appsv1.Deployment, ds appsv1.DaemonSet, nodePort int) {
 	t.Helper()
 	c := d.Spec.Template.Spec.Containers[0]
 	port := map[string]int32{}
@@ -143,8 +153,6 @@ func checkBroker(t *testing.T, r rendered, d appsv1.Deployment) {
 	if !maps.Equal(svc.Spec.Selector, d.Spec.Template.Labels) {
 		t.Errorf("Service selects %v, the controller pods are %v", svc.Spec.Selector, d.Spec.Template.Labels)
 	}
-	var ds appsv1.DaemonSet
-	r.decode(t, "DaemonSet", "flashpv-node", &ds)
 	var selector string
 	for _, a := range c.Args {
 		if v, ok := strings.CutPrefix(a, "--node-pod-label="); ok {
@@ -155,6 +163,6 @@ func checkBroker(t *testing.T, r rendered, d appsv1.Deployment) {
 	if err != nil || sel.Empty() || !sel.Matches(labels.Set(ds.Spec.Template.Labels)) || sel.Matches(labels.Set(d.Spec.Template.Labels)) {
 		t.Errorf("--node-pod-label %q (%v) must select the node plugin pods %v and not the controller's", selector, err, ds.Spec.Template.Labels)
 	}
-	wantArgs(t, ds.Spec.Template.Spec.Containers[0], "--transfer-address=:9811",
+	wantArgs(t, ds.Spec.Template.Spec.Containers[0], fmt.Sprintf("--transfer-address=:%d", nodePort),
 		"--transfer-broker=https://$(FLASHPV_CONTROLLER_SERVICE_HOST):$(FLASHPV_CONTROLLER_SERVICE_PORT_TRANSFER)")
 }

@@ -60,6 +60,32 @@ func TestBase(t *testing.T) {
 		}
 	}
 
+	checkCSIDriver(t, r)
+	var ds appsv1.DaemonSet
+	r.decode(t, "DaemonSet", "flashpv-node", &ds)
+	checkNodePlugin(t, ds, baseImages)
+	var cm corev1.ConfigMap
+	r.decode(t, "ConfigMap", "flashpv-pools", &cm)
+	if !strings.HasPrefix(cm.Data["pools"], "default=/var/lib/flashpv/") {
+		t.Errorf("pool config %q is not below the pool mount", cm.Data["pools"])
+	}
+}
+
+// nodeImages: the flashpv image a node plugin must run, and the prefix
+// (repository and major version) of each sidecar's.
+type nodeImages struct {
+	flashpv  string
+	sidecars map[string]string
+}
+
+var baseImages = nodeImages{flashpv: "flashpv:latest", sidecars: map[string]string{
+	"csi-provisioner": "registry.k8s.io/sig-storage/csi-provisioner:v6.",
+	"csi-resizer":     "registry.k8s.io/sig-storage/csi-resizer:v2.",
+	"csi-snapshotter": "registry.k8s.io/sig-storage/csi-snapshotter:v8.",
+}}
+
+func checkCSIDriver(t *testing.T, r rendered) {
+	t.Helper()
 	var drv storagev1.CSIDriver
 	r.decode(t, "CSIDriver", "flashpv.dev", &drv)
 	s := drv.Spec
@@ -68,9 +94,12 @@ func TestBase(t *testing.T) {
 		!slices.Equal(s.VolumeLifecycleModes, []storagev1.VolumeLifecycleMode{storagev1.VolumeLifecyclePersistent}) {
 		t.Errorf("CSIDriver spec %+v", s)
 	}
+}
 
-	var ds appsv1.DaemonSet
-	r.decode(t, "DaemonSet", "flashpv-node", &ds)
+// checkNodePlugin: the rules every node plugin DaemonSet follows (the
+// kustomize base's, and each node group's of the Helm chart).
+func checkNodePlugin(t *testing.T, ds appsv1.DaemonSet, img nodeImages) {
+	t.Helper()
 	if ds.Namespace != "flashpv" {
 		t.Errorf("DaemonSet in namespace %q", ds.Namespace)
 	}
@@ -97,7 +126,7 @@ func TestBase(t *testing.T) {
 	}
 
 	fp := pod.Containers[0]
-	if fp.Image != "flashpv:latest" {
+	if fp.Image != img.flashpv {
 		t.Errorf("flashpv image %q", fp.Image)
 	}
 	wantArgs(t, fp, "--node-id=$(NODE_NAME)", "--kubelet-registration-path=/var/lib/kubelet/plugins/flashpv.dev/csi.sock",
@@ -126,7 +155,7 @@ func TestBase(t *testing.T) {
 	prov := pod.Containers[1]
 	wantArgs(t, prov, "--node-deployment=true", "--strict-topology=true", "--enable-capacity=true",
 		"--capacity-ownerref-level=1", "--feature-gates=Topology=true", "--csi-address=/csi/csi.sock")
-	if !strings.HasPrefix(prov.Image, "registry.k8s.io/sig-storage/csi-provisioner:v6.") {
+	if !strings.HasPrefix(prov.Image, img.sidecars[prov.Name]) {
 		t.Errorf("provisioner image %s", prov.Image)
 	}
 	env := map[string]bool{}
@@ -140,13 +169,13 @@ func TestBase(t *testing.T) {
 	}
 	res := pod.Containers[2]
 	wantArgs(t, res, "--leader-election=true", "--csi-address=/csi/csi.sock")
-	if !strings.HasPrefix(res.Image, "registry.k8s.io/sig-storage/csi-resizer:v2.") {
+	if !strings.HasPrefix(res.Image, img.sidecars[res.Name]) {
 		t.Errorf("resizer image %s", res.Image)
 	}
 
 	snap := pod.Containers[3]
 	wantArgs(t, snap, "--node-deployment=true", "--csi-address=/csi/csi.sock", "--feature-gates=CSIVolumeGroupSnapshot=false")
-	if !strings.HasPrefix(snap.Image, "registry.k8s.io/sig-storage/csi-snapshotter:v8.") {
+	if !strings.HasPrefix(snap.Image, img.sidecars[snap.Name]) {
 		t.Errorf("snapshotter image %s", snap.Image)
 	}
 	if len(snap.Env) != 1 || snap.Env[0].Name != "NODE_NAME" || snap.Env[0].ValueFrom == nil || snap.Env[0].ValueFrom.FieldRef.FieldPath != "spec.nodeName" {
@@ -154,12 +183,6 @@ func TestBase(t *testing.T) {
 	}
 	if len(snap.VolumeMounts) != 1 || snap.VolumeMounts[0].MountPath != "/csi" {
 		t.Errorf("snapshotter mounts %+v, want the socket only", snap.VolumeMounts)
-	}
-
-	var cm corev1.ConfigMap
-	r.decode(t, "ConfigMap", "flashpv-pools", &cm)
-	if !strings.HasPrefix(cm.Data["pools"], "default=/var/lib/flashpv/") {
-		t.Errorf("pool config %q is not below the pool mount", cm.Data["pools"])
 	}
 }
 
@@ -222,7 +245,13 @@ func checkRules(t *testing.T, who string, rules []rbacv1.PolicyRule, namespaced 
 }
 
 func TestRBACLeastPrivilege(t *testing.T) {
-	r := render(t, "../../deploy/kubernetes")
+	checkNodeRBAC(t, render(t, "../../deploy/kubernetes"))
+}
+
+// checkNodeRBAC: the node plugins' ServiceAccount gets what the sidecars
+// need, cluster-wide only where they need it there.
+func checkNodeRBAC(t *testing.T, r rendered) {
+	t.Helper()
 	var cr rbacv1.ClusterRole
 	r.decode(t, "ClusterRole", "flashpv-node", &cr)
 	checkRules(t, "ClusterRole", cr.Rules, map[string]bool{

@@ -36,15 +36,21 @@ func TestSnapshotController(t *testing.T) {
 	if len(r.kinds) != 6 {
 		t.Errorf("kinds %v", r.kinds)
 	}
+	checkSnapshotController(t, r, "registry.k8s.io/sig-storage/snapshot-controller:v8.", "kube-system")
+}
 
+// checkSnapshotController: in its namespace, distributed snapshotting, the
+// image (prefix), and no more RBAC than it uses.
+func checkSnapshotController(t *testing.T, r rendered, image, namespace string) {
+	t.Helper()
 	var d appsv1.Deployment
 	r.decode(t, "Deployment", "snapshot-controller", &d)
-	if d.Namespace != "kube-system" {
+	if d.Namespace != namespace {
 		t.Errorf("Deployment in namespace %q", d.Namespace)
 	}
 	c := d.Spec.Template.Spec.Containers[0]
 	wantArgs(t, c, "--enable-distributed-snapshotting=true", "--leader-election=true", "--feature-gates=CSIVolumeGroupSnapshot=false")
-	if !strings.HasPrefix(c.Image, "registry.k8s.io/sig-storage/snapshot-controller:v8.") {
+	if !strings.HasPrefix(c.Image, image) {
 		t.Errorf("image %s", c.Image)
 	}
 	if c.SecurityContext == nil || c.SecurityContext.Privileged != nil && *c.SecurityContext.Privileged || c.Resources.Requests.Memory().IsZero() {
@@ -65,7 +71,7 @@ func TestSnapshotController(t *testing.T) {
 	}
 	var crb rbacv1.ClusterRoleBinding
 	r.decode(t, "ClusterRoleBinding", "snapshot-controller", &crb)
-	if crb.Subjects[0].Name != "snapshot-controller" || crb.Subjects[0].Namespace != "kube-system" || crb.RoleRef.Name != "snapshot-controller" {
+	if crb.Subjects[0].Name != "snapshot-controller" || crb.Subjects[0].Namespace != namespace || crb.RoleRef.Name != "snapshot-controller" {
 		t.Errorf("binding %+v", crb)
 	}
 }
