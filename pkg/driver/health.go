@@ -36,15 +36,14 @@ func (d *Driver) volumesHealth(ctx context.Context, vols []poolVolume) []*csi.Vo
 		problems map[string][]pool.Problem
 	}
 	results := map[*poolEntry]*result{}
-	var mu sync.Mutex
 	var wg sync.WaitGroup
 	for p, pvols := range byPool {
-		wg.Go(func() {
-			r := &result{probe: p.Probe(ctx), problems: pool.CheckVolumes(ctx, p.Pool, pvols)}
-			mu.Lock()
-			results[p] = r
-			mu.Unlock()
-		})
+		r := &result{}
+		results[p] = r
+		// At once: each waits up to its bound on a device that stopped
+		// answering, and the caller should wait for one bound only.
+		wg.Go(func() { r.probe = p.Probe(ctx) })
+		wg.Go(func() { r.problems = pool.CheckVolumes(ctx, p.Pool, pvols) })
 	}
 	wg.Wait()
 	out := make([]*csi.VolumeHealth, 0, len(vols))

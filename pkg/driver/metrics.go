@@ -2,6 +2,7 @@ package driver
 
 import (
 	"context"
+	"errors"
 	"path"
 	"time"
 
@@ -94,6 +95,9 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 				abnormal = len(pool.CheckVolumes(ctx, p.Pool, vols))
 			}
 			ch <- prometheus.MustNewConstMetric(descAbnormal, prometheus.GaugeValue, float64(abnormal), name)
+		}
+		if errors.Is(probeErr, pool.ErrNotAnswering) {
+			continue // the capacity would wait on the same stuck device
 		}
 		capa, err := p.Capacity(ctx)
 		if err != nil {

@@ -4,6 +4,8 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net/http"
 	"net/http/httptest"
 	"os"
 	"os/exec"
@@ -248,6 +250,14 @@ func TestFailingDisks(t *testing.T) {
 		t.Errorf("the writer's last error: %v, want EIO", last)
 	}
 
+	// The PV stops answering (suspended: its I/O waits in the kernel, LVM
+	// commands with it). Health calls still answer in time, naming the pool.
+	harness.Run(t, "dmsetup", "suspend", "--nolockfs", pvDisk.name)
+	d.failing("lvm", lvmVol.id, "not answering")
+	d.othersServe("", "pvc-other0")
+	harness.Run(t, "dmsetup", "resume", pvDisk.name)
+	d.healthy("lvm", lvmVol.id)
+
 	// The image pool's filesystem fails under a writer. ext4 aborts its
 	// journal and stays read-only when the device heals: flashpv says so
 	// and what to do, and lets go of the filesystem.
@@ -332,29 +342,47 @@ func (d *diskCheck) states(poolName, id string) (vh []*csi.VolumeHealth_VolumeHe
 	if err != nil {
 		d.t.Fatalf("NodeGetStorageHealth: %v", err)
 	}
-	code, body := get(d.t, d.url+"/healthz")
-	if code != 200 {
-		d.t.Fatalf("/healthz answers %d: %s", code, body)
-	}
-	mfs, err := d.reg.Gather()
+	hc := &http.Client{Timeout: callDeadline}
+	resp, err := hc.Get(d.url + "/healthz")
 	if err != nil {
-		d.t.Fatal(err)
+		d.t.Fatalf("/healthz: %v", err)
 	}
-	up, abnormal = -1, -1
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			for _, l := range m.GetLabel() {
-				if l.GetName() != "pool" || l.GetValue() != poolName {
-					continue
-				}
-				switch mf.GetName() {
-				case "flashpv_pool_up":
-					up = m.GetGauge().GetValue()
-				case "flashpv_pool_abnormal_volumes":
-					abnormal = m.GetGauge().GetValue()
+	b, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	body := string(b)
+	if resp.StatusCode != 200 {
+		d.t.Fatalf("/healthz answers %d: %s", resp.StatusCode, body)
+	}
+	type poolMetrics struct{ up, abnormal float64 }
+	gathered := make(chan poolMetrics, 1)
+	go func() {
+		pm := poolMetrics{-1, -1}
+		mfs, err := d.reg.Gather()
+		if err != nil {
+			d.t.Error(err)
+		}
+		for _, mf := range mfs {
+			for _, m := range mf.GetMetric() {
+				for _, l := range m.GetLabel() {
+					if l.GetName() != "pool" || l.GetValue() != poolName {
+						continue
+					}
+					switch mf.GetName() {
+					case "flashpv_pool_up":
+						pm.up = m.GetGauge().GetValue()
+					case "flashpv_pool_abnormal_volumes":
+						pm.abnormal = m.GetGauge().GetValue()
+					}
 				}
 			}
 		}
+		gathered <- pm
+	}()
+	select {
+	case pm := <-gathered:
+		up, abnormal = pm.up, pm.abnormal
+	case <-time.After(callDeadline):
+		d.t.Fatalf("a metrics scrape did not answer within %s", callDeadline)
 	}
 	return vh, sh, body, up, abnormal
 }
@@ -403,8 +431,8 @@ func (d *diskCheck) healthy(poolName, id string) {
 }
 
 // othersServe makes, stages, publishes and deletes a volume in the healthy
-// pool, and checks that a create in the failing pool answers in time, with
-// an error.
+// pool, and checks that a create in the failing pool (unless "") answers in
+// time, with an error.
 func (d *diskCheck) othersServe(failing, name string) {
 	d.t.Helper()
 	create := func(poolName string) (string, error) {
@@ -420,7 +448,9 @@ func (d *diskCheck) othersServe(failing, name string) {
 		})
 		return id, err
 	}
-	if id, err := create(failing); err == nil {
+	if failing == "" {
+		// A stuck device holds the LVM commands of a create in the kernel.
+	} else if id, err := create(failing); err == nil {
 		d.t.Errorf("a create in failing pool %s succeeded: %s", failing, id)
 	} else {
 		d.t.Logf("a create in failing pool %s: %v", failing, err)
