@@ -12,6 +12,13 @@
 # VolumeSnapshot CRDs, from the module cache (the client module of the
 # release hack/tools/snapshotter pins, config/crd; never copied into the
 # repository), and deploy/kubernetes/snapshot-controller with its image.
+#
+# FLASHPV_DEPLOY=helm installs the same through the Helm chart
+# deploy/helm/flashpv instead (helm upgrade --install, release flashpv in
+# namespace flashpv, the snapshot-controller from the chart too), with the
+# same three changes as values; the helm CLI is built by
+# hack/tools/helm/build.sh. Objects a kustomize deploy made are taken over
+# by the release.
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 "$(dirname "$0")/install-deps.sh"
@@ -24,9 +31,58 @@ done
 for c in volumesnapshotclasses volumesnapshotcontents volumesnapshots; do
 	kubectl wait --for=condition=Established --timeout=60s "crd/$c.snapshot.storage.k8s.io" >/dev/null
 done
-mkdir -p "$STATE/deploy/snapshot-controller"
-rel=$(realpath --relative-to="$STATE/deploy/snapshot-controller" "$REPO/deploy/kubernetes/snapshot-controller")
-cat >"$STATE/deploy/snapshot-controller/kustomization.yaml" <<CFG
+# deploy_helm: the chart with what a local cluster needs (see the top).
+deploy_helm() {
+	local helm=$BIN/helm values=$STATE/deploy/helm-values.yaml
+	BIN=$BIN "$REPO/hack/tools/helm/build.sh"
+	mkdir -p "$STATE/deploy"
+	cat >"$values" <<CFG
+image:
+  repository: localhost/flashpv
+  tag: e2e
+sidecars:
+  provisioner:
+    image:
+      repository: localhost/csi-provisioner
+  resizer:
+    image:
+      repository: localhost/csi-resizer
+  snapshotter:
+    image:
+      repository: localhost/csi-snapshotter
+node:
+  nodeAffinityExpressions:
+    - key: flashpv.dev/e2e-no-driver
+      operator: DoesNotExist
+nodeGroups:
+  - name: default
+    hostPath: /var/lib/flashpv
+    pools:
+      - name: default
+        path: /var/lib/flashpv/pools/default
+        reserve: 256Mi
+snapshotController:
+  enabled: true
+  image:
+    repository: localhost/snapshot-controller
+CFG
+	# The chart leaves the namespace to the installer: flashpv's pods are
+	# privileged.
+	kubectl create namespace flashpv --dry-run=client -o yaml | kubectl apply -f - >/dev/null
+	kubectl label --overwrite namespace flashpv pod-security.kubernetes.io/enforce=privileged >/dev/null
+	# --take-ownership: objects a kustomize deploy made join the release.
+	# --force-conflicts: e2e tests patch the DaemonSet's and the
+	# controller's args and put them back; the chart's values win.
+	"$helm" upgrade --install flashpv "$REPO/deploy/helm/flashpv" --namespace flashpv \
+		--values "$values" --take-ownership --server-side=true --force-conflicts >/dev/null
+}
+
+if [ "${FLASHPV_DEPLOY:-kustomize}" = helm ]; then
+	deploy_helm
+else
+	mkdir -p "$STATE/deploy/snapshot-controller"
+	rel=$(realpath --relative-to="$STATE/deploy/snapshot-controller" "$REPO/deploy/kubernetes/snapshot-controller")
+	cat >"$STATE/deploy/snapshot-controller/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -35,10 +91,10 @@ images:
   - name: registry.k8s.io/sig-storage/snapshot-controller
     newName: localhost/snapshot-controller
 CFG
-kubectl apply -k "$STATE/deploy/snapshot-controller" >/dev/null
-mkdir -p "$STATE/deploy"
-rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
-cat >"$STATE/deploy/kustomization.yaml" <<CFG
+	kubectl apply -k "$STATE/deploy/snapshot-controller" >/dev/null
+	mkdir -p "$STATE/deploy"
+	rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
+	cat >"$STATE/deploy/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
 resources:
@@ -78,7 +134,8 @@ patches:
                         - key: flashpv.dev/e2e-no-driver
                           operator: DoesNotExist
 CFG
-kubectl apply -k "$STATE/deploy" >/dev/null
+	kubectl apply -k "$STATE/deploy" >/dev/null
+fi
 # A new image under the same tag (a rebuilt flashpv) needs new pods.
 if [ "${FLASHPV_RESTART:-}" = 1 ]; then
 	kubectl -n flashpv rollout restart daemonset/flashpv-node deployment/flashpv-controller >/dev/null
