@@ -5,7 +5,7 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image helm test test-unit test-integration sanity sanity-cli fault fuzz test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
+.PHONY: all build image helm test test-unit test-integration test-apiserver sanity sanity-cli fault fuzz test-vm verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
 
 all: build
 
@@ -41,6 +41,16 @@ test-integration: deps
 
 sanity: deps
 	$(GO) test -count=1 -timeout 15m ./test/sanity/...
+
+# The controller's API code (pkg/nodeloss, pkg/clustercontroller) against
+# a real etcd and kube-apiserver (test/apiserver): the packages with tests
+# under the apiserver build tag. The two binaries are the local cluster's
+# (hack/cluster/build.sh apiserver builds only them, or nothing after the
+# cluster's build). make e2e runs it.
+APISERVER_PKGS = $(shell grep -rl --include='*_test.go' '^//go:build apiserver' pkg test | xargs -n1 dirname | sort -u | sed 's|^|./|')
+test-apiserver:
+	hack/cluster/build.sh apiserver
+	$(GO) test -count=1 -timeout 10m -tags apiserver $(APISERVER_PKGS)
 
 # The upstream csi-sanity CLI (csi-test v5.6.0, hack/tools/csi-sanity)
 # against the flashpv binary with default flags, mount and block, as a user
@@ -112,6 +122,7 @@ verify:
 	@test -z "$$(gofmt -l cmd pkg test)" || { gofmt -l cmd pkg test; echo "gofmt needed"; exit 1; }
 	$(GO) vet ./...
 	$(GO) vet -tags vmselftest ./test/vmself/
+	$(GO) vet -tags apiserver $(APISERVER_PKGS)
 
 # Benchmarks (root): data path against the pool's filesystem, control path,
 # 1000 volumes and a restart. Writes _output/bench/report.{md,json} and
@@ -161,6 +172,7 @@ E2E_NODES = $(or $(NODES),3)
 e2e: deps
 	NODES=$(E2E_NODES) hack/cluster/up.sh
 	NODES=$(E2E_NODES) FLASHPV_RESTART=1 hack/cluster/deploy.sh
+	$(MAKE) test-apiserver
 	mkdir -p _output
 	set -o pipefail; $(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | \
 		grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)' || \

@@ -9,6 +9,9 @@
 #                       e2e.test (go test -c k8s.io/kubernetes/test/e2e), agnhost
 #                       (k8s.io/kubernetes/test/images/agnhost, for the e2e
 #                       images) and the ginkgo CLI (parallel runs)
+#   build.sh apiserver  only kube-apiserver and etcd, for the tests against a
+#                       real API server (make test-apiserver); nothing when
+#                       the cluster's build has made them already
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$BIN"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -20,10 +23,9 @@ export CGO_ENABLED=0 GOFLAGS=-mod=mod
 # of commands from the same module).
 build() {
 	local dir=$1 ldflags=$2; shift 2
-	local stamp missing="" spec stampfile=$BIN/.${STAMP:-$dir}.stamp
-	stamp=$(cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "$* $ldflags") | sha256sum | cut -c1-16)
-	for spec in "$@"; do [ -x "$BIN/${spec%%=*}" ] || missing=1; done
-	if [ -z "$missing" ] && [ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]; then
+	local stamp spec stampfile=$BIN/.${STAMP:-$dir}.stamp
+	stamp=$(stamp_of "$dir" "$ldflags" "$@")
+	if built "$stampfile" "$stamp" "$@"; then
 		return
 	fi
 	log "building ${*%%=*} (cached after the first time)"
@@ -37,6 +39,20 @@ build() {
 	done
 	rm -rf "$tmp"
 	echo "$stamp" >"$stampfile"
+}
+
+# stamp_of DIR LDFLAGS OUT=PKG...: the stamp of a build.
+stamp_of() {
+	local dir=$1 ldflags=$2; shift 2
+	cat "$REPO/hack/tools/$dir/go.mod" "$REPO/hack/tools/$dir/go.sum" <(echo "$* $ldflags") | sha256sum | cut -c1-16
+}
+
+# built STAMPFILE STAMP OUT[=PKG]...: whether the binaries exist and were
+# built with that stamp.
+built() {
+	local stampfile=$1 stamp=$2 spec; shift 2
+	for spec in "$@"; do [ -x "$BIN/${spec%%=*}" ] || return 1; done
+	[ "$(cat "$stampfile" 2>/dev/null)" = "$stamp" ]
 }
 
 # build_test DIR LDFLAGS OUT PKG: go test -c of PKG in a tools module, cached
@@ -54,8 +70,22 @@ build_test() {
 }
 
 kv="-X k8s.io/component-base/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitMajor=1 -X k8s.io/component-base/version.gitMinor=37 -X k8s.io/client-go/pkg/version.gitVersion=$K8S_VERSION -X k8s.io/component-base/version.gitTreeState=clean"
+k8s=()
+for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
+	k8s+=("$c=k8s.io/kubernetes/cmd/$c")
+done
 case "${1:-}" in
 "") ;;
+apiserver)
+	# The cluster's kube-apiserver when its build is current, else one
+	# built alone (its own stamp) from the same module with the same flags.
+	if ! built "$BIN/.kubernetes.stamp" "$(stamp_of kubernetes "$kv" "${k8s[@]}")" kube-apiserver; then
+		STAMP=kubernetes-apiserver build kubernetes "$kv" kube-apiserver=k8s.io/kubernetes/cmd/kube-apiserver
+	fi
+	build etcd "" etcd=go.etcd.io/etcd/server/v3
+	log "kube-apiserver and etcd ready in $BIN"
+	exit 0
+	;;
 e2e.test)
 	build_test kubernetes "$kv" e2e.test k8s.io/kubernetes/test/e2e
 	STAMP=kubernetes-e2e build kubernetes "" agnhost=k8s.io/kubernetes/test/images/agnhost \
@@ -63,12 +93,8 @@ e2e.test)
 	log "e2e.test, agnhost and ginkgo ready in $BIN"
 	exit 0
 	;;
-*) die "unknown target $1 (usage: build.sh [e2e.test])" ;;
+*) die "unknown target $1 (usage: build.sh [e2e.test|apiserver])" ;;
 esac
-k8s=()
-for c in kube-apiserver kube-controller-manager kube-scheduler kubelet kube-proxy kubectl; do
-	k8s+=("$c=k8s.io/kubernetes/cmd/$c")
-done
 build kubernetes "$kv" "${k8s[@]}"
 build etcd "" etcd=go.etcd.io/etcd/server/v3
 build provisioner "" csi-provisioner=github.com/kubernetes-csi/external-provisioner/v6/cmd/csi-provisioner
