@@ -1,0 +1,283 @@
+//go:build powerloss
+
+package powerloss
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"testing"
+	"time"
+	"unsafe"
+
+	"github.com/container-storage-interface/spec/lib/go/csi"
+)
+
+// maxWorkload bounds a boot's workload: the host cuts the power long
+// before; a workload that ends by itself fails the run.
+const maxWorkload = 5 * time.Minute
+
+// workload is what runs in every pool until the power goes: a writer
+// appending records to a file in a published Filesystem volume, one
+// writing them to a published Block volume, and CSI calls (create, stage,
+// publish, expand, snapshot, restore, delete) one after the other.
+type workload struct {
+	t   *testing.T
+	em  *emitter
+	drv *flashpv
+	g   guestEnv
+}
+
+func newWorkload(t *testing.T, em *emitter, drv *flashpv, g guestEnv) *workload {
+	return &workload{t: t, em: em, drv: drv, g: g}
+}
+
+func (w *workload) run() {
+	ctx, cancel := context.WithTimeout(context.Background(), maxWorkload)
+	defer cancel()
+	w.em.progress("start", "workload of boot %d", w.g.boot)
+	var wg sync.WaitGroup
+	for i, p := range pools {
+		rng := rand.New(rand.NewPCG(w.g.seed, uint64(w.g.boot)<<8|uint64(i)))
+		wg.Go(func() { w.pool(ctx, p, p.kinds[w.g.boot%len(p.kinds)], rng) })
+	}
+	wg.Wait()
+	if ctx.Err() != nil {
+		w.t.Errorf("the workload ran %v and no power cut came", maxWorkload)
+	}
+}
+
+// failf reports a failed call of the workload: without faults every call
+// must succeed.
+func (w *workload) failf(format string, args ...any) {
+	msg := fmt.Sprintf(format, args...)
+	w.em.progress("fail", "%s", msg)
+	w.t.Error(msg)
+}
+
+func (w *workload) create(ev event) (string, bool) {
+	ev.Op = "create"
+	seq := w.em.call(ev)
+	var resp *csi.CreateVolumeResponse
+	err := retry(func(ctx context.Context) (err error) {
+		resp, err = w.drv.ctl.CreateVolume(ctx, createRequest(ev))
+		return err
+	})
+	if err != nil {
+		w.failf("CreateVolume %s: %v", ev.Name, err)
+		return "", false
+	}
+	id := resp.GetVolume().GetVolumeId()
+	w.em.ack(seq, event{Op: "create", ID: id})
+	return id, true
+}
+
+// up creates a volume, stages and publishes it.
+func (w *workload) up(ev event) (string, bool) {
+	id, ok := w.create(ev)
+	if !ok {
+		return "", false
+	}
+	if err := w.drv.stage(id, ev.Name, ev.Kind); err != nil {
+		w.failf("NodeStageVolume %s: %v", ev.Name, err)
+		return "", false
+	}
+	if err := w.drv.publish(id, ev.Name, ev.Kind); err != nil {
+		w.failf("NodePublishVolume %s: %v", ev.Name, err)
+		return "", false
+	}
+	return id, true
+}
+
+func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand) {
+	name := fmt.Sprintf("b%d-%s-w", w.g.boot, p.name)
+	ev := event{Pool: p.name, Name: name, Kind: kind, Size: initialSize(kind)}
+	wid, ok := w.up(ev)
+	if !ok {
+		return
+	}
+	fsw := &writer{w: w, id: wid, tag: volumeTag(name)}
+	go fsw.file(filepath.Join(targetPath(name, kind), "records"), -1)
+	if p.block {
+		bname := fmt.Sprintf("b%d-%s-wb", w.g.boot, p.name)
+		if bid, ok := w.up(event{Pool: p.name, Name: bname, Kind: "block", Size: initialSize("block")}); ok {
+			bw := &writer{w: w, id: bid, tag: volumeTag(bname)}
+			go bw.block(targetPath(bname, "block"), initialSize("block"))
+		}
+	}
+	prevSnap := ""
+	for r := 0; ctx.Err() == nil; r++ {
+		prevSnap = w.round(p, r, ev, wid, fsw, prevSnap, rng)
+		if prevSnap == "" {
+			return
+		}
+	}
+}
+
+// round is one pass of CSI calls in a pool; it returns the snapshot it
+// leaves, "" after a failure.
+func (w *workload) round(p poolDef, r int, src event, srcID string, fsw *writer, prevSnap string, rng *rand.Rand) string {
+	kinds := p.kinds
+	if p.block {
+		kinds = append(kinds, "block")
+	}
+	kind := kinds[rng.IntN(len(kinds))]
+	v := event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-v%d", w.g.boot, p.name, r), Kind: kind, Size: initialSize(kind)}
+	vid, ok := w.up(v)
+	if !ok {
+		return ""
+	}
+	size := v.Size + expandStep
+	seq := w.em.call(event{Op: "expand", Name: v.Name, ID: vid, Size: size})
+	err := retry(func(ctx context.Context) error {
+		_, err := w.drv.node.NodeExpandVolume(ctx, &csi.NodeExpandVolumeRequest{VolumeId: vid, VolumePath: targetPath(v.Name, kind),
+			StagingTargetPath: stagingPath(v.Name, kind), CapacityRange: &csi.CapacityRange{RequiredBytes: size}, VolumeCapability: capability(kind)})
+		return err
+	})
+	if err != nil {
+		w.failf("NodeExpandVolume %s: %v", v.Name, err)
+		return ""
+	}
+	w.em.ack(seq, event{Op: "expand"})
+	// A few records in the round's volume too: a quota pool snapshots
+	// this one (it cannot freeze a directory in use for a point-in-time
+	// copy), the others the writer's.
+	vw := &writer{w: w, id: vid, tag: volumeTag(v.Name)}
+	if kind != "block" && !vw.file(filepath.Join(targetPath(v.Name, kind), "records"), 8) {
+		return ""
+	}
+	tag, recs := fsw.tag, int(fsw.acked.Load())
+	if strings.HasPrefix(p.arg, "quota:") {
+		if err := w.drv.release(vid, v.Name, kind); err != nil {
+			w.failf("taking %s down: %v", v.Name, err)
+			return ""
+		}
+		src, srcID, tag, recs = v, vid, vw.tag, 8
+	}
+
+	sname := fmt.Sprintf("b%d-%s-s%d", w.g.boot, p.name, r)
+	seq = w.em.call(event{Op: "snap", Pool: p.name, Name: sname, Src: srcID, Recs: recs})
+	var sresp *csi.CreateSnapshotResponse
+	err = retry(func(ctx context.Context) (err error) {
+		sresp, err = w.drv.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: sname, SourceVolumeId: srcID})
+		return err
+	})
+	if err != nil {
+		w.failf("CreateSnapshot %s: %v", sname, err)
+		return ""
+	}
+	sid := sresp.GetSnapshot().GetSnapshotId()
+	w.em.ack(seq, event{Op: "snap", ID: sid})
+
+	rv := event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-r%d", w.g.boot, p.name, r), Kind: src.Kind, Size: src.Size, Snap: sid, Recs: recs}
+	if src.Name == v.Name {
+		rv.Size = size // a snapshot of the expanded volume
+	}
+	rid, ok := w.up(rv)
+	if !ok {
+		return ""
+	}
+	if recs > 0 {
+		if _, err := verifyRecords(filepath.Join(targetPath(rv.Name, rv.Kind), "records"), tag, recs); err != nil {
+			w.failf("restore %s of snapshot %s: %v", rv.Name, sname, err)
+		}
+	}
+	for _, d := range []event{{Name: rv.Name, ID: rid, Kind: rv.Kind}, {Name: v.Name, ID: vid, Kind: kind}} {
+		if err := w.drv.release(d.ID, d.Name, d.Kind); err != nil {
+			w.failf("taking %s down: %v", d.Name, err)
+			return ""
+		}
+		seq := w.em.call(event{Op: "delete", Name: d.Name, ID: d.ID})
+		if err := w.drv.deleteVolume(d.ID); err != nil {
+			w.failf("DeleteVolume %s: %v", d.Name, err)
+			return ""
+		}
+		w.em.ack(seq, event{Op: "delete"})
+	}
+	if prevSnap != "" {
+		name := fmt.Sprintf("b%d-%s-s%d", w.g.boot, p.name, r-1)
+		seq := w.em.call(event{Op: "delsnap", Name: name, ID: prevSnap})
+		if err := w.drv.deleteSnapshot(prevSnap); err != nil {
+			w.failf("DeleteSnapshot %s: %v", name, err)
+			return ""
+		}
+		w.em.ack(seq, event{Op: "delsnap"})
+	}
+	return sid
+}
+
+// writer appends records to a volume, each made durable (fsync) before it
+// is acknowledged.
+type writer struct {
+	w     *workload
+	id    string
+	tag   uint64
+	acked atomic.Int64
+}
+
+// pace leaves the emulated CPUs to the calls.
+const pace = 20 * time.Millisecond
+
+// file appends n records (n < 0: until it fails) and reports whether
+// all were written.
+func (wr *writer) file(path string, n int) bool {
+	f, err := os.OpenFile(path, os.O_WRONLY|os.O_CREATE|os.O_APPEND, 0o644)
+	if err != nil {
+		wr.w.failf("writer of %s: %v", wr.id, err)
+		return false
+	}
+	defer f.Close()
+	if d, err := os.Open(filepath.Dir(path)); err == nil {
+		d.Sync()
+		d.Close()
+	}
+	b := make([]byte, recSize)
+	for seq := 0; seq != n; seq++ {
+		fillRecord(b, wr.tag, seq)
+		if _, err := f.Write(b); err != nil {
+			wr.w.failf("writer of %s: record %d: %v", wr.id, seq, err)
+			return false
+		}
+		if err := f.Sync(); err != nil {
+			wr.w.failf("writer of %s: fsync of record %d: %v", wr.id, seq, err)
+			return false
+		}
+		wr.acked.Store(int64(seq + 1))
+		wr.w.em.emit(event{Ev: "ack", Op: "rec", ID: wr.id, Recs: seq + 1})
+		time.Sleep(pace)
+	}
+	return true
+}
+
+// block writes records with O_DIRECT to a Block volume's device, and
+// flushes the device's cache after each.
+func (wr *writer) block(path string, size int64) {
+	f, err := os.OpenFile(path, os.O_WRONLY|syscall.O_DIRECT, 0)
+	if err != nil {
+		wr.w.failf("writer of %s: %v", wr.id, err)
+		return
+	}
+	buf := make([]byte, 2*recSize)
+	off := int(uintptr(unsafe.Pointer(&buf[0])) & (recSize - 1))
+	b := buf[recSize-off : 2*recSize-off] // aligned for O_DIRECT
+	for seq := 0; int64(seq+1)*recSize <= size; seq++ {
+		fillRecord(b, wr.tag, seq)
+		if _, err := f.WriteAt(b, int64(seq)*recSize); err != nil {
+			wr.w.failf("writer of %s: record %d: %v", wr.id, seq, err)
+			return
+		}
+		if err := f.Sync(); err != nil {
+			wr.w.failf("writer of %s: flush after record %d: %v", wr.id, seq, err)
+			return
+		}
+		wr.acked.Store(int64(seq + 1))
+		wr.w.em.emit(event{Ev: "ack", Op: "rec", ID: wr.id, Recs: seq + 1})
+		time.Sleep(pace)
+	}
+}
