@@ -416,7 +416,7 @@ func (r *Reconciler) takeSnapshot(ctx context.Context, pv *corev1.PersistentVolu
 		"kind":       "VolumeSnapshot",
 		"metadata": map[string]any{
 			"name": SnapshotName(rec), "namespace": ref.Namespace,
-			"labels": map[string]any{"app.kubernetes.io/managed-by": "flashpv-controller"},
+			"labels":      map[string]any{"app.kubernetes.io/managed-by": "flashpv-controller"},
 			"annotations": map[string]any{AnnID: rec.ID},
 		},
 		"spec": spec,
