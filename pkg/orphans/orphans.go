@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -245,4 +246,12 @@ func (f *Finder) Warnings() []string {
 	}
 	sort.Strings(out)
 	return out
+}
+
+// Found returns the orphans of the last scan, and whether that scan could
+// judge (a current volume list) or, if not, why.
+func (f *Finder) Found() (found []Orphan, judged bool, state string) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return slices.Clone(f.orphans), f.state == "current", f.state
 }
