@@ -34,7 +34,7 @@ type hostConfig struct {
 }
 
 func loadHostConfig(t *testing.T) hostConfig {
-	c := hostConfig{seed: rand.Uint64() >> 1, cuts: 20, window: 30 * time.Second}
+	c := hostConfig{seed: rand.Uint64() >> 1, cuts: 20, window: 20 * time.Second}
 	if s := os.Getenv("FLASHPV_POWERLOSS_SEED"); s != "" {
 		n, err := strconv.ParseUint(s, 10, 63)
 		if err != nil {
@@ -65,7 +65,7 @@ type bootResult struct {
 	rc       int
 	took     time.Duration
 	cut      bool
-	cutAfter time.Duration // from the workload's start to the cut
+	cutAfter time.Duration // from the workload's ready line to the cut
 	events   []event
 	checks   []string // the guest's check lines
 	marks    []string // how far it got when
@@ -144,7 +144,7 @@ func build(t *testing.T, repo, out string) {
 }
 
 // runBoot boots the VM on the disks, and unless it is the final boot cuts
-// its power delay after the guest's workload started.
+// its power delay after the guest's workload is ready (every writer running).
 func runBoot(t *testing.T, repo, out, disks string, seed uint64, n int, final bool, delay time.Duration) *bootResult {
 	b := &bootResult{n: n}
 	logf, err := os.Create(filepath.Join(out, fmt.Sprintf("boot%d.log", n)))
@@ -189,7 +189,7 @@ func runBoot(t *testing.T, repo, out, disks string, seed uint64, n int, final bo
 			fmt.Fprintln(evf, line)
 			b.events = append(b.events, ev)
 			switch ev.Ev {
-			case "start":
+			case "ready":
 				if !final {
 					mu.Lock()
 					started = time.Now()

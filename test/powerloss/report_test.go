@@ -60,7 +60,7 @@ func (b *bootResult) summary() string {
 	fmt.Fprintf(&s, "boot %d: %.0f s, exit %d", b.n, b.took.Seconds(), b.rc)
 	if b.cut {
 		a := tally(b.events)
-		fmt.Fprintf(&s, "; power cut %.2f s into the workload; acknowledged %s, records %s; in flight: %s",
+		fmt.Fprintf(&s, "; power cut %.2f s after every pool's writers ran; acknowledged %s, records %s; in flight: %s",
 			b.cutAfter.Seconds(), counts(a.ops), counts(a.recs), strings.Join(a.inFlight, ", "))
 	}
 	if len(b.marks) > 0 {

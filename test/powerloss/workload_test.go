@@ -42,11 +42,16 @@ func (w *workload) run() {
 	ctx, cancel := context.WithTimeout(context.Background(), maxWorkload)
 	defer cancel()
 	w.em.progress("start", "workload of boot %d", w.g.boot)
-	var wg sync.WaitGroup
+	var wg, ready sync.WaitGroup
+	ready.Add(len(pools))
 	for i, p := range pools {
 		rng := rand.New(rand.NewPCG(w.g.seed, uint64(w.g.boot)<<8|uint64(i)))
-		wg.Go(func() { w.pool(ctx, p, p.kinds[w.g.boot%len(p.kinds)], rng) })
+		wg.Go(func() { w.pool(ctx, p, p.kinds[w.g.boot%len(p.kinds)], rng, ready.Done) })
 	}
+	// The host draws the cut's moment from here: every pool has its
+	// writers going and is at its first round of calls.
+	ready.Wait()
+	w.em.progress("ready", "writers running in every pool")
 	wg.Wait()
 	if ctx.Err() != nil {
 		w.t.Errorf("the workload ran %v and no power cut came", maxWorkload)
@@ -95,7 +100,9 @@ func (w *workload) up(ev event) (string, bool) {
 	return id, true
 }
 
-func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand) {
+func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand, ready func()) {
+	readyOnce := sync.OnceFunc(ready)
+	defer readyOnce()
 	name := fmt.Sprintf("b%d-%s-w", w.g.boot, p.name)
 	ev := event{Pool: p.name, Name: name, Kind: kind, Size: initialSize(kind)}
 	wid, ok := w.up(ev)
@@ -111,6 +118,7 @@ func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.R
 			go bw.block(targetPath(bname, "block"), initialSize("block"))
 		}
 	}
+	readyOnce()
 	prevSnap := ""
 	for r := 0; ctx.Err() == nil; r++ {
 		prevSnap = w.round(p, r, ev, wid, fsw, prevSnap, rng)
