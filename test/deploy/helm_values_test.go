@@ -69,6 +69,25 @@ func TestHelmFullValues(t *testing.T) {
 	checkMonitoring(t, r, true)
 	checkPrometheusRule(t, r)
 
+	// Every pod pulls with the values' Secret and policy.
+	for _, kind := range []string{"DaemonSet", "Deployment"} {
+		for _, name := range r.kinds[kind] {
+			var obj struct{ Spec struct{ Template corev1.PodTemplateSpec } }
+			if err := yaml.Unmarshal(r.objs[kind+"/"+name], &obj); err != nil {
+				t.Fatal(err)
+			}
+			pod := obj.Spec.Template.Spec
+			if len(pod.ImagePullSecrets) != 1 || pod.ImagePullSecrets[0].Name != "registry-example" {
+				t.Errorf("%s %s pulls with %v", kind, name, pod.ImagePullSecrets)
+			}
+			for _, c := range pod.Containers {
+				if c.ImagePullPolicy != corev1.PullAlways {
+					t.Errorf("%s %s: container %s pull policy %s", kind, name, c.Name, c.ImagePullPolicy)
+				}
+			}
+		}
+	}
+
 	var ns corev1.Namespace
 	r.decode(t, "Namespace", "flashpv", &ns)
 	if ns.Labels["pod-security.kubernetes.io/enforce"] != "privileged" {
