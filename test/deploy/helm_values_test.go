@@ -72,7 +72,9 @@ func TestHelmFullValues(t *testing.T) {
 	// Every pod pulls with the values' Secret and policy.
 	for _, kind := range []string{"DaemonSet", "Deployment"} {
 		for _, name := range r.kinds[kind] {
-			var obj struct{ Spec struct{ Template corev1.PodTemplateSpec } }
+			var obj struct {
+				Spec struct{ Template corev1.PodTemplateSpec }
+			}
 			if err := yaml.Unmarshal(r.objs[kind+"/"+name], &obj); err != nil {
 				t.Fatal(err)
 			}
