@@ -8,15 +8,18 @@ import (
 
 // RegisterMetrics registers on reg, with no API client behind them, the
 // collectors Run registers besides the Go runtime's and the process's:
-// the node-loss reconciler's, the volume list writer's and the transfer
-// broker's. docs/reference.md's test reads the metrics of `flashpv
-// controller` from it; a collector Run registers elsewhere must be added
-// here too.
+// the node-loss reconciler's, the volume list writer's, the node status
+// collector's and the transfer broker's. docs/reference.md's test reads
+// the metrics of `flashpv controller` from it; a collector Run registers
+// elsewhere must be added here too.
 func RegisterMetrics(reg prometheus.Registerer) error {
 	if _, err := nodeloss.NewMetrics(reg); err != nil {
 		return err
 	}
 	if _, err := newListWriter(nil, "", nil, nil, 0, reg); err != nil {
+		return err
+	}
+	if _, err := newStatusCollector(nil, "", nil, nil, nil, 0, reg); err != nil {
 		return err
 	}
 	opts := TransferOptions{NodePodLabel: "app.kubernetes.io/name=flashpv"}

@@ -14,7 +14,10 @@ import (
 	"github.com/flashpv/flashpv/pkg/wellknown"
 )
 
-const volumeListName = wellknown.VolumeListConfigMap
+const (
+	volumeListName = wellknown.VolumeListConfigMap
+	nodeStatusName = wellknown.NodeStatusConfigMap
+)
 
 // Options are the flags of `flashpv controller`.
 type Options struct {
@@ -24,6 +27,10 @@ type Options struct {
 	NodeLossGrace     time.Duration
 	Resync            time.Duration
 	VolumeListRefresh time.Duration
+	// NodeStatusPort is the port of the node plugins' health address,
+	// where they serve their status (0: not collected).
+	NodeStatusPort     int
+	NodeStatusInterval time.Duration
 
 	LeaderElection bool
 	LeaseName      string
@@ -53,6 +60,8 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.NodeLossGrace, "node-loss-grace", 5*time.Minute, "how long a node named by flashpv PVs must stay without a Node object before its opted-in claims are deleted")
 	fs.DurationVar(&o.Resync, "resync", 10*time.Second, "how often the lost nodes and the volume lists are looked at")
 	fs.DurationVar(&o.VolumeListRefresh, "volume-list-refresh", 5*time.Minute, "rewrite the per-node volume lists at least this often, so node plugins know they are current")
+	fs.IntVar(&o.NodeStatusPort, "node-status-port", 9808, "port of the node plugins' health address (--health-address of flashpv), on their pod IPs, where the controller reads each node's status into the ConfigMap flashpv-status for kubectl flashpv (0: off)")
+	fs.DurationVar(&o.NodeStatusInterval, "node-status-interval", time.Minute, "how often the node plugins' status is collected")
 	fs.BoolVar(&o.LeaderElection, "leader-election", true, "elect one active controller through a Lease")
 	fs.StringVar(&o.LeaseName, "leader-election-lease", "flashpv-controller", "the Lease's name")
 	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a leader's Lease holds")
@@ -111,6 +120,12 @@ func (o *Options) Validate() error {
 	}
 	if o.Resync <= 0 || o.VolumeListRefresh <= 0 {
 		errs = append(errs, errors.New("--resync and --volume-list-refresh must be positive"))
+	}
+	if o.NodeStatusPort < 0 || o.NodeStatusPort > 65535 {
+		errs = append(errs, fmt.Errorf("--node-status-port %d: not a port", o.NodeStatusPort))
+	}
+	if o.NodeStatusPort != 0 && o.NodeStatusInterval <= 0 {
+		errs = append(errs, errors.New("--node-status-interval must be positive"))
 	}
 	if o.LeaderElection && !(o.LeaseDuration > o.RenewDeadline && o.RenewDeadline > o.RetryPeriod && o.RetryPeriod > 0) {
 		errs = append(errs, errors.New("leader election wants lease duration > renew deadline > retry period > 0"))

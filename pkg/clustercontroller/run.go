@@ -157,6 +157,13 @@ func Run(ctx context.Context, opts Options, version string) error {
 		return nil
 	}
 	leaderTasks := []func(context.Context) error{work, writeLists}
+	collect, err := statusTask(opts, client, listers, []cache.InformerSynced{core.Nodes().Informer().HasSynced, core.Pods().Informer().HasSynced}, reg, st)
+	if err != nil {
+		return err
+	}
+	if collect != nil {
+		leaderTasks = append(leaderTasks, collect)
+	}
 	if xfer != nil {
 		leaderTasks = append(leaderTasks, func(ctx context.Context) error {
 			loop(ctx, opts.Resync, "transfer keys", xfer.ensureKeys, st)

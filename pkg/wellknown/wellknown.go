@@ -27,6 +27,12 @@ const (
 	// mounts it, so a node plugin finds orphaned volumes without calling
 	// the Kubernetes API.
 	VolumeListConfigMap = "flashpv-volumes"
+
+	// NodeStatusConfigMap is the ConfigMap, in flashpv's namespace, in
+	// which the cluster controller writes what each node plugin reports
+	// of itself (pools, volumes' used space and health, orphans; one key
+	// per node name, pkg/nodestatus), for `kubectl flashpv`.
+	NodeStatusConfigMap = "flashpv-status"
 )
 
 const (
