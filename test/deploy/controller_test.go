@@ -35,7 +35,7 @@ var controllerNamespaced = map[string][]string{
 }
 
 // controllerNames are the only objects of its namespace it may read or write.
-var controllerNames = []string{"flashpv-controller", "flashpv-volumes", "flashpv-transfer-trust", "flashpv-transfer-key"}
+var controllerNames = []string{"flashpv-controller", "flashpv-volumes", "flashpv-status", "flashpv-transfer-trust", "flashpv-transfer-key"}
 
 func checkControllerRules(t *testing.T, who string, rules []rbacv1.PolicyRule, allowed map[string][]string) {
 	t.Helper()
