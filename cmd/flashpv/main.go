@@ -79,6 +79,7 @@ func run(opts config.Options) error {
 	var tasks []func() error
 	tasks = append(tasks, func() error { return d.Serve(ctx, lis) })
 	checker := &health.Checker{CSISocket: opts.SocketPath(), Pools: pools}
+	nodeStatus := &nodeplugin.Status{Node: opts.NodeID, Version: version, Driver: d}
 	if opts.RegistrationPath != "" {
 		r := registration.New(wellknown.DriverName, opts.RegistrationPath)
 		checker.Registration = r
@@ -92,6 +93,7 @@ func run(opts config.Options) error {
 			return err
 		}
 		checker.Orphans = finder
+		nodeStatus.Orphans = finder
 		tasks = append(tasks, func() error { return finder.Run(ctx, time.Minute) })
 	}
 	if plugin.Transfer != nil {
@@ -100,7 +102,7 @@ func run(opts config.Options) error {
 		}
 	}
 	if opts.HealthAddress != "" {
-		h := health.Handler(checker, reg)
+		h := nodeplugin.WithStatus(health.Handler(checker, reg), nodeStatus)
 		tasks = append(tasks, func() error { return health.Serve(ctx, opts.HealthAddress, h) })
 	}
 	// Every task runs until ctx ends; the first to fail ends the others.
