@@ -46,7 +46,6 @@ type Reconciler struct {
 	Dynamic  dynamic.Interface
 	PVs      corelisters.PersistentVolumeLister
 	Claims   corelisters.PersistentVolumeClaimLister
-	Pods     corelisters.PodLister
 	Orders   Orders
 	Recorder record.EventRecorder
 	// Target picks the node a PV's move goes to (RequestAny or a node
@@ -142,10 +141,7 @@ func (r *Reconciler) view(ctx context.Context, pv *corev1.PersistentVolume) (Vie
 	v := View{
 		PV:    pv,
 		Claim: r.claim(ctx),
-		Pods: func(ns string) []*corev1.Pod {
-			pods, _ := r.Pods.Pods(ns).List(labels.Everything())
-			return pods
-		},
+		Pods:  r.pods(ctx),
 		NewID: newID,
 	}
 	rec, ok := RecordOf(pv)
@@ -186,6 +182,23 @@ func (r *Reconciler) view(ctx context.Context, pv *corev1.PersistentVolume) (Vie
 	v.OrderError = r.errs[rec.ID]
 	r.mu.Unlock()
 	return v, nil
+}
+
+// pods lists a namespace's pods from the API server: a step must see the
+// pod the step before deleted as gone, which a cache may not yet.
+func (r *Reconciler) pods(ctx context.Context) func(ns string) []*corev1.Pod {
+	return func(ns string) []*corev1.Pod {
+		list, err := r.Client.CoreV1().Pods(ns).List(ctx, metav1.ListOptions{})
+		if err != nil {
+			klog.ErrorS(err, "Listing pods for a move", "namespace", ns)
+			return nil
+		}
+		pods := make([]*corev1.Pod, len(list.Items))
+		for i := range list.Items {
+			pods[i] = &list.Items[i]
+		}
+		return pods
+	}
 }
 
 func (r *Reconciler) claim(ctx context.Context) func(ns, name string) *corev1.PersistentVolumeClaim {
