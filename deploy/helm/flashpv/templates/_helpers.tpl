@@ -61,3 +61,16 @@ values.yaml; see the pool syntax in deploy/kubernetes/configmap-pools.yaml.
 {{- with $p.reserve }},reserve={{ . }}{{ end -}}
 {{- end -}}
 
+
+{{/*
+flashpv.rules: the rules of a Role or ClusterRole of the kustomize base
+(files/kubernetes links to deploy/kubernetes), so that the chart grants
+exactly what the base grants. Call with (list $ "PATH").
+*/}}
+{{- define "flashpv.rules" -}}
+{{- $root := index . 0 -}}
+{{- $path := printf "files/kubernetes/%s" (index . 1) -}}
+{{- $rules := ($root.Files.Get $path | fromYaml).rules -}}
+{{- if not $rules }}{{ fail (printf "%s: no rules" $path) }}{{ end -}}
+{{ toYaml $rules }}
+{{- end -}}
