@@ -92,7 +92,8 @@ func boundedWait(ctx context.Context) (context.Context, context.CancelFunc) {
 // probeDir checks that a pool directory can be listed, written and read
 // back from its device: a small file is written, synced (a device that
 // fails writes fails the sync), read back with O_DIRECT (past the page
-// cache, so from the device) and removed.
+// cache, so from the device) and removed. A filesystem too full for the
+// file passes.
 func probeDir(dir string) error {
 	if _, err := os.ReadDir(dir); err != nil {
 		return err
@@ -101,6 +102,9 @@ func probeDir(dir string) error {
 	rand.Read(rnd[:])
 	name := filepath.Join(dir, fmt.Sprintf(".probe-%x", rnd))
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if full(err) {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -114,6 +118,9 @@ func probeDir(dir string) error {
 	if cerr := f.Close(); werr == nil {
 		werr = cerr
 	}
+	if full(werr) {
+		return nil // a full filesystem answered: capacity says it is full
+	}
 	if werr != nil {
 		return fmt.Errorf("writing probe file %s: %w", name, werr)
 	}
@@ -124,6 +131,12 @@ func probeDir(dir string) error {
 		return err
 	}
 	return nil
+}
+
+// full tells whether err says the filesystem has no room: the device
+// works, and a full pool is not a failing one.
+func full(err error) bool {
+	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
 }
 
 // readFirstBlock reads the first block of a file or device with O_DIRECT,

@@ -463,3 +463,30 @@ func (d *diskCheck) othersServe(failing, name string) {
 	d.c.unpublishUnstage(id, staging, target)
 	d.c.delete(id)
 }
+
+// TestFullPoolIsNotFailing fills an image pool's filesystem to the last
+// block: its probe still passes (the device answers; capacity says it is
+// full), so no health report calls it failing.
+func TestFullPoolIsNotFailing(t *testing.T) {
+	harness.RequireBackend(t, "image")
+	fs := harness.PoolFS(t, "64M")
+	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": fs + "/pool"}})
+	c := newClient(t, env)
+	c.create("pvc-full", 8<<20, blockCap())
+	filler := filepath.Join(fs, "filler")
+	t.Cleanup(func() { os.Remove(filler) })
+	if out, err := exec.Command("dd", "if=/dev/zero", "of="+filler, "bs=1M").CombinedOutput(); err == nil || !strings.Contains(string(out), "No space left") {
+		t.Fatalf("filling the pool's filesystem: %v %s", err, out)
+	}
+	// Whatever ext4 keeps back for its own metadata, the rest goes too.
+	exec.Command("sh", "-c", "for i in $(seq 64); do dd if=/dev/zero of="+filler+"$i bs=4k 2>/dev/null || break; done").Run()
+	t.Cleanup(func() { exec.Command("sh", "-c", "rm -f "+filler+"*").Run() })
+	resp, err := c.nd.NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{})
+	if err != nil || len(resp.GetBackendHealth()) != 0 {
+		t.Fatalf("storage health of a full pool: %v %v", resp, err)
+	}
+	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open}
+	if w := checker.Warnings(ctx); len(w) != 0 {
+		t.Fatalf("/healthz warnings for a full pool: %q", w)
+	}
+}
