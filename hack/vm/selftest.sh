@@ -3,7 +3,8 @@
 # tag vmselftest): an empty run (boot to exit), LVM (thick, striped, thin
 # pool, thin LV, snapshot, JSON reports), XFS project quota on a loop device
 # in TMPDIR, environment and arguments, a failing test, the timeout, SIGTERM,
-# and a guest that panics. About 2 minutes; prints the wall time of each.
+# a guest that panics, and a power cut on kept disks. About 2 minutes; prints
+# the wall time of each.
 set -euo pipefail
 here=$(dirname "$(readlink -f "$0")")
 tmp=$(mktemp -d /tmp/flashpv-vm-selftest.XXXXXX)
@@ -55,4 +56,20 @@ $streamed || { echo "    the output came only at the end"; failed=1; }
 grep -q "vmexec: VM timed out after 20 s" "$tmp/out" || { echo "    no timeout message"; failed=1; }
 check "kernel panic" 125 "gave no result" "$vmexec" "$tmp/panic"
 check "SIGTERM after 15 s" 143 "SIGTERM: stopping the VM" timeout --preserve-status 15 env FLASHPV_SELFTEST_SLEEP=1 "$vmexec" "$t" -test.run TestSleeps
+# A power cut (SIGUSR1) once the guest runs: exit 137 at once, and the disks
+# of FLASHPV_VM_DISKDIR kept for the next VM.
+mkdir "$tmp/disks"
+cutter() {
+	"$@" &
+	local pid=$! i
+	for i in $(seq 300); do
+		! grep -q "asleep for 2 s" "$tmp/out" || break
+		sleep 0.2
+	done
+	kill -USR1 "$pid"
+	wait "$pid"
+}
+check "power cut (SIGUSR1)" 137 "power cut (SIGUSR1): qemu killed" cutter env FLASHPV_VM_DISKDIR="$tmp/disks" FLASHPV_SELFTEST_SLEEP=1 \
+	"$vmexec" "$t" -test.v -test.run TestSleeps
+[ -f "$tmp/disks/disk1.raw" ] && [ -f "$tmp/disks/disk2.raw" ] || { echo "    the disks of FLASHPV_VM_DISKDIR are gone"; failed=1; }
 exit $failed

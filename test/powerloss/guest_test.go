@@ -148,7 +148,7 @@ func makePools(t *testing.T, devs map[string]string) {
 			sh(t, "lvm", "pvcreate", "-q", "-y", dev)
 			sh(t, "lvm", "vgcreate", "-q", "-y", "-s", "4m", p.vg, dev)
 			if strings.Contains(p.arg, "thin=") {
-				sh(t, "lvm", "lvcreate", "-q", "-y", "--type", "thin-pool", "-L", "5g", "-n", "thin", p.vg)
+				sh(t, "lvm", "lvcreate", "-q", "-y", "--type", "thin-pool", "-L", "2500m", "-n", "thin", p.vg)
 			}
 		case p.fsType == "ext4":
 			sh(t, "mkfs.ext4", "-q", "-F", dev)
@@ -275,7 +275,13 @@ func startFlashpv(t *testing.T, g guestEnv) *flashpv {
 	if err != nil {
 		t.Fatal(err)
 	}
-	cmd := exec.Command(g.bin, args...)
+	// From the guest's memory: a binary run from the 9p share is paged in
+	// 4 KiB at a time, seconds for flashpv under emulation.
+	bin := filepath.Join(os.TempDir(), "flashpv")
+	if out, err := exec.Command("cp", g.bin, bin).CombinedOutput(); err != nil {
+		t.Fatalf("cp %s: %v: %s", g.bin, err, out)
+	}
+	cmd := exec.Command(bin, args...)
 	cmd.Stdout, cmd.Stderr = logf, logf
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)

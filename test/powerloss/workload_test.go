@@ -103,6 +103,21 @@ func (w *workload) up(ev event) (string, bool) {
 func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand, ready func()) {
 	readyOnce := sync.OnceFunc(ready)
 	defer readyOnce()
+	// The Block volume's writer comes up beside the other.
+	blockReady := make(chan struct{})
+	defer func() { <-blockReady }()
+	if !p.block {
+		close(blockReady)
+	} else {
+		go func() {
+			defer close(blockReady)
+			bname := fmt.Sprintf("b%d-%s-wb", w.g.boot, p.name)
+			if bid, ok := w.up(event{Pool: p.name, Name: bname, Kind: "block", Size: initialSize("block")}); ok {
+				bw := &writer{w: w, id: bid, tag: volumeTag(bname)}
+				go bw.block(targetPath(bname, "block"), initialSize("block"))
+			}
+		}()
+	}
 	name := fmt.Sprintf("b%d-%s-w", w.g.boot, p.name)
 	ev := event{Pool: p.name, Name: name, Kind: kind, Size: initialSize(kind)}
 	wid, ok := w.up(ev)
@@ -111,13 +126,7 @@ func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.R
 	}
 	fsw := &writer{w: w, id: wid, tag: volumeTag(name)}
 	go fsw.file(filepath.Join(targetPath(name, kind), "records"), -1)
-	if p.block {
-		bname := fmt.Sprintf("b%d-%s-wb", w.g.boot, p.name)
-		if bid, ok := w.up(event{Pool: p.name, Name: bname, Kind: "block", Size: initialSize("block")}); ok {
-			bw := &writer{w: w, id: bid, tag: volumeTag(bname)}
-			go bw.block(targetPath(bname, "block"), initialSize("block"))
-		}
-	}
+	<-blockReady
 	readyOnce()
 	prevSnap := ""
 	for r := 0; ctx.Err() == nil; r++ {
