@@ -75,6 +75,42 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*S
 	if err != nil {
 		return nil, fromBroker(err)
 	}
+	req := ReadRequest{Capability: grant.Capability, Kind: g.Kind, Source: g.Source, Target: g.Target, From: have.From, Version: have.Version}
+	return c.connect(ctx, Grant{SourceNode: grant.SourceNode, Address: grant.Address, Capability: grant.Capability}, req, have)
+}
+
+// Grant is what a capability lets this node read: where, and with which
+// capability.
+type Grant struct {
+	SourceNode, Address, Capability string
+}
+
+// OpenGranted asks g's source node for req's content with g's capability,
+// which the controller handed out itself (a move's orders) rather than
+// through the broker; otherwise as Open. req.Capability is g's.
+func (c *Client) OpenGranted(ctx context.Context, g Grant, req ReadRequest, have Have) (*Session, error) {
+	release, ok := c.Slots.TryAcquire()
+	if !ok {
+		return nil, &RemoteError{CodeBusy, "this node receives as many transfers as it may; retry later"}
+	}
+	if _, err := c.Identity.Certificate(ctx); err != nil {
+		release()
+		return nil, &RemoteError{CodeBusy, fmt.Sprintf("this node has no transfer certificate yet: %v", err)}
+	}
+	req.Capability, req.From, req.Version = g.Capability, have.From, have.Version
+	s, err := c.connect(ctx, g, req, have)
+	if err != nil {
+		release()
+		return nil, err
+	}
+	s.release = release
+	c.Metrics.begin(dirIn)
+	return s, nil
+}
+
+// connect asks the source node for req's content.
+func (c *Client) connect(ctx context.Context, grant Grant, rr ReadRequest, have Have) (*Session, error) {
+	g := broker.GrantRequest{Kind: rr.Kind, Source: rr.Source, Target: rr.Target}
 	cfg := auth.ClientConfig(c.Identity.current, c.Identity.Trust, grant.SourceNode)
 	cfg.NextProtos = []string{"http/1.1"}
 	raw, err := dialTLS(ctx, grant.Address, cfg)
@@ -86,7 +122,7 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*S
 		DialTLSContext:    func(context.Context, string, string) (net.Conn, error) { return conn, nil },
 		DisableKeepAlives: true,
 	}
-	body, _ := json.Marshal(ReadRequest{Capability: grant.Capability, Kind: g.Kind, Source: g.Source, Target: g.Target, From: have.From, Version: have.Version})
+	body, _ := json.Marshal(rr)
 	req, err := http.NewRequestWithContext(ctx, http.MethodPost, "https://"+grant.Address+PathRead, bytes.NewReader(body))
 	if err != nil {
 		conn.Close()
@@ -109,6 +145,12 @@ func (c *Client) open(ctx context.Context, g broker.GrantRequest, have Have) (*S
 	h, err := readHeader(resp.Body)
 	if err == nil {
 		err = checkHeader(h, g, have)
+	}
+	if err == nil && rr.Kind == auth.KindDelta && h.Base != rr.Base && (h.Base != "" || !h.IsTree()) {
+		err = fmt.Errorf("%w: a delta against %q, asked against %q", errBadHeader, h.Base, rr.Base)
+	}
+	if err == nil && rr.Kind != auth.KindDelta && h.Base != "" {
+		err = fmt.Errorf("%w: a delta, asked for %s %s", errBadHeader, rr.Kind, rr.Source)
 	}
 	if err != nil {
 		conn.Close()
@@ -191,10 +233,21 @@ func fromBroker(err error) error {
 // Receive writes the session's block content into dst; see
 // stream.Receive.
 func (s *Session) Receive(ctx context.Context, dst stream.BlockTarget, commit func(next int64) error) (stream.Stats, error) {
-	if s.IsTree() {
-		return stream.Stats{}, fmt.Errorf("%w: %s is a file tree, not block content", stream.ErrInvalid, s.Source)
+	if s.IsTree() || s.Base != "" {
+		return stream.Stats{}, fmt.Errorf("%w: %s is not a whole block content", stream.ErrInvalid, s.Source)
 	}
 	st, err := stream.Receive(ctx, s.body, dst, s.Size, s.Start, s.Segment, s.client.Limit, commit)
+	s.client.Metrics.add(dirIn, st)
+	return st, err
+}
+
+// ReceiveDelta applies the session's delta onto dst, which holds its
+// base; see stream.ReceiveDelta.
+func (s *Session) ReceiveDelta(ctx context.Context, dst stream.DeltaTarget, commit func(next int64) error) (stream.Stats, error) {
+	if s.IsTree() || s.Base == "" {
+		return stream.Stats{}, fmt.Errorf("%w: %s is not a delta", stream.ErrInvalid, s.Source)
+	}
+	st, err := stream.ReceiveDelta(ctx, s.body, dst, s.Size, s.Start, s.Segment, s.client.Limit, commit)
 	s.client.Metrics.add(dirIn, st)
 	return st, err
 }

@@ -47,6 +47,10 @@ type ReadRequest struct {
 	// content of the same version is sent from From on.
 	From    int64  `json:"from,omitempty"`
 	Version string `json:"version,omitempty"`
+	// Base is a delta's snapshot (Kind auth.KindDelta): Source, a volume,
+	// is sent as it differs from Base, which the target holds. Older
+	// sources refuse the field, and so a delta.
+	Base string `json:"base,omitempty"`
 }
 
 // Layouts of a content: what its frames carry.
@@ -62,6 +66,13 @@ const (
 type Header struct {
 	Kind   string `json:"kind"`
 	Source string `json:"source"`
+	// Base is a delta's snapshot: the block frames that follow are a
+	// delta stream (stream.SendDelta) against it. A tree is never a delta.
+	Base string `json:"base,omitempty"`
+	// Name is the name of the volume the content is, or a snapshot was
+	// taken of, when the source knows it: a move makes its copy under the
+	// same name, and so the same volume ID.
+	Name string `json:"name,omitempty"`
 	// Layout is LayoutTree or LayoutBlock (also ""). PoolKind is the kind
 	// of pool the content comes from, for messages.
 	Layout   string `json:"layout,omitempty"`

@@ -11,6 +11,7 @@ import (
 	"net/http"
 	"os"
 	"strconv"
+	"sync"
 	"time"
 
 	"k8s.io/klog/v2"
@@ -28,12 +29,23 @@ type Content struct {
 	Data  stream.BlockSource
 	Tree  *os.File
 	Close func()
+	// Base, for a delta (Header.Base), is the snapshot Data is compared
+	// with, BaseSize its size.
+	Base     stream.BlockSource
+	BaseSize int64
 }
 
 // Opener finds a content on this node and keeps it from changing or going
 // away until Close. Its errors carry a RemoteError where the code matters.
 type Opener interface {
 	OpenTransfer(ctx context.Context, kind, source string) (*Content, error)
+}
+
+// DeltaOpener is an Opener that also opens a volume as a delta against a
+// snapshot of it (a move's catch-up), or, where no delta can be made (a
+// file tree), the volume whole.
+type DeltaOpener interface {
+	OpenDelta(ctx context.Context, volume, base string) (*Content, error)
 }
 
 // Server serves this node's snapshots and volumes to the nodes that
@@ -45,9 +57,14 @@ type Server struct {
 	Slots    *stream.Slots
 	Limit    *stream.Limiter
 	Metrics  *Metrics
+	// Orders carries out the controller's orders (nil: none taken).
+	Orders OrderHandler
 	// IdleTimeout ends a transfer whose peer stops reading.
 	IdleTimeout time.Duration
 	Now         func() time.Time
+
+	ordersOnce sync.Once
+	orders     chan struct{} // orders in flight
 }
 
 // idle is how long a connection may make no progress.
@@ -110,6 +127,7 @@ func (s *Server) ServeListener(ctx context.Context, lis net.Listener) error {
 func (s *Server) Handler() http.Handler {
 	mux := http.NewServeMux()
 	mux.HandleFunc("POST "+PathRead, s.read)
+	mux.HandleFunc("POST "+PathOrder, s.order)
 	return mux
 }
 
@@ -163,7 +181,14 @@ func (s *Server) authorize(peer string, req ReadRequest) error {
 	if err != nil {
 		return err
 	}
-	if err := auth.Authorize(c, s.Identity.Node, peer, req.Kind, req.Source); err != nil {
+	if req.Kind == auth.KindDelta {
+		err = auth.AuthorizeDelta(c, s.Identity.Node, peer, req.Source, req.Base)
+	} else if req.Base != "" {
+		err = fmt.Errorf("%w: a base for a %s", auth.ErrWrongSource, req.Kind)
+	} else {
+		err = auth.Authorize(c, s.Identity.Node, peer, req.Kind, req.Source)
+	}
+	if err != nil {
 		return err
 	}
 	if c.Target != req.Target {
@@ -174,7 +199,7 @@ func (s *Server) authorize(peer string, req ReadRequest) error {
 
 func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req ReadRequest) {
 	ctx := r.Context()
-	c, err := s.Open.OpenTransfer(ctx, req.Kind, req.Source)
+	c, err := s.open(ctx, req)
 	if err != nil {
 		var re *RemoteError
 		if !errors.As(err, &re) {
@@ -191,6 +216,8 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	if c.Tree != nil {
 		h.Layout, h.Segment = LayoutTree, 0
 		treeFormat(&h, r.Header, req)
+	} else if c.Base != nil {
+		h.Version = "" // a delta starts over: the volume is no snapshot
 	} else if h.Version != "" && req.Version == h.Version && req.From > 0 && req.From <= h.Size && req.From%h.Segment == 0 {
 		h.Start = req.From
 	}
@@ -224,6 +251,18 @@ func (s *Server) send(w http.ResponseWriter, r *http.Request, peer string, req R
 	klog.InfoS("Transfer sent", "peer", peer, "source", h.Source, "target", req.Target, "dataBytes", st.DataBytes, "wireBytes", st.WireBytes, "duration", time.Since(start))
 }
 
+// open opens what req asks for.
+func (s *Server) open(ctx context.Context, req ReadRequest) (*Content, error) {
+	if req.Kind != auth.KindDelta {
+		return s.Open.OpenTransfer(ctx, req.Kind, req.Source)
+	}
+	do, ok := s.Open.(DeltaOpener)
+	if !ok {
+		return nil, &RemoteError{CodeInvalid, "this node sends no deltas"}
+	}
+	return do.OpenDelta(ctx, req.Source, req.Base)
+}
+
 // treeFormat chooses how a tree is sent: with checkpoints to a target
 // that asks for them, resumed after the target's checkpoint when the
 // source is a snapshot (a Version) of the version the target holds. A
@@ -254,6 +293,9 @@ func (s *Server) frames(ctx context.Context, w io.Writer, c *Content, h Header) 
 			st.DataBytes -= opt.From.DataBytes // sent by attempts before
 		}
 		return stream.Stats{DataBytes: st.DataBytes, WireBytes: st.WireBytes}, err
+	}
+	if c.Base != nil {
+		return stream.SendDelta(ctx, w, c.Data, c.Base, h.Size, c.BaseSize, h.Start, h.Segment, s.Limit)
 	}
 	return stream.Send(ctx, w, c.Data, h.Size, h.Start, h.Segment, s.Limit)
 }

@@ -20,16 +20,24 @@ const tokenPrefix = "v1."
 // Capability authorizes one transfer of a snapshot or volume from one node
 // to a new volume on another, for a short time.
 type Capability struct {
-	ID         string `json:"id"` // random 128-bit hex, unique per grant
-	KeyID      string `json:"kid"`
-	Kind       string `json:"kind"`   // "snapshot" or "volume"
-	Source     string `json:"source"` // snapshot or volume ID
+	ID     string `json:"id"` // random 128-bit hex, unique per grant
+	KeyID  string `json:"kid"`
+	Kind   string `json:"kind"`   // "snapshot", "volume" or KindDelta
+	Source string `json:"source"` // snapshot or volume ID
+	// Base is a delta's snapshot: the capability opens the volume Source
+	// as it differs from Base (KindDelta), and nothing else. Absent from
+	// the other kinds, and from capabilities made before deltas.
+	Base       string `json:"base,omitempty"`
 	SourceNode string `json:"sourceNode"`
 	TargetNode string `json:"targetNode"`
 	Target     string `json:"target"` // the new volume's name
 	IssuedAt   int64  `json:"iat"`    // unix seconds
 	Expires    int64  `json:"exp"`    // unix seconds
 }
+
+// KindDelta is the kind of a capability to read a volume as it differs
+// from a snapshot of it (Base), for a move's catch-up.
+const KindDelta = "delta"
 
 // NewCapabilityID returns a random 128-bit ID, hex.
 func NewCapabilityID() string {
@@ -151,6 +159,9 @@ func (c Capability) check() error {
 			return fmt.Errorf("%w: no %s", ErrForged, f.name)
 		}
 	}
+	if (c.Kind == KindDelta) != (c.Base != "") {
+		return fmt.Errorf("%w: a %s capability with base %q", ErrForged, c.Kind, c.Base)
+	}
 	if c.Expires <= c.IssuedAt {
 		return fmt.Errorf("%w: expires (%d) before it was issued (%d)", ErrExpired, c.Expires, c.IssuedAt)
 	}
@@ -182,6 +193,17 @@ func Authorize(c Capability, thisNode, peerNode, kind, source string) error {
 	}
 	if kind == "" || source == "" || c.Kind != kind || c.Source != source {
 		return fmt.Errorf("%w: capability is for %s %q, asked for %s %q", ErrWrongSource, c.Kind, c.Source, kind, source)
+	}
+	return nil
+}
+
+// AuthorizeDelta is Authorize for a delta of volume against base.
+func AuthorizeDelta(c Capability, thisNode, peerNode, volume, base string) error {
+	if err := Authorize(c, thisNode, peerNode, KindDelta, volume); err != nil {
+		return err
+	}
+	if base == "" || c.Base != base {
+		return fmt.Errorf("%w: capability is for the delta against %q, asked against %q", ErrWrongSource, c.Base, base)
 	}
 	return nil
 }

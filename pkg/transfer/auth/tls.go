@@ -17,7 +17,8 @@ func tls13() *tls.Config {
 }
 
 // ServerConfig is the transfer server's: it presents getCert's certificate
-// and admits only clients with a node certificate from a trusted CA.
+// and admits only clients with a node certificate or the controller's
+// certificate from a trusted CA. Each endpoint then admits one of them.
 func ServerConfig(getCert func() (*tls.Certificate, error), trust func() (*Trust, error)) *tls.Config {
 	cfg := tls13()
 	// Verified in VerifyConnection instead of by ClientCAs, whose pool
@@ -30,6 +31,9 @@ func ServerConfig(getCert func() (*tls.Certificate, error), trust func() (*Trust
 		leaf, err := verifyPeer(cs, trust, x509.ExtKeyUsageClientAuth, "")
 		if err != nil {
 			return err
+		}
+		if IsController(leaf) == nil {
+			return nil
 		}
 		_, err = NodeOf(leaf)
 		return err
