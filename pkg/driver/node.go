@@ -45,6 +45,9 @@ func (s *Node) stage(ctx context.Context, req *csi.NodeStageVolumeRequest) error
 	if err := notIncoming(nv.vol); err != nil {
 		return err
 	}
+	if err := fenced(nv.vol); err != nil {
+		return err
+	}
 	src, err := nv.pool.src.Attach(ctx, nv.vol)
 	if err != nil {
 		return err
@@ -124,6 +127,9 @@ func (s *Node) publish(ctx context.Context, req *csi.NodePublishVolumeRequest) e
 	}
 	defer nv.release()
 	if err := want.matches(nv.vol); err != nil {
+		return err
+	}
+	if err := fenced(nv.vol); err != nil {
 		return err
 	}
 	src, err := nv.pool.src.Find(nv.vol)

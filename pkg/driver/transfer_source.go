@@ -44,7 +44,7 @@ func (d *Driver) OpenTransfer(ctx context.Context, kind, source string) (*transf
 		release()
 		return nil, remoteErr(err)
 	}
-	h.Size, h.PoolKind = content.Size, string(c.pool.Kind())
+	h.Size, h.PoolKind, h.Name = content.Size, string(c.pool.Kind()), d.nameOf(c)
 	content.Header = h
 	closeData := content.Close
 	content.Close = func() {

@@ -148,9 +148,9 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, spec pool.Spec, g brok
 	start := time.Now()
 	var st stream.Stats
 	if sess.IsTree() {
-		v, st, err = d.receiveTree(ctx, p, v, sess)
+		v, st, err = d.receiveTree(ctx, p, v, sess, false)
 	} else {
-		v, st, err = d.receive(ctx, p, v, sess)
+		v, st, err = d.receive(ctx, p, v, sess, false)
 	}
 	if err != nil {
 		d.remote.Metrics.Received("failed")
@@ -164,8 +164,8 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, spec pool.Spec, g brok
 }
 
 // receive writes the session's block content into v and makes v
-// complete.
-func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session) (*pool.Volume, stream.Stats, error) {
+// complete, or, for a move (hold), keeps it incoming and received.
+func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session, hold bool) (*pool.Volume, stream.Stats, error) {
 	imp := p.Pool.(pool.Importer) // fitsLayout checked it
 	in := *v.Incoming
 	if in.Version != sess.Version || in.Size != sess.Size || sess.Start != in.Next {
@@ -186,7 +186,7 @@ func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess
 	commit := func(next int64) error {
 		in.Next, in.Updated = next, time.Now().UTC()
 		in.Dirty = max(in.Dirty, min(next+sess.Segment, in.Size))
-		made, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{Format: format, Incoming: &in})
+		made, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{Format: format, Incoming: &in, Move: v.Move})
 		if err == nil {
 			v = made
 		}
@@ -202,8 +202,11 @@ func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess
 	if err := f.Close(); err != nil {
 		return nil, st, err
 	}
-	final := pool.NodeState{}
-	if v.Mode == pool.ModeFilesystem && !p.layout.Directory {
+	final := pool.NodeState{Move: v.Move}
+	if hold {
+		in.Received, in.Updated = true, time.Now().UTC()
+		final.Format, final.Incoming = format, &in
+	} else if v.Mode == pool.ModeFilesystem && !p.layout.Directory {
 		final.Format = sess.Format
 	}
 	v, err = p.SetNodeState(ctx, v.Key(), final)
@@ -294,8 +297,10 @@ func (d *Driver) CollectAbandoned(ctx context.Context, idle time.Duration) {
 	}
 }
 
+// A move's copy is not abandoned: it waits for the pod to stop, which may
+// take long, and the move's controller drops it when the move rolls back.
 func abandoned(v *pool.Volume, idle time.Duration) bool {
-	return v.Incoming != nil && time.Since(v.Incoming.Updated) >= idle
+	return v.Incoming != nil && v.Move == nil && time.Since(v.Incoming.Updated) >= idle
 }
 
 // collectAbandoned deletes volume id if, under its lock, it is still an

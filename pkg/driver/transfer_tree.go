@@ -49,7 +49,8 @@ func fitsLayout(h transfer.Header, p *poolEntry, node string) error {
 // cut attempt left it. Any other attempt empties the directory and starts
 // over: a volume as source (it may have changed since), a source node
 // that does not resume trees, a checkpoint of another version.
-func (d *Driver) receiveTree(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session) (*pool.Volume, stream.Stats, error) {
+// A move's copy (hold) stays incoming, marked received.
+func (d *Driver) receiveTree(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session, hold bool) (*pool.Volume, stream.Stats, error) {
 	imp := p.Pool.(pool.TreeImporter) // fitsLayout checked it
 	in := pool.Incoming{Source: v.Incoming.Source, SourceNode: sess.SourceNode, Version: sess.Version, Size: sess.Size}
 	resumed := sess.Resume != ""
@@ -61,7 +62,7 @@ func (d *Driver) receiveTree(ctx context.Context, p *poolEntry, v *pool.Volume, 
 	}
 	touch := func() error {
 		in.Updated = time.Now().UTC()
-		made, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{Incoming: &in})
+		made, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{Incoming: &in, Move: v.Move})
 		if err == nil {
 			v = made
 		}
@@ -93,7 +94,12 @@ func (d *Driver) receiveTree(ctx context.Context, p *poolEntry, v *pool.Volume, 
 	if err := dir.Close(); err != nil {
 		return nil, st, err
 	}
-	v, err = p.SetNodeState(ctx, v.Key(), pool.NodeState{})
+	final := pool.NodeState{Move: v.Move}
+	if hold {
+		in.Received, in.Updated = true, time.Now().UTC()
+		final.Incoming = &in
+	}
+	v, err = p.SetNodeState(ctx, v.Key(), final)
 	return v, st, err
 }
 

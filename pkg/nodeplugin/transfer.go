@@ -74,6 +74,7 @@ func (t *Transfer) bind(d *driver.Driver) {
 	t.driver = d
 	if t.Server != nil {
 		t.Server.Open = d
+		t.Server.Orders = driver.NewMoveOrders(d)
 	}
 }
 

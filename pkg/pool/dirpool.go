@@ -263,7 +263,7 @@ func newVolume(pool, key string, s Spec, l Layout) *Volume {
 		Mode: s.Mode, FsType: s.FsType, Parameters: s.Parameters, Source: s.Source,
 		Created: time.Now().UTC().Truncate(time.Second),
 	}
-	v.Incoming = s.Incoming
+	v.Incoming, v.Move = s.Incoming, s.Move
 	if s.Mode == ModeFilesystem && !l.Directory {
 		v.Format = FormatPending
 	}

@@ -39,6 +39,10 @@ type Incoming struct {
 	// Dirty bounds what any attempt may have written: past it, the new
 	// volume still reads as zeros, so a retry need not zero its gaps.
 	Dirty int64 `json:"dirty,omitempty"`
+	// Received: all of Source is here, verified and synced, and the volume
+	// stays incoming for the move that made it, until the move's catch-up
+	// brings it up to date with the source's volume.
+	Received bool `json:"received,omitempty"`
 	// Updated is when the transfer last made progress: one that makes none
 	// for long is abandoned and its volume deleted.
 	Updated time.Time `json:"updated"`

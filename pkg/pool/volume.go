@@ -63,6 +63,23 @@ type NodeState struct {
 	// finished: the volume's data is not complete, and nothing may stage,
 	// snapshot or copy it until a retried CreateVolume has finished it.
 	Incoming *Incoming `json:"incoming,omitempty"`
+	// Move, when set, ties the volume to a move between nodes
+	// (docs/moving.md): the copy a move brought or brings here, or the
+	// source's volume it fenced. Older flashpv ignores it, and so does not
+	// hold a fenced volume.
+	Move *Move `json:"move,omitempty"`
+}
+
+// Move is a volume's part in a move to another node.
+type Move struct {
+	// ID is the move's (the controller's record).
+	ID string `json:"id"`
+	// Fenced: this node is the move's source, and the volume may not be
+	// staged or published here until the move unfences it.
+	Fenced bool `json:"fenced,omitempty"`
+	// Peer is the other node: the target of a fenced volume, the source
+	// of a copy.
+	Peer string `json:"peer,omitempty"`
 }
 
 // Remount is a mount to restore.
@@ -91,6 +108,8 @@ type Spec struct {
 	// Incoming marks a volume whose data a transfer from another node
 	// writes (see Importer).
 	Incoming *Incoming
+	// Move marks the copy a move makes (see NodeState.Move).
+	Move *Move
 }
 
 // compatible reports whether an existing volume satisfies spec, which makes a
@@ -124,6 +143,10 @@ func (v *Volume) clone() *Volume {
 	if v.Incoming != nil {
 		in := *v.Incoming
 		c.Incoming = &in
+	}
+	if v.Move != nil {
+		m := *v.Move
+		c.Move = &m
 	}
 	return &c
 }
