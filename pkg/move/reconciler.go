@@ -27,10 +27,10 @@ import (
 
 // Event reasons on the claim.
 const (
-	EventStep    = "MoveStep"
-	EventRefused = "MoveRefused"
-	EventDone    = "MoveDone"
-	EventRolled  = "MoveRolledBack"
+	ReasonMoveStep       = "MoveStep"
+	ReasonMoveRefused    = "MoveRefused"
+	ReasonMoveDone       = "MoveDone"
+	ReasonMoveRolledBack = "MoveRolledBack"
 )
 
 var (
@@ -307,7 +307,7 @@ func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v Vie
 		r.refused[a.Claim.UID] = a.Reason
 		r.mu.Unlock()
 		if !told {
-			r.Recorder.Event(a.Claim, corev1.EventTypeWarning, EventRefused, a.Reason)
+			r.Recorder.Event(a.Claim, corev1.EventTypeWarning, ReasonMoveRefused, a.Reason)
 		}
 		return nil
 	case Write:
@@ -318,7 +318,7 @@ func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v Vie
 		if err := r.patchMeta(ctx, pv, ann); err != nil {
 			return err
 		}
-		r.claimState(ctx, pv, string(a.Record.State), EventStep, a.Reason, corev1.EventTypeNormal)
+		r.claimState(ctx, pv, string(a.Record.State), ReasonMoveStep, a.Reason, corev1.EventTypeNormal)
 		return nil
 	case TakeSnapshot:
 		return r.takeSnapshot(ctx, pv, a.Record)
@@ -368,9 +368,9 @@ func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v Vie
 		if err := r.patchMeta(ctx, pv, ann); err != nil {
 			return err
 		}
-		outcome, reason, typ := string(Done), EventDone, corev1.EventTypeNormal
+		outcome, reason, typ := string(Done), ReasonMoveDone, corev1.EventTypeNormal
 		if a.Record.State == RollingBack {
-			outcome, reason, typ = "RolledBack", EventRolled, corev1.EventTypeWarning
+			outcome, reason, typ = "RolledBack", ReasonMoveRolledBack, corev1.EventTypeWarning
 		}
 		r.claimState(ctx, pv, outcome, reason, a.Reason, typ)
 		r.mu.Lock()
@@ -425,7 +425,7 @@ func (r *Reconciler) takeSnapshot(ctx context.Context, pv *corev1.PersistentVolu
 		spec["volumeSnapshotClassName"] = r.SnapshotClass
 	}
 	vs := &unstructured.Unstructured{Object: map[string]any{
-		"apiVersion": "snapshot.storage.k8s.io/v1",
+		"apiVersion": snapshotsGVR.GroupVersion().String(),
 		"kind":       "VolumeSnapshot",
 		"metadata": map[string]any{
 			"name": SnapshotName(rec), "namespace": ref.Namespace,
