@@ -137,11 +137,19 @@ func Main(args []string, version string, stdout, stderr io.Writer) int {
 }
 
 var commands = map[string]func(context.Context, *App, []string, moveOptions) error{
-	"info":      func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Info(ctx)) },
-	"volumes":   func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Volumes(ctx)) },
-	"snapshots": func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Snapshots(ctx)) },
-	"orphans":   func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Orphans(ctx)) },
-	"doctor":    func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Doctor(ctx)) },
+	"info": func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Info(ctx)) },
+	"volumes": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
+		return noArgs(pos, a.Volumes(ctx))
+	},
+	"snapshots": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
+		return noArgs(pos, a.Snapshots(ctx))
+	},
+	"orphans": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
+		return noArgs(pos, a.Orphans(ctx))
+	},
+	"doctor": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
+		return noArgs(pos, a.Doctor(ctx))
+	},
 	"move": func(ctx context.Context, a *App, pos []string, mo moveOptions) error {
 		if len(pos) != 1 {
 			return errors.New("move takes one claim: kubectl flashpv move CLAIM --to NODE|any")

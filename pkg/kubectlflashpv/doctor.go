@@ -378,4 +378,3 @@ func (a *App) checkNodeLoss(ctx context.Context) []Finding {
 	}
 	return out
 }
-
