@@ -73,6 +73,12 @@ func TestAPIServerRun(t *testing.T) {
 		}
 	})
 
+	// The loss begins when Run first looks, which must be a later second
+	// than the PV's (the server's timestamps are whole seconds; a PV of
+	// the second the loss began is kept as possibly younger).
+	for !time.Now().Truncate(time.Second).After(pv.CreationTimestamp.Time) {
+		time.Sleep(50 * time.Millisecond)
+	}
 	opts := Options{Kubeconfig: kubeconfig, Namespace: ns,
 		// Shorter than Validate allows, so the test does not wait long.
 		NodeLossGrace: 2 * time.Second, Resync: 200 * time.Millisecond, VolumeListRefresh: time.Hour,

@@ -195,9 +195,10 @@ func (e *realEnv) sync() {
 // clock past its grace period.
 func (e *realEnv) lose() {
 	e.t.Helper()
-	// After the objects' creation (the server's timestamps are whole
-	// seconds, never later than now): PVs made after a loss began are kept.
-	e.now = time.Now()
+	// The next whole second, after every object made so far (the
+	// server's timestamps are whole seconds): PVs made as a loss began
+	// are kept.
+	e.now = time.Now().Truncate(time.Second).Add(time.Second)
 	e.sync()
 	if len(e.r.Losses()) != 1 {
 		e.t.Fatalf("losses: %v", e.r.Losses())
@@ -516,5 +517,36 @@ func TestAPIServerFinalizerOnReplacedPV(t *testing.T) {
 	got, err := e.getPV(pv.Name)
 	if err != nil || got.UID != replaced.UID || !slices.Contains(got.Finalizers, ProvisionerFinalizer) || got.DeletionTimestamp != nil {
 		t.Fatalf("the new PV: %v, %+v", err, got)
+	}
+}
+
+// A PV the lost node's provisioner made right after the loss began, in
+// the same second: the server keeps whole seconds, so its creation time
+// reads as no later than the loss's start. The node was alive after it
+// was seen gone: its claim is kept.
+func TestAPIServerPVCreatedAsLossBegan(t *testing.T) {
+	for attempt := 1; ; attempt++ {
+		e := newRealEnv(t) // each attempt in its own namespace
+		e.createNode("n2")
+		for time.Now().Nanosecond() > 200_000_000 {
+			time.Sleep(10 * time.Millisecond) // early in a second, so the PV is made in it
+		}
+		e.now = time.Now()
+		e.r.NodeDeleted(e.name("n1"))
+		c := e.createClaim("data-0", e.name("pv-a"))
+		p := e.createPV("pv-a", "n1", c)
+		if !p.CreationTimestamp.Time.Equal(e.now.Truncate(time.Second)) {
+			if attempt == 5 {
+				t.Fatalf("could not make a PV in the second a loss began (%s, %s)", p.CreationTimestamp, e.now)
+			}
+			continue
+		}
+		e.sync()
+		e.now = e.now.Add(grace + time.Second)
+		e.sync()
+		if d := e.sentDeletes(); len(d) != 0 {
+			t.Fatalf("deleted %q: the PV was made after the loss began", d)
+		}
+		return
 	}
 }

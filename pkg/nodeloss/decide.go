@@ -98,9 +98,12 @@ func decidePV(loss Loss, v View, pv *corev1.PersistentVolume) Action {
 		return wait("node %s exists", loss.Node)
 	case v.Now.Before(loss.Since.Add(v.Grace)):
 		return wait("node %s gone since %s, grace period %s", loss.Node, loss.Since.UTC().Format(time.RFC3339), v.Grace)
-	case pv.CreationTimestamp.Time.After(loss.Since):
+	case !pv.CreationTimestamp.Time.Before(loss.Since.Truncate(time.Second)):
 		// Only a live provisioner makes PVs: the node was alive after it
-		// was thought gone.
+		// was thought gone. The API server keeps whole seconds, so a PV
+		// made in the second the loss began may be the younger: it waits
+		// too (until the node is back, or a new leader starts the loss
+		// anew).
 		return wait("the PV was created after node %s was seen gone", loss.Node)
 	}
 	claim, claimState := boundClaim(v, pv)

@@ -87,6 +87,18 @@ func TestDecide(t *testing.T) {
 			p.CreationTimestamp = metav1.NewTime(t0.Add(time.Second))
 			return p
 		}(), claims: []*corev1.PersistentVolumeClaim{claim()}, want: Wait},
+		// The API server's timestamps are whole seconds: one in the second
+		// the loss began may be the later.
+		{name: "PV created in the second the node was seen gone", pv: func() *corev1.PersistentVolume {
+			p := opted()
+			p.CreationTimestamp = metav1.NewTime(t0)
+			return p
+		}(), claims: []*corev1.PersistentVolumeClaim{claim()}, want: Wait},
+		{name: "PV created the second before", pv: func() *corev1.PersistentVolume {
+			p := opted()
+			p.CreationTimestamp = metav1.NewTime(t0.Add(-time.Second))
+			return p
+		}(), claims: []*corev1.PersistentVolumeClaim{claim()}, want: DeleteClaim},
 		{name: "not opted in: report", pv: pv("pv-a", "n1", "data-0", "c1", nil), claims: []*corev1.PersistentVolumeClaim{claim()},
 			classes: []*storagev1.StorageClass{class("fast", nil)}, want: Report},
 		{name: "explicit Report", pv: pv("pv-a", "n1", "data-0", "c1", map[string]string{wellknown.ParamNodeLossPolicy: wellknown.NodeLossReport}),
