@@ -116,6 +116,10 @@ func Main(args []string, version string, stdout, stderr io.Writer) int {
 	if err != nil {
 		return 2
 	}
+	if cmd != "move" && len(pos) > 0 {
+		fmt.Fprintf(stderr, "kubectl flashpv %s: unexpected arguments %q\n", cmd, pos)
+		return 2
+	}
 	if a.Output != "table" && a.Output != "json" && a.Output != "yaml" {
 		fmt.Fprintf(stderr, "kubectl flashpv: -o %q: want table, json or yaml\n", a.Output)
 		return 2
@@ -137,32 +141,17 @@ func Main(args []string, version string, stdout, stderr io.Writer) int {
 }
 
 var commands = map[string]func(context.Context, *App, []string, moveOptions) error{
-	"info": func(ctx context.Context, a *App, pos []string, _ moveOptions) error { return noArgs(pos, a.Info(ctx)) },
-	"volumes": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
-		return noArgs(pos, a.Volumes(ctx))
-	},
-	"snapshots": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
-		return noArgs(pos, a.Snapshots(ctx))
-	},
-	"orphans": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
-		return noArgs(pos, a.Orphans(ctx))
-	},
-	"doctor": func(ctx context.Context, a *App, pos []string, _ moveOptions) error {
-		return noArgs(pos, a.Doctor(ctx))
-	},
+	"info":      func(ctx context.Context, a *App, _ []string, _ moveOptions) error { return a.Info(ctx) },
+	"volumes":   func(ctx context.Context, a *App, _ []string, _ moveOptions) error { return a.Volumes(ctx) },
+	"snapshots": func(ctx context.Context, a *App, _ []string, _ moveOptions) error { return a.Snapshots(ctx) },
+	"orphans":   func(ctx context.Context, a *App, _ []string, _ moveOptions) error { return a.Orphans(ctx) },
+	"doctor":    func(ctx context.Context, a *App, _ []string, _ moveOptions) error { return a.Doctor(ctx) },
 	"move": func(ctx context.Context, a *App, pos []string, mo moveOptions) error {
 		if len(pos) != 1 {
 			return errors.New("move takes one claim: kubectl flashpv move CLAIM --to NODE|any")
 		}
 		return a.Move(ctx, pos[0], mo)
 	},
-}
-
-func noArgs(pos []string, err error) error {
-	if len(pos) > 0 {
-		return fmt.Errorf("unexpected arguments %q", pos)
-	}
-	return err
 }
 
 // parse parses flags anywhere among the arguments, as kubectl does.
@@ -283,8 +272,8 @@ func (a *App) print(v any, table func(w io.Writer)) error {
 	return nil
 }
 
-// bytes is a size for people: binary units, one decimal; "-" when unknown.
-func bytes(n int64) string {
+// size is a byte count for people: binary units, one decimal; "-" when unknown.
+func size(n int64) string {
 	if n < 0 {
 		return "-"
 	}

@@ -49,7 +49,7 @@ func (a *App) Info(ctx context.Context) error {
 				fmt.Fprintf(tw, "%s\t-\t-\t-\t-\t-\t-\t-\t%s\t%s\n", n.Node, dash(n.Version), n.Status)
 			}
 			for _, p := range n.Pools {
-				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", n.Node, p.Name, p.Kind, bytes(p.Size), bytes(p.Promised), bytes(p.Free), p.Volumes, p.Health, dash(n.Version), n.Status)
+				fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%d\t%s\t%s\t%s\n", n.Node, p.Name, p.Kind, size(p.Size), size(p.Promised), size(p.Free), p.Volumes, p.Health, dash(n.Version), n.Status)
 			}
 		}
 		tw.Flush()

@@ -86,7 +86,7 @@ func (a *App) Snapshots(ctx context.Context) error {
 			if s.Error != "" {
 				ready = "error: " + s.Error
 			}
-			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Content, dash(s.Snapshot), dash(s.PV), dash(s.Claim), dash(s.Node), bytes(s.Size), ready, age(a.Now().Sub(s.Created)))
+			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", s.Content, dash(s.Snapshot), dash(s.PV), dash(s.Claim), dash(s.Node), size(s.Size), ready, age(a.Now().Sub(s.Created)))
 		}
 		tw.Flush()
 	})

@@ -48,7 +48,7 @@ func (a *App) Volumes(ctx context.Context) error {
 		fmt.Fprintln(tw, "PV\tCLAIM\tPOD\tNODE\tPOOL\tSIZE\tUSED\tFS\tHEALTH\tSNAPSHOTS")
 		for _, v := range vols {
 			fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%d\n", v.PV, dash(v.Claim), dash(strings.Join(v.Pods, ",")), dash(v.Node), v.Pool,
-				bytes(v.Size), bytes(v.Used), v.Filesystem, v.Health, v.Snapshots)
+				size(v.Size), size(v.Used), v.Filesystem, v.Health, v.Snapshots)
 		}
 		tw.Flush()
 	})
