@@ -185,7 +185,7 @@ demo:
 E2E_NODES = $(or $(NODES),3)
 e2e: deps
 	NODES=$(E2E_NODES) hack/cluster/up.sh
-	NODES=$(E2E_NODES) FLASHPV_RESTART=1 hack/cluster/deploy.sh
+	NODES=$(E2E_NODES) FLASHPV_RESTART=1 FLASHPV_DEPLOY=helm hack/cluster/deploy.sh
 	$(MAKE) test-apiserver
 	mkdir -p _output
 	set -o pipefail; $(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | \
