@@ -5,12 +5,17 @@ GO      ?= go
 SHELL   := /bin/bash
 LDFLAGS := -s -w -X main.version=$(VERSION)
 
-.PHONY: all build image helm test test-unit test-integration test-apiserver sanity sanity-cli fault fuzz test-vm test-powerloss verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
+.PHONY: all build kubectl-flashpv image helm test test-unit test-integration test-apiserver sanity sanity-cli fault fuzz test-vm test-powerloss verify deps clean cluster-up cluster-down demo e2e bench bench-cluster conformance verify-cluster
 
 all: build
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/flashpv ./cmd/flashpv
+
+# The kubectl plugin: put bin/ on the PATH and run `kubectl flashpv`
+# (docs/kubectl-plugin.md).
+kubectl-flashpv:
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags '$(LDFLAGS)' -o bin/kubectl-flashpv ./cmd/kubectl-flashpv
 
 IMAGE ?= flashpv:$(VERSION)
 
