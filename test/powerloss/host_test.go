@@ -20,6 +20,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -63,7 +64,8 @@ func loadHostConfig(t *testing.T) hostConfig {
 type bootResult struct {
 	n        int
 	rc       int
-	took     time.Duration
+	took     time.Duration // from vmexec's start to its end
+	vmTime   time.Duration // of that, the VM's life (not waiting for another VM)
 	cut      bool
 	cutAfter time.Duration // from the workload's ready line to the cut
 	events   []event
@@ -176,7 +178,7 @@ func runBoot(t *testing.T, repo, out, disks string, seed uint64, n int, final bo
 	}
 	var mu sync.Mutex
 	var timer *time.Timer
-	var started time.Time
+	var started, ran time.Time
 	done := make(chan struct{})
 	go func() {
 		defer close(done)
@@ -185,6 +187,9 @@ func runBoot(t *testing.T, repo, out, disks string, seed uint64, n int, final bo
 		for sc.Scan() {
 			line := sc.Text()
 			fmt.Fprintln(logf, line)
+			if strings.HasPrefix(line, "=== RUN") && ran.IsZero() {
+				ran = time.Now()
+			}
 			ev, ok := parseEvent(line)
 			if !ok {
 				continue
@@ -223,6 +228,12 @@ func runBoot(t *testing.T, repo, out, disks string, seed uint64, n int, final bo
 	}
 	mu.Unlock()
 	b.took = time.Since(began)
+	b.vmTime = b.took
+	if !ran.IsZero() && len(b.marks) > 0 {
+		// The kernel's uptime when the test began covers the boot.
+		up, _ := strconv.ParseFloat(b.marks[0][strings.LastIndexByte(b.marks[0], ' ')+1:], 64)
+		b.vmTime = time.Since(ran) + time.Duration(up*float64(time.Second))
+	}
 	if ee := (*exec.ExitError)(nil); errors.As(err, &ee) {
 		b.rc = ee.ExitCode()
 	} else if err != nil {

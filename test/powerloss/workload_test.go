@@ -126,20 +126,47 @@ func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.R
 	}
 	fsw := &writer{w: w, id: wid, tag: volumeTag(name)}
 	go fsw.file(filepath.Join(targetPath(name, kind), "records"), -1)
-	<-blockReady
-	readyOnce()
-	prevSnap := ""
-	for r := 0; ctx.Err() == nil; r++ {
-		prevSnap = w.round(p, r, ev, wid, fsw, prevSnap, rng)
-		if prevSnap == "" {
+	src := snapSource{ev: ev, id: wid, w: fsw}
+	if strings.HasPrefix(p.arg, "quota:") {
+		// A quota pool cannot freeze a directory in use for a
+		// point-in-time copy: its snapshots are of a volume taken down
+		// after a few records.
+		src.ev = event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-src", w.g.boot, p.name), Kind: kind, Size: initialSize(kind)}
+		if src.id, ok = w.up(src.ev); !ok {
+			return
+		}
+		src.w = &writer{w: w, id: src.id, tag: volumeTag(src.ev.Name)}
+		if !src.w.file(filepath.Join(targetPath(src.ev.Name, kind), "records"), 8) {
+			return
+		}
+		if err := w.drv.release(src.id, src.ev.Name, kind); err != nil {
+			w.failf("taking %s down: %v", src.ev.Name, err)
 			return
 		}
 	}
+	<-blockReady
+	readyOnce()
+	// Two lanes of calls at once, so that whenever the cut comes both
+	// kinds are under way.
+	var lanes sync.WaitGroup
+	lanes.Go(func() {
+		for r := 0; ctx.Err() == nil && w.volumeRound(p, r, rng); r++ {
+		}
+	})
+	lanes.Go(func() {
+		prev := ""
+		for r := 0; ctx.Err() == nil; r++ {
+			if prev = w.snapshotRound(p, r, src, prev); prev == "" {
+				return
+			}
+		}
+	})
+	lanes.Wait()
 }
 
-// round is one pass of CSI calls in a pool; it returns the snapshot it
-// leaves, "" after a failure.
-func (w *workload) round(p poolDef, r int, src event, srcID string, fsw *writer, prevSnap string, rng *rand.Rand) string {
+// volumeRound creates a volume, stages, publishes and grows it, appends a
+// few records, takes it down and deletes it. It reports success.
+func (w *workload) volumeRound(p poolDef, r int, rng *rand.Rand) bool {
 	kinds := p.kinds
 	if p.block {
 		kinds = append(kinds, "block")
@@ -148,7 +175,7 @@ func (w *workload) round(p poolDef, r int, src event, srcID string, fsw *writer,
 	v := event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-v%d", w.g.boot, p.name, r), Kind: kind, Size: initialSize(kind)}
 	vid, ok := w.up(v)
 	if !ok {
-		return ""
+		return false
 	}
 	size := v.Size + expandStep
 	seq := w.em.call(event{Op: "expand", Name: v.Name, ID: vid, Size: size})
@@ -159,30 +186,48 @@ func (w *workload) round(p poolDef, r int, src event, srcID string, fsw *writer,
 	})
 	if err != nil {
 		w.failf("NodeExpandVolume %s: %v", v.Name, err)
-		return ""
+		return false
 	}
 	w.em.ack(seq, event{Op: "expand"})
-	// A few records in the round's volume too: a quota pool snapshots
-	// this one (it cannot freeze a directory in use for a point-in-time
-	// copy), the others the writer's.
 	vw := &writer{w: w, id: vid, tag: volumeTag(v.Name)}
 	if kind != "block" && !vw.file(filepath.Join(targetPath(v.Name, kind), "records"), 8) {
-		return ""
+		return false
 	}
-	tag, recs := fsw.tag, int(fsw.acked.Load())
-	if strings.HasPrefix(p.arg, "quota:") {
-		if err := w.drv.release(vid, v.Name, kind); err != nil {
-			w.failf("taking %s down: %v", v.Name, err)
-			return ""
-		}
-		src, srcID, tag, recs = v, vid, vw.tag, 8
-	}
+	return w.down(v.Name, vid, kind)
+}
 
+// down takes a volume down and deletes it.
+func (w *workload) down(name, id, kind string) bool {
+	if err := w.drv.release(id, name, kind); err != nil {
+		w.failf("taking %s down: %v", name, err)
+		return false
+	}
+	seq := w.em.call(event{Op: "delete", Name: name, ID: id})
+	if err := w.drv.deleteVolume(id); err != nil {
+		w.failf("DeleteVolume %s: %v", name, err)
+		return false
+	}
+	w.em.ack(seq, event{Op: "delete"})
+	return true
+}
+
+// snapSource is the volume a pool's snapshots are taken of.
+type snapSource struct {
+	ev event
+	id string
+	w  *writer
+}
+
+// snapshotRound snapshots the source, restores the snapshot into a new
+// volume and checks its records, deletes the restore and the previous
+// round's snapshot. It returns the snapshot it leaves, "" after a failure.
+func (w *workload) snapshotRound(p poolDef, r int, src snapSource, prevSnap string) string {
 	sname := fmt.Sprintf("b%d-%s-s%d", w.g.boot, p.name, r)
-	seq = w.em.call(event{Op: "snap", Pool: p.name, Name: sname, Src: srcID, Recs: recs})
+	recs := int(src.w.acked.Load())
+	seq := w.em.call(event{Op: "snap", Pool: p.name, Name: sname, Src: src.id, Recs: recs})
 	var sresp *csi.CreateSnapshotResponse
-	err = retry(func(ctx context.Context) (err error) {
-		sresp, err = w.drv.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: sname, SourceVolumeId: srcID})
+	err := retry(func(ctx context.Context) (err error) {
+		sresp, err = w.drv.ctl.CreateSnapshot(ctx, &csi.CreateSnapshotRequest{Name: sname, SourceVolumeId: src.id})
 		return err
 	})
 	if err != nil {
@@ -192,30 +237,18 @@ func (w *workload) round(p poolDef, r int, src event, srcID string, fsw *writer,
 	sid := sresp.GetSnapshot().GetSnapshotId()
 	w.em.ack(seq, event{Op: "snap", ID: sid})
 
-	rv := event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-r%d", w.g.boot, p.name, r), Kind: src.Kind, Size: src.Size, Snap: sid, Recs: recs}
-	if src.Name == v.Name {
-		rv.Size = size // a snapshot of the expanded volume
-	}
+	rv := event{Pool: p.name, Name: fmt.Sprintf("b%d-%s-r%d", w.g.boot, p.name, r), Kind: src.ev.Kind, Size: src.ev.Size, Snap: sid, Recs: recs}
 	rid, ok := w.up(rv)
 	if !ok {
 		return ""
 	}
 	if recs > 0 {
-		if _, err := verifyRecords(filepath.Join(targetPath(rv.Name, rv.Kind), "records"), tag, recs); err != nil {
+		if _, err := verifyRecords(filepath.Join(targetPath(rv.Name, rv.Kind), "records"), src.w.tag, recs); err != nil {
 			w.failf("restore %s of snapshot %s: %v", rv.Name, sname, err)
 		}
 	}
-	for _, d := range []event{{Name: rv.Name, ID: rid, Kind: rv.Kind}, {Name: v.Name, ID: vid, Kind: kind}} {
-		if err := w.drv.release(d.ID, d.Name, d.Kind); err != nil {
-			w.failf("taking %s down: %v", d.Name, err)
-			return ""
-		}
-		seq := w.em.call(event{Op: "delete", Name: d.Name, ID: d.ID})
-		if err := w.drv.deleteVolume(d.ID); err != nil {
-			w.failf("DeleteVolume %s: %v", d.Name, err)
-			return ""
-		}
-		w.em.ack(seq, event{Op: "delete"})
+	if !w.down(rv.Name, rid, rv.Kind) {
+		return ""
 	}
 	if prevSnap != "" {
 		name := fmt.Sprintf("b%d-%s-s%d", w.g.boot, p.name, r-1)
