@@ -21,6 +21,9 @@
 // the tests: they are built with the apiserver tag only where the binaries
 // are meant to be.
 //
+// The processes die with the test binary, also when a test timeout
+// kills it; its directory is then removed by the next Start.
+//
 // Starting takes a few seconds, so a test package shares one Server
 // (TestMain: os.Exit(apiserver.Main(m, &srv))) and each test takes its own
 // namespace (Server.Namespace) and names its cluster-scoped objects after
@@ -89,8 +92,13 @@ func Start(ctx context.Context) (*Server, error) {
 			return nil, fmt.Errorf("%s not found in %s (FLASHPV_APISERVER_BIN): build it with hack/cluster/build.sh apiserver, as make test-apiserver does: %w", b, bin, err)
 		}
 	}
-	dir, err := os.MkdirTemp("", "flashpv-apiserver-")
+	removeStale()
+	dir, err := os.MkdirTemp("", dirPrefix)
 	if err != nil {
+		return nil, err
+	}
+	if err := os.WriteFile(filepath.Join(dir, ownerFile), []byte(strconv.Itoa(os.Getpid())), 0o600); err != nil {
+		_ = os.RemoveAll(dir)
 		return nil, err
 	}
 	s := &Server{dir: dir}
@@ -211,6 +219,31 @@ func (s *Server) waitReady(ctx context.Context) error {
 		case <-ctx.Done():
 			return fmt.Errorf("kube-apiserver not ready (last: %v): %s", last, tail(s.procs[len(s.procs)-1].log))
 		case <-tick.C:
+		}
+	}
+}
+
+const (
+	dirPrefix = "flashpv-apiserver-"
+	ownerFile = "owner.pid" // the test binary's PID
+)
+
+// removeStale removes the directories of test binaries that died without
+// stopping their Server (a test timeout panics past every deferred
+// function; their etcd and kube-apiserver died with them, by Pdeathsig).
+func removeStale() {
+	dirs, _ := filepath.Glob(filepath.Join(os.TempDir(), dirPrefix+"*"))
+	for _, d := range dirs {
+		b, err := os.ReadFile(filepath.Join(d, ownerFile))
+		if err != nil {
+			continue
+		}
+		pid, err := strconv.Atoi(string(b))
+		if err != nil || pid <= 0 {
+			continue
+		}
+		if err := syscall.Kill(pid, 0); errors.Is(err, syscall.ESRCH) {
+			_ = os.RemoveAll(d)
 		}
 	}
 }
