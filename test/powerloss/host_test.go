@@ -118,6 +118,7 @@ func TestPowerLoss(t *testing.T) {
 		b := runBoot(t, repo, out, disks, cfg.seed, n, final, delay)
 		boots = append(boots, b)
 		fmt.Fprintf(os.Stderr, "powerloss: %s\n", b.summary())
+		writeReport(t, out, cfg, boots, time.Since(start)) // so far
 		bad := b.rc != 0 && !b.cut || len(b.fails) > 0 || (!final && !b.cut)
 		if bad {
 			writeReport(t, out, cfg, boots, time.Since(start))
