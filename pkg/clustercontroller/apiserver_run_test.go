@@ -4,17 +4,25 @@ package clustercontroller
 
 import (
 	"context"
+	"crypto/x509"
+	"encoding/pem"
+	"errors"
 	"flag"
+	"os"
+	"path/filepath"
 	"slices"
 	"testing"
 	"time"
 
+	authnv1 "k8s.io/api/authentication/v1"
 	coordinationv1 "k8s.io/api/coordination/v1"
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/api/resource"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 
 	"github.com/flashpv/flashpv/pkg/nodeloss"
+	"github.com/flashpv/flashpv/pkg/transfer/auth"
+	"github.com/flashpv/flashpv/pkg/transfer/broker"
 	"github.com/flashpv/flashpv/pkg/volumelist"
 	"github.com/flashpv/flashpv/pkg/wellknown"
 	"github.com/flashpv/flashpv/test/apiserver"
@@ -38,7 +46,8 @@ func eventually(t *testing.T, what string, cond func() bool) {
 // claim once the grace period is over (with an Event), and once
 // pvc-protection lets the claim go, deletes the PV and removes the
 // provisioner's finalizer; as the broker's leader it makes the signing key
-// and the trust ConfigMap. It stops when its context ends.
+// and the trust ConfigMap, and as the broker it certifies a node plugin by
+// its real token. It stops when its context ends.
 func TestAPIServerRun(t *testing.T) {
 	ctx := context.Background()
 	ns := srv.Namespace(t)
@@ -133,6 +142,52 @@ func TestAPIServerRun(t *testing.T) {
 		cm, err2 := core.ConfigMaps(ns).Get(ctx, opts.Transfer.TrustConfigMap, metav1.GetOptions{})
 		return err == nil && err2 == nil && len(cm.Data) == 1
 	})
+
+	// A node plugin of the live node gets its certificate from the broker
+	// with its real token, bound to its pod.
+	must[*corev1.ServiceAccount](t)(core.ServiceAccounts(ns).Create(ctx, &corev1.ServiceAccount{ObjectMeta: metav1.ObjectMeta{Name: opts.Transfer.NodeServiceAccount}}, metav1.CreateOptions{}))
+	plugin := makePod(t, ns, "flashpv-node-x", live, opts.Transfer.NodeServiceAccount)
+	tr := must[*authnv1.TokenRequest](t)(core.ServiceAccounts(ns).CreateToken(ctx, opts.Transfer.NodeServiceAccount, &authnv1.TokenRequest{Spec: authnv1.TokenRequestSpec{
+		Audiences:      []string{broker.Audience},
+		BoundObjectRef: &authnv1.BoundObjectReference{Kind: "Pod", APIVersion: "v1", Name: plugin.Name, UID: plugin.UID},
+	}}, metav1.CreateOptions{}))
+	tokenFile := filepath.Join(t.TempDir(), "token")
+	if err := os.WriteFile(tokenFile, []byte(tr.Status.Token), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	trustCM := must[*corev1.ConfigMap](t)(core.ConfigMaps(ns).Get(ctx, opts.Transfer.TrustConfigMap, metav1.GetOptions{}))
+	var pems [][]byte
+	for _, v := range trustCM.Data {
+		pems = append(pems, []byte(v))
+	}
+	bc := &broker.Client{URL: "https://" + opts.Transfer.Address, TokenFile: tokenFile,
+		TLS: auth.BrokerClientConfig(func() (*auth.Trust, error) { return auth.NewTrust(pems...) }, opts.Transfer.ServiceName+"."+ns+".svc")}
+	key, err := auth.NewNodeKey()
+	if err != nil {
+		t.Fatal(err)
+	}
+	der, err := key.PublicDER()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var certPEM []byte
+	eventually(t, "the broker issues the node plugin a certificate (until its pod is in the cache: Unavailable)", func() bool {
+		certPEM, err = bc.Certificate(ctx, der)
+		var e *broker.Error
+		if errors.As(err, &e) && e.Code != broker.CodeUnavailable {
+			t.Fatalf("certificate: %v", err)
+		}
+		return err == nil
+	})
+	block, _ := pem.Decode(certPEM)
+	if block == nil {
+		t.Fatalf("no certificate in %q", certPEM)
+	}
+	cert := must[*x509.Certificate](t)(x509.ParseCertificate(block.Bytes))
+	if node, err := auth.NodeOf(cert); err != nil || node != live {
+		t.Errorf("certificate for node %q (%v), want %s", node, err, live)
+	}
+
 	lease := must[*coordinationv1.Lease](t)(srv.Client.CoordinationV1().Leases(ns).Get(ctx, opts.LeaseName, metav1.GetOptions{}))
 	if lease.Spec.HolderIdentity == nil || *lease.Spec.HolderIdentity == "" {
 		t.Errorf("the Lease has no holder: %+v", lease.Spec)
