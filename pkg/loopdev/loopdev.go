@@ -69,10 +69,35 @@ func (m *Manager) Find(file string) (string, error) {
 		return "", nil
 	}
 	if err != nil {
+		// A filesystem that shut down after I/O errors refuses to open
+		// the file; its device must still be found to be taken down.
+		if dev := m.findByPath(file); dev != "" {
+			return dev, nil
+		}
 		return "", err
 	}
 	defer f.Close()
 	return m.find(f)
+}
+
+// findByPath looks for the device bound to file by the backing file path
+// sysfs shows (relative to this process's mount namespace, so only a
+// fallback for a file that cannot be opened), or "".
+func (m *Manager) findByPath(file string) string {
+	entries, err := os.ReadDir(m.sysBlock)
+	if err != nil {
+		return ""
+	}
+	for _, e := range entries {
+		if !strings.HasPrefix(e.Name(), "loop") {
+			continue
+		}
+		b, err := os.ReadFile(filepath.Join(m.sysBlock, e.Name(), "loop", "backing_file"))
+		if err == nil && strings.TrimSuffix(string(b), "\n") == file {
+			return filepath.Join(m.devDir, e.Name())
+		}
+	}
+	return ""
 }
 
 // idOf is statID of an open file.
@@ -135,14 +160,20 @@ func (m *Manager) Attached(dirs ...string) (map[string]string, error) {
 	if err := m.scan(); err != nil {
 		return nil, err
 	}
-	return m.attachedIn(dirs)
+	return m.attachedIn(dirs, false)
 }
 
-// attachedIn looks up the files of dirs in the cache.
-func (m *Manager) attachedIn(dirs []string) (map[string]string, error) {
+// attachedIn looks up the files of dirs in the cache. With skipUnreadable,
+// a directory that cannot be read (its filesystem failed) counts nothing
+// rather than refusing the answer, so that it does not stop the others.
+func (m *Manager) attachedIn(dirs []string, skipUnreadable bool) (map[string]string, error) {
 	out := map[string]string{}
 	for _, dir := range dirs {
 		entries, err := os.ReadDir(dir)
+		if err != nil && skipUnreadable {
+			klog.InfoS("Counting attached files without an unreadable directory", "dir", dir, "err", err)
+			continue
+		}
 		if err != nil {
 			return nil, err
 		}
@@ -223,7 +254,7 @@ func (m *Manager) AttachLimited(file string, limit *Limit) (string, error) {
 	// The cache holds every device bound since the last scan (find made
 	// sure there was one); stale entries can only count too many.
 	if limit != nil {
-		att, err := m.attachedIn(limit.Dirs)
+		att, err := m.attachedIn(limit.Dirs, true)
 		if err != nil {
 			return "", err
 		}
@@ -296,17 +327,22 @@ func (m *Manager) Detach(file string) error {
 	if errors.Is(err, os.ErrNotExist) {
 		return nil
 	}
+	var id fileID
+	var dev string
 	if err != nil {
-		return err
-	}
-	defer img.Close()
-	id, err := idOf(img)
-	if err != nil {
-		return err
-	}
-	dev, err := m.find(img)
-	if err != nil || dev == "" {
-		return err
+		// The file's filesystem shut down: detach by the path sysfs shows.
+		if dev = m.findByPath(file); dev == "" {
+			return err
+		}
+		id, _ = backingID(dev)
+	} else {
+		defer img.Close()
+		if id, err = idOf(img); err != nil {
+			return err
+		}
+		if dev, err = m.find(img); err != nil || dev == "" {
+			return err
+		}
 	}
 	f, err := os.OpenFile(dev, os.O_RDWR, 0)
 	if err != nil {

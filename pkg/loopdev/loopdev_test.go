@@ -144,3 +144,32 @@ func TestDetachWaitsForBriefOpeners(t *testing.T) {
 		t.Fatalf("still attached to %s", found)
 	}
 }
+
+// TestFindUnopenable checks that the device of a file that cannot be opened
+// (its filesystem shut down after I/O errors, here a path through a regular
+// file) is found by the backing file path sysfs shows, so that it can
+// still be taken down, and that a file bound nowhere is not.
+func TestFindUnopenable(t *testing.T) {
+	root := t.TempDir()
+	notDir := filepath.Join(root, "plain")
+	if err := os.WriteFile(notDir, nil, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	file := filepath.Join(notDir, "vol.img")
+	sys := filepath.Join(root, "sys")
+	for dev, backing := range map[string]string{"loop3": "/elsewhere.img\n", "loop7": file + "\n"} {
+		if err := os.MkdirAll(filepath.Join(sys, dev, "loop"), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(filepath.Join(sys, dev, "loop", "backing_file"), []byte(backing), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	m := &Manager{sysBlock: sys, devDir: "/devx", byID: map[fileID]string{}}
+	if dev, err := m.Find(file); err != nil || dev != "/devx/loop7" {
+		t.Fatalf("Find: %q %v, want /devx/loop7", dev, err)
+	}
+	if dev, err := m.Find(filepath.Join(notDir, "other.img")); err == nil || dev != "" {
+		t.Fatalf("Find of a file bound nowhere: %q %v, want the open error", dev, err)
+	}
+}
