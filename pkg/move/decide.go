@@ -147,6 +147,10 @@ type View struct {
 	Orders map[Order]Progress
 	// OrderError is what a node said about a Failed order.
 	OrderError string
+	// Drain: the PV's node is cordoned and its class says drainPolicy:
+	// Move; a move to any fitting node is then asked for as long as it
+	// lasts.
+	Drain bool
 	// MutableAffinity: the API server lets a PV's node affinity change.
 	MutableAffinity bool
 	// Target is the node a new move would go to, or "" with TargetReason
@@ -229,8 +233,8 @@ func Decide(v View) Action {
 		return a
 	}
 	claim := v.claim()
-	if claim != nil && claim.UID == rec.ClaimUID && cancelled(claim) && rec.State.canRollBack() {
-		return to(RollingBack, "the claim no longer asks for the move")
+	if claim != nil && claim.UID == rec.ClaimUID && claim.Annotations[AnnRequest] == "" && !v.Drain && rec.State.canRollBack() {
+		return to(RollingBack, "the claim no longer asks for the move, and its node is not drained")
 	}
 	switch rec.State {
 	case Planned:
@@ -341,11 +345,20 @@ func Decide(v View) Action {
 // claim asks for one and a target fits.
 func start(v View) Action {
 	claim := v.claim()
-	if claim == nil || claim.Spec.VolumeName != v.PV.Name || claim.Annotations[AnnRequest] == "" {
+	if claim == nil || claim.Spec.VolumeName != v.PV.Name {
+		return Action{Kind: Wait, Reason: "no move asked"}
+	}
+	req := claim.Annotations[AnnRequest]
+	if req == "" && v.Drain {
+		if claim.Annotations[AnnState] == stateRolledBack {
+			return Action{Kind: Wait, Reason: fmt.Sprintf("no move asked: the last one was rolled back; remove %s from the claim to try again", AnnState)}
+		}
+		req = RequestAny
+	}
+	if req == "" {
 		return Action{Kind: Wait, Reason: "no move asked"}
 	}
 	source := nodeloss.NodeOf(v.PV)
-	req := claim.Annotations[AnnRequest]
 	refuse := func(format string, args ...any) Action {
 		return Action{Kind: Refuse, Claim: claim, Reason: fmt.Sprintf(format, args...)}
 	}
@@ -354,7 +367,7 @@ func start(v View) Action {
 		return refuse("the PV is not a flashpv volume of one node")
 	case claim.DeletionTimestamp != nil || v.PV.DeletionTimestamp != nil:
 		return Action{Kind: Wait, Reason: "the claim or the PV is being deleted"}
-	case req == source:
+	case req == source || v.Target == source:
 		return refuse("the volume is on node %s already", source)
 	case v.Target == "":
 		return refuse("no node fits: %s", v.TargetReason)
@@ -439,8 +452,8 @@ func (v View) pods(claim *corev1.PersistentVolumeClaim) (running, waiting *corev
 	return running, waiting
 }
 
-// cancelled: the claim no longer asks for a move.
-func cancelled(c *corev1.PersistentVolumeClaim) bool { return c.Annotations[AnnRequest] == "" }
+// stateRolledBack is the claim's state after a move was undone.
+const stateRolledBack = "RolledBack"
 
 // canRollBack: the steps before the claim is pointed at the target.
 func (s State) canRollBack() bool {

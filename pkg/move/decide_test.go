@@ -45,7 +45,8 @@ type world struct {
 	snapshot   Snapshot
 	copies     map[string]copyState
 	fenced     bool
-	failImport int // imports that fail before one succeeds
+	failImport int  // imports that fail before one succeeds
+	drain      bool // the source node is cordoned and the class says drainPolicy: Move
 	uids       int
 	orders     map[Order]Progress // the controller's memory of answers
 	orderErr   string
@@ -160,6 +161,7 @@ func (w *world) view() View {
 		Orders:          w.orders,
 		OrderError:      w.orderErr,
 		MutableAffinity: w.gate,
+		Drain:           w.drain && nodeloss.NodeOf(w.source()) == nodeS,
 		Target:          nodeT,
 		NewID:           func() string { return "m1" },
 	}
@@ -222,6 +224,9 @@ func (w *world) apply(a Action) {
 		}
 		if w.claim != nil {
 			delete(w.claim.Annotations, AnnRequest)
+			if a.Record.State == RollingBack {
+				w.claim.Annotations[AnnState] = stateRolledBack
+			}
 		}
 	case Wait, Refuse:
 	default:
@@ -459,3 +464,41 @@ func TestMoveRefused(t *testing.T) {
 
 // last is the end of the history, for failure messages.
 func (w *world) last() []string { return w.history[max(0, len(w.history)-30):] }
+
+// A drained node's volume moves without a request; the move stops (and is
+// rolled back) when the node is uncordoned before the claim is pointed at
+// the target; one rolled back is not started again by the drain.
+func TestMoveOnDrain(t *testing.T) {
+	for _, gate := range []bool{true, false} {
+		w := newWorld(t, gate)
+		delete(w.claim.Annotations, AnnRequest)
+		w.cordoned, w.drain = true, true
+		w.run(rand.New(rand.NewPCG(3, 4)), 12)
+		if pv := w.boundPV(); pv == nil || nodeloss.NodeOf(pv) != nodeT || w.copies[nodeS] != noCopy {
+			t.Fatalf("gate=%v: a drained volume did not move: copies %v", gate, w.copies)
+		}
+	}
+
+	w := newWorld(t, true)
+	delete(w.claim.Annotations, AnnRequest)
+	w.cordoned, w.drain = true, true
+	for range 10 {
+		w.apply(Decide(w.view()))
+	}
+	if rec, _ := RecordOf(w.source()); rec.State != WaitingForPod {
+		t.Fatalf("state %s, want the pod awaited", rec.State)
+	}
+	w.cordoned, w.drain = false, false // uncordoned
+	w.run(rand.New(rand.NewPCG(5, 6)), 1000)
+	if w.copies[nodeT] != noCopy || w.fenced || nodeloss.NodeOf(w.boundPV()) != nodeS {
+		t.Fatalf("after the uncordon: copies %v, fenced %v", w.copies, w.fenced)
+	}
+
+	w = newWorld(t, true)
+	delete(w.claim.Annotations, AnnRequest)
+	w.cordoned, w.drain, w.failImport = true, true, 1000
+	w.run(rand.New(rand.NewPCG(7, 8)), -1)
+	if a := Decide(w.view()); a.Kind != Wait || !strings.Contains(a.Reason, "rolled back") {
+		t.Fatalf("after a rolled back drain move: %+v", a)
+	}
+}

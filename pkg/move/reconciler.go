@@ -370,7 +370,7 @@ func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v Vie
 		}
 		outcome, reason, typ := string(Done), ReasonMoveDone, corev1.EventTypeNormal
 		if a.Record.State == RollingBack {
-			outcome, reason, typ = "RolledBack", ReasonMoveRolledBack, corev1.EventTypeWarning
+			outcome, reason, typ = stateRolledBack, ReasonMoveRolledBack, corev1.EventTypeWarning
 		}
 		r.claimState(ctx, pv, outcome, reason, a.Reason, typ)
 		r.mu.Lock()
@@ -407,7 +407,7 @@ func (r *Reconciler) claimState(ctx context.Context, pv *corev1.PersistentVolume
 		return
 	}
 	ann := map[string]any{AnnState: state}
-	if state == string(Done) || state == "RolledBack" {
+	if state == string(Done) || state == stateRolledBack {
 		ann[AnnRequest] = nil
 	}
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
