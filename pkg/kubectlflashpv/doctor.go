@@ -140,10 +140,12 @@ func (a *App) checkDaemonSet(ctx context.Context) []Finding {
 		return append(out, a.unknown(check, err)...)
 	}
 	var missing []string
+	schedulable := 0
 	for _, n := range nodes.Items {
 		if n.Spec.Unschedulable || hasNoScheduleTaint(&n) {
 			continue
 		}
+		schedulable++
 		if !slices.ContainsFunc(pods[n.Name], func(p corev1.Pod) bool { return podReady(&p) }) {
 			missing = append(missing, n.Name)
 		}
@@ -153,7 +155,7 @@ func (a *App) checkDaemonSet(ctx context.Context) []Finding {
 			"kubectl -n " + a.System + " describe daemonset; a node taint the DaemonSet does not tolerate, or a failing pod (kubectl -n " + a.System + " get pods -o wide)"})
 	}
 	if len(out) == 0 {
-		out = append(out, Finding{Check: check, Result: "ok", Message: fmt.Sprintf("a ready flashpv pod on each of %d schedulable nodes", len(nodes.Items))})
+		out = append(out, Finding{Check: check, Result: "ok", Message: fmt.Sprintf("a ready flashpv pod on each of %d schedulable nodes", schedulable)})
 	}
 	return out
 }

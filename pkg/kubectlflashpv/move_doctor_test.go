@@ -113,6 +113,17 @@ func TestMoveNoWait(t *testing.T) {
 	if got.Annotations[move.AnnRequest] != "any" || got.Annotations[move.AnnState] != "PreCopying" || out.String() != "default/data-0: Requested\n" {
 		t.Errorf("annotations %v, out %q", got.Annotations, out)
 	}
+	// A finished move's state goes, so that it is not read as this one's.
+	c = healthy()
+	c.objs = append(c.objs, claim("Done"))
+	a, client, _, _ = c.app("table")
+	if err := a.Move(context.Background(), "data-0", moveOptions{to: "n1"}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = client.CoreV1().PersistentVolumeClaims("default").Get(context.Background(), "data-0", metav1.GetOptions{})
+	if _, ok := got.Annotations[move.AnnState]; ok || got.Annotations[move.AnnRequest] != "n1" {
+		t.Errorf("after a finished move: annotations %v", got.Annotations)
+	}
 	if err := a.Move(context.Background(), "nope", moveOptions{to: "any"}); err == nil || !strings.Contains(err.Error(), "not found") {
 		t.Errorf("missing claim: %v", err)
 	}
