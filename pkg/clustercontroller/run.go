@@ -7,6 +7,9 @@
 //   - tells every node plugin which of its volumes have a PV, through one
 //     ConfigMap the DaemonSet mounts, so orphans are found on the node
 //     without the node plugin calling the API;
+//   - collects what every node plugin reports of itself (pools, volumes'
+//     used space and health, orphans) into the ConfigMap flashpv-status,
+//     for `kubectl flashpv` (status.go);
 //   - brokers transfers between nodes (a restore or clone onto another
 //     node): it issues node plugins their TLS certificates and signs a
 //     capability for each copy a claim asks for (transfer*.go).
