@@ -16,10 +16,13 @@ import (
 	"encoding/json"
 	"fmt"
 	"os"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 	corev1 "k8s.io/api/core/v1"
 	apierrors "k8s.io/apimachinery/pkg/api/errors"
 	"k8s.io/apimachinery/pkg/api/resource"
@@ -83,6 +86,7 @@ type moveEnv struct {
 	nodes    *nodeModel
 	indexers map[string]cache.Indexer
 	events   *record.FakeRecorder
+	metrics  *Metrics
 }
 
 func newMoveEnv(t *testing.T) *moveEnv {
@@ -103,6 +107,9 @@ func newMoveEnv(t *testing.T) *moveEnv {
 	for _, k := range []string{"pvs", "pvcs", "pods"} {
 		e.indexers[k] = cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc})
 	}
+	if e.metrics, err = NewMetrics(prometheus.NewRegistry()); err != nil {
+		t.Fatal(err)
+	}
 	e.r = &Reconciler{
 		Client: client, Dynamic: dyn,
 		PVs:    corelisters.NewPersistentVolumeLister(e.indexers["pvs"]),
@@ -112,6 +119,7 @@ func newMoveEnv(t *testing.T) *moveEnv {
 			return nodeT, ""
 		},
 		Address:    func(node string) (string, error) { return node + ":9811", nil },
+		Metrics:    e.metrics,
 		Capability: func(req OrderRequest) (string, error) { return "cap:" + req.Snapshot, nil },
 	}
 	return e
@@ -408,6 +416,16 @@ func TestMoveAgainstAPIServer(t *testing.T) {
 	snaps, err := e.dyn.Resource(snapshotsGVR).Namespace(e.ns).List(ctx, metav1.ListOptions{})
 	if err != nil || len(snaps.Items) != 0 {
 		t.Errorf("snapshots left: %d %v", len(snaps.Items), err)
+	}
+	if s, m := testutil.ToFloat64(e.metrics.started), testutil.ToFloat64(e.metrics.finished.WithLabelValues("moved")); s != 1 || m != 1 {
+		t.Errorf("moves started %v, moved %v; want 1 and 1", s, m)
+	}
+	var reasons []string
+	for len(e.events.Events) > 0 {
+		reasons = append(reasons, strings.Fields(<-e.events.Events)[1])
+	}
+	if !slices.Contains(reasons, ReasonMoveStep) {
+		t.Errorf("Events %v, want %s among them", reasons, ReasonMoveStep)
 	}
 }
 

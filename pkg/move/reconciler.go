@@ -56,11 +56,16 @@ type Reconciler struct {
 	// Capability signs what the target of an import or a catch-up
 	// presents to the source.
 	Capability func(req OrderRequest) (string, error)
+	// Drained reports whether a PV's node is cordoned and its class says
+	// drainPolicy: Move (nil: never).
+	Drained func(pv *corev1.PersistentVolume) bool
 	// SnapshotClass is the VolumeSnapshotClass of pre-copies ("": the
 	// cluster's default).
 	SnapshotClass string
 	// MaxSteps bounds the steps one Sync takes for one PV.
 	MaxSteps int
+	// Metrics, if set, count moves and steps.
+	Metrics *Metrics
 
 	mu      sync.Mutex
 	answers map[string]map[Order]Progress // by move ID
@@ -77,18 +82,57 @@ func (r *Reconciler) Sync(ctx context.Context) error {
 		return err
 	}
 	var errs []error
+	states := map[State]int{}
 	for _, pv := range pvs {
 		if pv.Spec.CSI == nil || pv.Spec.CSI.Driver != wellknown.DriverName {
 			continue
 		}
-		if _, ok := RecordOf(pv); !ok && !r.asked(pv) {
+		if rec, ok := RecordOf(pv); ok {
+			states[rec.State]++
+		} else if !r.asked(pv) && !r.drained(pv) {
 			continue
 		}
 		if err := r.syncPV(ctx, pv.Name); err != nil {
 			errs = append(errs, fmt.Errorf("PV %s: %w", pv.Name, err))
 		}
 	}
+	if m := r.Metrics; m != nil {
+		m.inProgress.Reset()
+		for s, n := range states {
+			if s != Done {
+				m.inProgress.WithLabelValues(string(s)).Set(float64(n))
+			}
+		}
+	}
 	return errors.Join(errs...)
+}
+
+// count records a step and what it means for the move counters.
+func (r *Reconciler) count(a Action, err error) {
+	m := r.Metrics
+	if m == nil {
+		return
+	}
+	result := "ok"
+	if err != nil {
+		result = "error"
+	}
+	m.steps.WithLabelValues(string(a.Kind), result).Inc()
+	if err != nil {
+		return
+	}
+	switch {
+	case a.Kind == Write && a.Record.State == Planned:
+		m.started.Inc()
+	case a.Kind == Finish && a.Record.State == RollingBack:
+		m.finished.WithLabelValues("rolled-back").Inc()
+	case a.Kind == Finish, a.Kind == Write && a.Record.State == Done:
+		m.finished.WithLabelValues("moved").Inc()
+	}
+}
+
+func (r *Reconciler) drained(pv *corev1.PersistentVolume) bool {
+	return r.Drained != nil && r.Drained(pv)
 }
 
 // asked: the PV's claim carries a move request.
@@ -126,7 +170,9 @@ func (r *Reconciler) syncPV(ctx context.Context, name string) error {
 			return nil
 		}
 		klog.InfoS("Move step", "pv", name, "move", a.Record.ID, "state", a.Record.State, "action", a.Kind, "order", a.Order, "node", a.Node, "reason", a.Reason)
-		if err := r.act(ctx, pv, v, a); err != nil {
+		err = r.act(ctx, pv, v, a)
+		r.count(a, err)
+		if err != nil {
 			return fmt.Errorf("%s %s: %w", a.Kind, a.Order, err)
 		}
 		if a.Kind == Refuse || a.Kind == Finish {
@@ -144,13 +190,18 @@ func (r *Reconciler) view(ctx context.Context, pv *corev1.PersistentVolume) (Vie
 		Pods:  r.pods(ctx),
 		NewID: newID,
 	}
+	v.Drain = r.drained(pv)
 	rec, ok := RecordOf(pv)
 	if !ok {
 		claim := v.claim()
 		if claim == nil {
 			return v, nil
 		}
-		v.Target, v.TargetReason = r.Target(pv, claim, claim.Annotations[AnnRequest])
+		req := claim.Annotations[AnnRequest]
+		if req == "" {
+			req = RequestAny // a drain
+		}
+		v.Target, v.TargetReason = r.Target(pv, claim, req)
 		if v.Target != "" {
 			m, err := r.mutableAffinity(ctx, pv, v.Target)
 			if err != nil {
