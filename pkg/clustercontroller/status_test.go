@@ -41,7 +41,7 @@ type statusEnv struct {
 func newStatusEnv(t *testing.T) *statusEnv {
 	t.Helper()
 	e := &statusEnv{nodes: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{}),
-		pods: cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
+		pods:   cache.NewIndexer(cache.MetaNamespaceKeyFunc, cache.Indexers{cache.NamespaceIndex: cache.MetaNamespaceIndexFunc}),
 		client: fake.NewClientset(), answers: map[string]func() (nodestatus.Status, error){}}
 	sel := labels.SelectorFromSet(labels.Set{"app.kubernetes.io/name": "flashpv"})
 	c, err := newStatusCollector(e.client, "flashpv", corelisters.NewNodeLister(e.nodes), corelisters.NewPodLister(e.pods), sel, 9808, prometheus.NewRegistry())
