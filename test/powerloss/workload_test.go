@@ -44,14 +44,18 @@ func (w *workload) run() {
 	w.em.progress("start", "workload of boot %d", w.g.boot)
 	var wg, ready sync.WaitGroup
 	ready.Add(len(pools))
+	all := make(chan struct{})
 	for i, p := range pools {
 		rng := rand.New(rand.NewPCG(w.g.seed, uint64(w.g.boot)<<8|uint64(i)))
-		wg.Go(func() { w.pool(ctx, p, p.kinds[w.g.boot%len(p.kinds)], rng, ready.Done) })
+		wg.Go(func() { w.pool(ctx, p, p.kinds[w.g.boot%len(p.kinds)], rng, ready.Done, all) })
 	}
 	// The host draws the cut's moment from here: every pool has its
-	// writers going and is at its first round of calls.
+	// writers going, and its calls start. The pools start their calls
+	// together: the fast ones would leave the lvm pools little of the
+	// emulated CPUs to come up with.
 	ready.Wait()
 	w.em.progress("ready", "writers running in every pool")
+	close(all)
 	wg.Wait()
 	if ctx.Err() != nil {
 		w.t.Errorf("the workload ran %v and no power cut came", maxWorkload)
@@ -100,7 +104,7 @@ func (w *workload) up(ev event) (string, bool) {
 	return id, true
 }
 
-func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand, ready func()) {
+func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.Rand, ready func(), all <-chan struct{}) {
 	readyOnce := sync.OnceFunc(ready)
 	defer readyOnce()
 	// The Block volume's writer comes up beside the other.
@@ -146,6 +150,7 @@ func (w *workload) pool(ctx context.Context, p poolDef, kind string, rng *rand.R
 	}
 	<-blockReady
 	readyOnce()
+	<-all
 	// Two lanes of calls at once, so that whenever the cut comes both
 	// kinds are under way.
 	var lanes sync.WaitGroup
@@ -272,7 +277,7 @@ type writer struct {
 }
 
 // pace leaves the emulated CPUs to the calls.
-const pace = 20 * time.Millisecond
+const pace = 50 * time.Millisecond
 
 // file appends n records (n < 0: until it fails) and reports whether
 // all were written.
