@@ -29,6 +29,7 @@ type dirPool struct {
 	// once a probe passes; lockMu guards it.
 	lockMu sync.Mutex
 	lock   *os.File
+	closed bool // no lock is taken again after Close
 	// releasable: the pool holds nothing else open on its filesystem, so
 	// letting go of the lock frees it (not so for quota pools).
 	releasable bool
@@ -67,6 +68,7 @@ func (p *dirPool) metaPath(key string) string { return filepath.Join(p.dir, key+
 func (p *dirPool) Close() error {
 	p.lockMu.Lock()
 	defer p.lockMu.Unlock()
+	p.closed = true
 	if p.lock == nil {
 		return nil
 	}
@@ -111,7 +113,7 @@ func (p *dirPool) holdLock(probeErr error) error {
 		return explainFailing(p.dir, probeErr)
 	case probeErr != nil:
 		return probeErr
-	case p.lock == nil:
+	case p.lock == nil && !p.closed:
 		l, err := lockDir(p.dir)
 		if err != nil {
 			return err

@@ -3,11 +3,14 @@ package pool
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/flashpv/flashpv/pkg/lvm"
 )
@@ -85,5 +88,41 @@ func TestThinPoolHealth(t *testing.T) {
 		if (want == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), want)) {
 			t.Errorf("attr %s: %v, want %q", attr, err, want)
 		}
+	}
+}
+
+// TestFailingPoolLetsGo checks that an image pool lets go of its
+// directory's lock when its filesystem fails (so that it can be unmounted),
+// takes it back when a probe passes, and never after Close.
+func TestFailingPoolLetsGo(t *testing.T) {
+	dir := t.TempDir()
+	p, err := OpenImage("p", dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	free := func() bool {
+		l, err := lockDir(dir)
+		if err != nil {
+			return false
+		}
+		l.Close()
+		return true
+	}
+	if free() {
+		t.Fatal("an open pool's lock is free")
+	}
+	err = p.holdLock(fmt.Errorf("sync: %w", unix.EIO))
+	if !errors.Is(err, unix.EIO) || !strings.Contains(err.Error(), "mounted again") || !free() {
+		t.Fatalf("a failing filesystem: %v, lock free %v", err, free())
+	}
+	if err := p.holdLock(nil); err != nil || free() {
+		t.Fatalf("a passing probe: %v, lock free %v", err, free())
+	}
+	if err := p.holdLock(errors.New("not a failing filesystem")); err == nil || free() {
+		t.Fatalf("another failure let go of the lock: %v", err)
+	}
+	p.Close()
+	if err := p.holdLock(nil); err != nil || !free() {
+		t.Fatalf("a probe after Close took the lock: %v", err)
 	}
 }
