@@ -127,6 +127,11 @@ func (o *Options) Validate() error {
 	if o.NodeStatusPort != 0 && o.NodeStatusInterval <= 0 {
 		errs = append(errs, errors.New("--node-status-interval must be positive"))
 	}
+	// The broker checks the selector when it is on; the status collection
+	// finds the node plugin pods with it too.
+	if sel, err := labels.Parse(o.Transfer.NodePodLabel); o.NodeStatusPort != 0 && o.Transfer.Address == "" && (err != nil || sel.Empty()) {
+		errs = append(errs, fmt.Errorf("--node-pod-label %q: want a non-empty label selector (%v)", o.Transfer.NodePodLabel, err))
+	}
 	if o.LeaderElection && !(o.LeaseDuration > o.RenewDeadline && o.RenewDeadline > o.RetryPeriod && o.RetryPeriod > 0) {
 		errs = append(errs, errors.New("leader election wants lease duration > renew deadline > retry period > 0"))
 	}

@@ -3,6 +3,7 @@ package clustercontroller
 import (
 	"flag"
 	"testing"
+	"time"
 )
 
 func TestTransferOptions(t *testing.T) {
@@ -30,6 +31,39 @@ func TestTransferOptions(t *testing.T) {
 		{"bad secret", func(o *TransferOptions) { o.Secret = "Key" }, false},
 		{"service name with a dot", func(o *TransferOptions) { o.ServiceName = "a.b" }, false},
 		{"no service account", func(o *TransferOptions) { o.NodeServiceAccount = "" }, false},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			o := defaults()
+			tc.change(&o)
+			if err := o.Validate(); (err == nil) != tc.ok {
+				t.Errorf("Validate: %v", err)
+			}
+		})
+	}
+}
+
+func TestNodeStatusOptions(t *testing.T) {
+	defaults := func() Options {
+		var o Options
+		o.AddFlags(flag.NewFlagSet("test", flag.ContinueOnError))
+		o.Namespace = "flashpv"
+		return o
+	}
+	if d := defaults(); d.NodeStatusPort != 9808 || d.NodeStatusInterval != time.Minute {
+		t.Errorf("defaults %+v", d)
+	}
+	for _, tc := range []struct {
+		name   string
+		change func(*Options)
+		ok     bool
+	}{
+		{"defaults", func(*Options) {}, true},
+		{"off", func(o *Options) { o.NodeStatusPort, o.NodeStatusInterval = 0, 0 }, true},
+		{"port too big", func(o *Options) { o.NodeStatusPort = 70000 }, false},
+		{"negative port", func(o *Options) { o.NodeStatusPort = -1 }, false},
+		{"no interval", func(o *Options) { o.NodeStatusInterval = 0 }, false},
+		{"no broker, no selector", func(o *Options) { o.Transfer.Address, o.Transfer.NodePodLabel = "", "" }, false},
+		{"no broker, no status, no selector", func(o *Options) { o.Transfer.Address, o.Transfer.NodePodLabel, o.NodeStatusPort = "", "", 0 }, true},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
 			o := defaults()
