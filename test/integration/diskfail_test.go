@@ -168,52 +168,28 @@ func alignedBuf() []byte {
 	return b[off : off+4096]
 }
 
-// TestFailingDisks switches the device under an lvm pool's PV, then the
-// one under an image pool's filesystem, to I/O errors while a writer runs
-// in a volume of each, and back. While a device fails: the volume's health
-// names the I/O error, storage health, /healthz and the metrics name the
-// pool, every call answers within its deadline, and the other pools keep
-// creating and staging. Once the device is back (and, for the image
-// pool's ext4 that went read-only, once the operator has done what the
-// health message says: unstage its volumes, unmount, repair, mount), health
-// is normal again, with the same flashpv.
-func TestFailingDisks(t *testing.T) {
-	// The test makes its own pools (a VG and an ext4 on device-mapper), so
-	// one VM pass is enough.
-	harness.RequireBackend(t, "lvm-thick")
+// requireDM skips a test on a kernel without device-mapper.
+func requireDM(t *testing.T) {
+	t.Helper()
 	if out, err := exec.Command("dmsetup", "targets").CombinedOutput(); err != nil || !strings.Contains(string(out), "error") {
 		t.Skipf("needs device-mapper's linear and error targets, which this kernel lacks (the VM has them: make test-vm): %v %s", err, out)
 	}
-	pvDisk := newDMDisk(t, "pv", 256<<20)
-	vg := fmt.Sprintf("fpvdf%x", time.Now().UnixNano()&0xffffff)
-	harness.Run(t, "lvm", "pvcreate", "-q", "-y", pvDisk.dev())
-	harness.Run(t, "lvm", "vgcreate", "-q", "-y", "-s", "4m", vg, pvDisk.dev())
-	t.Cleanup(func() {
-		exec.Command("lvm", "vgchange", "-an", vg).Run()
-		exec.Command("lvm", "vgremove", "-q", "-ff", "-y", vg).Run()
-		exec.Command("lvm", "pvremove", "-q", "-ff", "-y", pvDisk.dev()).Run()
-	})
-	fsDisk := newDMDisk(t, "fs", 256<<20)
-	harness.Run(t, "mkfs.ext4", "-q", "-F", "-m0", fsDisk.dev())
-	mnt := filepath.Join(t.TempDir(), "imgfs")
-	if err := os.Mkdir(mnt, 0o700); err != nil {
-		t.Fatal(err)
-	}
-	harness.Run(t, "mount", fsDisk.dev(), mnt)
-	t.Cleanup(func() { exec.Command("umount", mnt).Run() })
+}
 
+// diskEnv starts flashpv on pools (and a healthy image pool "ok") with
+// metrics and /healthz, and returns what checks them and publishes Block
+// volumes in them.
+func diskEnv(t *testing.T, pools map[string]string) (*diskCheck, func(poolName, name string) vol) {
+	t.Helper()
+	pools["ok"] = harness.PoolFS(t, "256M")
 	reg := prometheus.NewRegistry()
-	env := harness.Start(t, harness.Options{Metrics: reg, Pools: map[string]string{
-		"lvm": "lvm:" + vg, "img": mnt + "/pool", "ok": harness.PoolFS(t, "256M"),
-	}})
-	// Whatever happens, the devices work again before anything is taken down.
-	t.Cleanup(func() { pvDisk.heal(); fsDisk.heal() })
+	env := harness.Start(t, harness.Options{Metrics: reg, Pools: pools})
 	c := newClient(t, env)
-	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open}
+	// Longer than the pools' own 5 s bound, so that what a pool says is what
+	// is checked (LVM commands are slow under emulation).
+	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open, Timeout: 8 * time.Second}
 	srv := httptest.NewServer(health.Handler(checker, reg))
-	defer srv.Close()
-
-	type vol struct{ id, staging, target string }
+	t.Cleanup(srv.Close)
 	publish := func(poolName, name string) vol {
 		t.Helper()
 		resp, err := c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
@@ -228,11 +204,40 @@ func TestFailingDisks(t *testing.T) {
 		v.staging, v.target = c.stagePublish(v.id, name, blockCap())
 		return v
 	}
+	return &diskCheck{t: t, c: c, reg: reg, url: srv.URL}, publish
+}
+
+// TestFailingDisks switches the device under an lvm pool's PV, then the one
+// under the ext4 an image pool lives on, to I/O errors while a writer runs
+// in a volume of each, and back; and suspends the PV, so that its I/O waits
+// in the kernel. While a device fails: the volume's health names the I/O
+// error, storage health, /healthz and the metrics name the pool, every call
+// answers within its deadline, and the other pools keep creating and
+// staging. Once the device is back (and, for the image pool's ext4, which
+// stays read-only, once the operator has done what the health message
+// says: unstage its volumes, unmount, repair, mount), health is normal
+// again, with the same flashpv. TestFailingXFSImagePool does the same for
+// an image pool on XFS.
+func TestFailingDisks(t *testing.T) {
+	// The test makes its own pools (a VG and an ext4 on device-mapper), so
+	// one VM pass is enough.
+	harness.RequireBackend(t, "lvm-thick")
+	requireDM(t)
+	pvDisk := newDMDisk(t, "pv", 256<<20)
+	vg := fmt.Sprintf("fpvdf%x", time.Now().UnixNano()&0xffffff)
+	harness.Run(t, "lvm", "pvcreate", "-q", "-y", pvDisk.dev())
+	harness.Run(t, "lvm", "vgcreate", "-q", "-y", "-s", "4m", vg, pvDisk.dev())
+	t.Cleanup(func() {
+		exec.Command("lvm", "vgchange", "-an", vg).Run()
+		exec.Command("lvm", "vgremove", "-q", "-ff", "-y", vg).Run()
+		exec.Command("lvm", "pvremove", "-q", "-ff", "-y", pvDisk.dev()).Run()
+	})
+	ext4 := newImageFS(t, "ext4")
+	d, publish := diskEnv(t, map[string]string{"lvm": "lvm:" + vg, "ext4": ext4.mnt + "/pool"})
+	// Whatever happens, the devices work again before anything is taken down.
+	t.Cleanup(func() { pvDisk.heal(); ext4.disk.heal() })
 	lvmVol := publish("lvm", "pvc-lvm")
-	imgVol := publish("img", "pvc-img")
-	d := &diskCheck{t: t, c: c, reg: reg, url: srv.URL}
 	d.healthy("lvm", lvmVol.id)
-	d.healthy("img", imgVol.id)
 
 	// The lvm pool's PV fails under a writer, then heals.
 	w := startWriter(t, lvmVol.target)
@@ -258,44 +263,101 @@ func TestFailingDisks(t *testing.T) {
 	harness.Run(t, "dmsetup", "resume", pvDisk.name)
 	d.healthy("lvm", lvmVol.id)
 
-	// The image pool's filesystem fails under a writer. ext4 aborts its
-	// journal and stays read-only when the device heals: flashpv says so
-	// and what to do, and lets go of the filesystem.
-	w = startWriter(t, imgVol.target)
-	waitFor(t, "the writer's first writes", func() bool { ok, _, _ := w.counts(); return ok > 0 })
-	fsDisk.fail()
-	waitFor(t, "a write into the failing image to fail", func() bool { _, errs, _ := w.counts(); return errs > 0 })
-	d.failing("img", imgVol.id, "input/output error")
-	d.othersServe("img", "pvc-other2")
-	fsDisk.heal()
-	w.end()
-	msg := d.failing("img", imgVol.id, "")
-	if !strings.Contains(msg, "mounted again") {
-		t.Errorf("the health of a pool whose ext4 stays read-only does not say what to do: %s", msg)
+	imagePoolFails(t, d, ext4, publish("ext4", "pvc-ext4"))
+	d.c.unpublishUnstage(lvmVol.id, lvmVol.staging, lvmVol.target)
+}
+
+// TestFailingXFSImagePool is TestFailingDisks' image pool on XFS, which
+// shuts itself down and answers EIO to everything until it is mounted
+// again. It runs in the quota pass, so that each VM pass stays short.
+func TestFailingXFSImagePool(t *testing.T) {
+	harness.RequireBackend(t, "quota")
+	requireDM(t)
+	xfs := newImageFS(t, "xfs")
+	d, publish := diskEnv(t, map[string]string{"xfs": xfs.mnt + "/pool"})
+	t.Cleanup(xfs.disk.heal)
+	imagePoolFails(t, d, xfs, publish("xfs", "pvc-xfs"))
+}
+
+// vol is a published volume.
+type vol struct{ id, staging, target string }
+
+// imageFS is the filesystem an image pool lives on, on a device-mapper
+// device.
+type imageFS struct {
+	fsType, mnt string
+	disk        *dmDisk
+}
+
+func newImageFS(t *testing.T, fsType string) *imageFS {
+	t.Helper()
+	f := &imageFS{fsType: fsType, disk: newDMDisk(t, fsType, 320<<20), mnt: filepath.Join(t.TempDir(), fsType)}
+	if fsType == "xfs" {
+		harness.Run(t, "mkfs.xfs", "-q", "-f", f.disk.dev())
+	} else {
+		harness.Run(t, "mkfs.ext4", "-q", "-F", "-m0", f.disk.dev())
 	}
-	// What the message says: the pool's volumes unstaged, then the
-	// filesystem unmounted (which fails if flashpv holds it), repaired and
-	// mounted again.
-	c.unpublishUnstage(imgVol.id, imgVol.staging, imgVol.target)
-	harness.Run(t, "umount", mnt)
-	if out, err := exec.Command("e2fsck", "-f", "-y", fsDisk.dev()).CombinedOutput(); err != nil {
+	if err := os.Mkdir(f.mnt, 0o700); err != nil {
+		t.Fatal(err)
+	}
+	harness.Run(t, "mount", f.disk.dev(), f.mnt)
+	t.Cleanup(func() { exec.Command("umount", f.mnt).Run() })
+	return f
+}
+
+// repair does what docs/health.md tells the operator: unmount, repair,
+// mount again. XFS replays its log at a mount, which xfs_repair wants done
+// first.
+func (f *imageFS) repair(t *testing.T) {
+	t.Helper()
+	harness.Run(t, "umount", f.mnt)
+	if f.fsType == "xfs" {
+		harness.Run(t, "mount", f.disk.dev(), f.mnt)
+		harness.Run(t, "umount", f.mnt)
+		harness.Run(t, "xfs_repair", f.disk.dev())
+	} else if out, err := exec.Command("e2fsck", "-f", "-y", f.disk.dev()).CombinedOutput(); err != nil {
 		var ee *exec.ExitError
 		if !errors.As(err, &ee) || ee.ExitCode() > 2 {
 			t.Fatalf("e2fsck: %v\n%s", err, out)
 		}
 	}
-	harness.Run(t, "mount", fsDisk.dev(), mnt)
-	d.healthy("img", imgVol.id)
-	imgVol.staging, imgVol.target = c.stagePublish(imgVol.id, "pvc-img", blockCap())
-	w = startWriter(t, imgVol.target)
+	harness.Run(t, "mount", f.disk.dev(), f.mnt)
+}
+
+// imagePoolFails fails the filesystem of an image pool (named after it)
+// under a writer in v. ext4 aborts its journal and XFS shuts down, and both
+// stay so when the device heals: flashpv says so and what to do, and lets
+// go of the filesystem, so that the operator's repair needs no restart.
+func imagePoolFails(t *testing.T, d *diskCheck, f *imageFS, v vol) {
+	t.Helper()
+	poolName := f.fsType
+	t.Logf("the %s under image pool %s fails", f.fsType, poolName)
+	d.healthy(poolName, v.id)
+	w := startWriter(t, v.target)
+	waitFor(t, "the writer's first writes", func() bool { ok, _, _ := w.counts(); return ok > 0 })
+	f.disk.fail()
+	waitFor(t, "a write into the failing image to fail", func() bool { _, errs, _ := w.counts(); return errs > 0 })
+	d.failing(poolName, v.id, "input/output error")
+	d.othersServe(poolName, "pvc-other-"+poolName)
+	f.disk.heal()
+	w.end()
+	if msg := d.failing(poolName, v.id, ""); !strings.Contains(msg, "mounted again") {
+		t.Errorf("the health of a pool whose %s stays down does not say what to do: %s", f.fsType, msg)
+	}
+	// The pool's volumes unstaged, then the filesystem unmounted (which
+	// fails while flashpv holds it), repaired and mounted again.
+	d.c.unpublishUnstage(v.id, v.staging, v.target)
+	f.repair(t)
+	d.healthy(poolName, v.id)
+	v.staging, v.target = d.c.stagePublish(v.id, "pvc-"+poolName, blockCap())
+	w = startWriter(t, v.target)
 	waitFor(t, "writes into the image on the repaired filesystem", func() bool { ok, _, _ := w.counts(); return ok > 0 })
 	w.end()
 	if _, errs, last := w.counts(); errs != 0 {
 		t.Errorf("writes into the image on the repaired filesystem fail: %d, %v", errs, last)
 	}
-	d.healthy("img", imgVol.id)
-	c.unpublishUnstage(imgVol.id, imgVol.staging, imgVol.target)
-	c.unpublishUnstage(lvmVol.id, lvmVol.staging, lvmVol.target)
+	d.healthy(poolName, v.id)
+	d.c.unpublishUnstage(v.id, v.staging, v.target)
 }
 
 // diskCheck asks flashpv, through every way it reports health, about a
@@ -307,84 +369,90 @@ type diskCheck struct {
 	url string
 }
 
-// call gives a call its deadline and fails the test if it did not answer
-// within it.
-func (d *diskCheck) call(what string, f func(ctx context.Context) error) error {
-	d.t.Helper()
+// within gives a call its deadline and says if it did not answer in it.
+func (d *diskCheck) within(what string, f func(ctx context.Context) error) error {
 	cctx, cancel := context.WithTimeout(ctx, callDeadline)
 	defer cancel()
 	err := f(cctx)
 	if code := status.Code(err); code == codes.DeadlineExceeded || code == codes.Canceled || code == codes.Unavailable {
-		d.t.Fatalf("%s did not answer within %s: %v", what, callDeadline, err)
+		return fmt.Errorf("%s did not answer within %s: %w", what, callDeadline, err)
 	}
-	return err
+	if err != nil {
+		return fmt.Errorf("%s: %w", what, err)
+	}
+	return nil
 }
 
-// states returns the volume's health entries, the storage health entries
-// naming the pool, /healthz's body and the pool's metrics.
+// states returns the volume's health entries, the storage health entries,
+// /healthz's body and the pool's metrics, asked all at once (each may wait
+// its bound on a device that stopped answering).
 func (d *diskCheck) states(poolName, id string) (vh []*csi.VolumeHealth_VolumeHealthEntry, sh []string, healthz string, up float64, abnormal float64) {
 	d.t.Helper()
-	err := d.call("NodeGetVolumeHealth", func(ctx context.Context) error {
-		resp, err := d.c.nd.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id})
-		vh = resp.GetVolumeHealth().GetHealthStatuses()
-		return err
+	up, abnormal = -1, -1
+	var wg sync.WaitGroup
+	errs := make([]error, 4)
+	wg.Go(func() {
+		errs[0] = d.within("NodeGetVolumeHealth", func(ctx context.Context) error {
+			resp, err := d.c.nd.NodeGetVolumeHealth(ctx, &csi.NodeGetVolumeHealthRequest{VolumeId: id})
+			vh = resp.GetVolumeHealth().GetHealthStatuses()
+			return err
+		})
 	})
-	if err != nil {
-		d.t.Fatalf("NodeGetVolumeHealth: %v", err)
-	}
-	err = d.call("NodeGetStorageHealth", func(ctx context.Context) error {
-		resp, err := d.c.nd.NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{})
-		for _, b := range resp.GetBackendHealth() {
-			sh = append(sh, b.GetReason()+": "+b.GetMessage())
-		}
-		return err
+	wg.Go(func() {
+		errs[1] = d.within("NodeGetStorageHealth", func(ctx context.Context) error {
+			resp, err := d.c.nd.NodeGetStorageHealth(ctx, &csi.NodeGetStorageHealthRequest{})
+			for _, b := range resp.GetBackendHealth() {
+				sh = append(sh, b.GetReason()+": "+b.GetMessage())
+			}
+			return err
+		})
 	})
-	if err != nil {
-		d.t.Fatalf("NodeGetStorageHealth: %v", err)
-	}
-	hc := &http.Client{Timeout: callDeadline}
-	resp, err := hc.Get(d.url + "/healthz")
-	if err != nil {
-		d.t.Fatalf("/healthz: %v", err)
-	}
-	b, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	body := string(b)
-	if resp.StatusCode != 200 {
-		d.t.Fatalf("/healthz answers %d: %s", resp.StatusCode, body)
-	}
-	type poolMetrics struct{ up, abnormal float64 }
-	gathered := make(chan poolMetrics, 1)
-	go func() {
-		pm := poolMetrics{-1, -1}
-		mfs, err := d.reg.Gather()
+	wg.Go(func() {
+		hc := &http.Client{Timeout: callDeadline}
+		resp, err := hc.Get(d.url + "/healthz")
 		if err != nil {
-			d.t.Error(err)
+			errs[2] = fmt.Errorf("/healthz: %w", err)
+			return
 		}
-		for _, mf := range mfs {
-			for _, m := range mf.GetMetric() {
-				for _, l := range m.GetLabel() {
-					if l.GetName() != "pool" || l.GetValue() != poolName {
-						continue
-					}
-					switch mf.GetName() {
-					case "flashpv_pool_up":
-						pm.up = m.GetGauge().GetValue()
-					case "flashpv_pool_abnormal_volumes":
-						pm.abnormal = m.GetGauge().GetValue()
+		b, _ := io.ReadAll(resp.Body)
+		resp.Body.Close()
+		healthz = string(b)
+		if resp.StatusCode != 200 {
+			errs[2] = fmt.Errorf("/healthz answers %d: %s", resp.StatusCode, healthz)
+		}
+	})
+	wg.Go(func() {
+		gathered := make(chan error, 1)
+		go func() {
+			mfs, err := d.reg.Gather()
+			for _, mf := range mfs {
+				for _, m := range mf.GetMetric() {
+					for _, l := range m.GetLabel() {
+						if l.GetName() != "pool" || l.GetValue() != poolName {
+							continue
+						}
+						switch mf.GetName() {
+						case "flashpv_pool_up":
+							up = m.GetGauge().GetValue()
+						case "flashpv_pool_abnormal_volumes":
+							abnormal = m.GetGauge().GetValue()
+						}
 					}
 				}
 			}
+			gathered <- err
+		}()
+		select {
+		case errs[3] = <-gathered:
+		case <-time.After(callDeadline):
+			errs[3] = fmt.Errorf("a metrics scrape did not answer within %s", callDeadline)
 		}
-		gathered <- pm
-	}()
-	select {
-	case pm := <-gathered:
-		up, abnormal = pm.up, pm.abnormal
-	case <-time.After(callDeadline):
-		d.t.Fatalf("a metrics scrape did not answer within %s", callDeadline)
+	})
+	wg.Wait()
+	if err := errors.Join(errs...); err != nil {
+		d.t.Fatal(err)
 	}
-	return vh, sh, body, up, abnormal
+	return vh, sh, healthz, up, abnormal
 }
 
 // failing checks that every report names the pool, and the volume's health
@@ -437,7 +505,7 @@ func (d *diskCheck) othersServe(failing, name string) {
 	d.t.Helper()
 	create := func(poolName string) (string, error) {
 		var id string
-		err := d.call("CreateVolume in pool "+poolName, func(ctx context.Context) error {
+		err := d.within("CreateVolume in pool "+poolName, func(ctx context.Context) error {
 			resp, err := d.c.ctl.CreateVolume(ctx, &csi.CreateVolumeRequest{
 				Name: name + "-" + poolName, CapacityRange: &csi.CapacityRange{RequiredBytes: 16 << 20},
 				VolumeCapabilities: []*csi.VolumeCapability{blockCap()},
@@ -450,8 +518,8 @@ func (d *diskCheck) othersServe(failing, name string) {
 	}
 	if failing == "" {
 		// A stuck device holds the LVM commands of a create in the kernel.
-	} else if id, err := create(failing); err == nil {
-		d.t.Errorf("a create in failing pool %s succeeded: %s", failing, id)
+	} else if id, err := create(failing); err == nil || strings.Contains(err.Error(), "did not answer") {
+		d.t.Errorf("a create in failing pool %s: %q %v, want an error in time", failing, id, err)
 	} else {
 		d.t.Logf("a create in failing pool %s: %v", failing, err)
 	}
