@@ -167,6 +167,11 @@ func (d *Driver) applyDelta(ctx context.Context, p *poolEntry, v *pool.Volume, s
 	}
 	defer f.Close()
 	st, err := sess.ReceiveDelta(ctx, stream.FileTarget(f), nil)
+	if errors.Is(err, stream.ErrChecksum) {
+		// The copy did not hold the snapshot, or lost a write: the
+		// delta cannot make it the volume.
+		return st, fmt.Errorf("node %s's changes to %s do not make this copy the volume: %v", sess.SourceNode, v.ID, err)
+	}
 	if err != nil {
 		return st, fmt.Errorf("%w: receiving the changes to %s from node %s: %v (a retry starts over)", errAborted, v.ID, sess.SourceNode, err)
 	}

@@ -22,8 +22,11 @@ import (
 type MoveOrders struct {
 	d *Driver
 
-	mu   sync.Mutex
-	jobs map[jobKey]*moveJob
+	mu      sync.Mutex
+	jobs    map[jobKey]*moveJob
+	retries map[jobKey]int // attempts that ended to be tried again
+	base    context.Context // Run's: jobs end with it
+	running sync.WaitGroup
 }
 
 type jobKey struct {
@@ -41,15 +44,37 @@ type moveJob struct {
 
 // NewMoveOrders returns d's order handler, for its transfer server.
 func NewMoveOrders(d *Driver) *MoveOrders {
-	return &MoveOrders{d: d, jobs: map[jobKey]*moveJob{}}
+	return &MoveOrders{d: d, jobs: map[jobKey]*moveJob{}, retries: map[jobKey]int{}}
 }
 
 var _ transfer.OrderHandler = (*MoveOrders)(nil)
+
+// Run lets jobs run until ctx ends, then ends them and waits for them: a
+// stop cuts a fetch at once, as a kill would, and the order sent again
+// after the restart resumes it.
+func (o *MoveOrders) Run(ctx context.Context) error {
+	o.mu.Lock()
+	o.base = ctx
+	o.mu.Unlock()
+	<-ctx.Done()
+	o.mu.Lock()
+	for _, j := range o.jobs {
+		j.cancel()
+	}
+	o.mu.Unlock()
+	o.running.Wait()
+	return nil
+}
 
 // errRetry marks a failure that a new attempt may not meet (a cut
 // connection, a restart of the source, a lock held for a while): the order
 // stays Running, and the next one sent starts over.
 var errRetry = errors.New("retrying")
+
+// maxAttempts bounds the attempts of a job in one process that end to be
+// tried again: a failure that keeps coming back is no cut connection,
+// and the move had better roll back than wait for ever.
+const maxAttempts = 8
 
 // Order carries out req, or answers how far it is.
 func (o *MoveOrders) Order(ctx context.Context, req move.OrderRequest) (transfer.OrderAnswer, error) {
@@ -105,22 +130,29 @@ func (o *MoveOrders) background(req move.OrderRequest) transfer.OrderAnswer {
 			if !j.retry {
 				return j.answer
 			}
+			if o.retries[key]++; o.retries[key] >= maxAttempts {
+				j.retry = false
+				j.answer = failed("%d attempts failed, the last: %s", o.retries[key], j.answer.Message)
+				return j.answer
+			}
 			delete(o.jobs, key) // and start again
 		default:
 			return transfer.OrderAnswer{Progress: move.Running, Message: o.progress(req)}
 		}
 	}
+	if o.base == nil || o.base.Err() != nil {
+		return transfer.OrderAnswer{Progress: move.Running, Message: "this node is starting or stopping"}
+	}
 	run := o.importCopy
 	if req.Order == move.OrderCatchUp {
 		run = o.catchUp
 	}
-	l := o.d.locks
-	ctx, cancel := context.WithCancel(l.end)
+	ctx, cancel := context.WithCancel(o.base)
 	j := &moveJob{done: make(chan struct{}), cancel: cancel}
 	o.jobs[key] = j
-	l.detached.Add(1)
+	o.running.Add(1)
 	go func() {
-		defer l.detached.Done()
+		defer o.running.Done()
 		defer cancel()
 		msg, err := run(ctx, req)
 		if err != nil {
@@ -153,6 +185,7 @@ func (o *MoveOrders) stop(moveID string) {
 			j.cancel()
 			running = append(running, j)
 			delete(o.jobs, k)
+			delete(o.retries, k)
 		}
 	}
 	o.mu.Unlock()

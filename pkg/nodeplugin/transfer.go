@@ -24,6 +24,7 @@ type Transfer struct {
 	Server   *transfer.Server // nil without --transfer-address
 	address  string
 	driver   *driver.Driver
+	orders   *driver.MoveOrders
 	abandon  time.Duration
 }
 
@@ -74,7 +75,8 @@ func (t *Transfer) bind(d *driver.Driver) {
 	t.driver = d
 	if t.Server != nil {
 		t.Server.Open = d
-		t.Server.Orders = driver.NewMoveOrders(d)
+		t.orders = driver.NewMoveOrders(d)
+		t.Server.Orders = t.orders
 	}
 }
 
@@ -98,7 +100,7 @@ func (t *Transfer) Tasks() []func(ctx context.Context) error {
 		},
 	}
 	if t.Server != nil {
-		tasks = append(tasks, func(ctx context.Context) error { return t.Server.Serve(ctx, t.address) })
+		tasks = append(tasks, func(ctx context.Context) error { return t.Server.Serve(ctx, t.address) }, t.orders.Run)
 	}
 	return tasks
 }

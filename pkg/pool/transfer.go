@@ -145,12 +145,13 @@ func (p *ImagePool) contentPath(c Content) (string, int64, error) {
 	return "", 0, fmt.Errorf("%w: no content", ErrInvalid)
 }
 
-// OpenImport opens an incoming volume's image for writing.
+// OpenImport opens an incoming volume's image for writing (and reading).
 func (p *ImagePool) OpenImport(_ context.Context, v *Volume) (*os.File, error) {
 	if v.Incoming == nil {
 		return nil, fmt.Errorf("%w: volume %s is not incoming", ErrInvalid, v.ID)
 	}
-	return os.OpenFile(p.ImagePath(v.Key()), os.O_WRONLY, 0)
+	// Read and write: a move's catch-up reads each segment back.
+	return os.OpenFile(p.ImagePath(v.Key()), os.O_RDWR, 0)
 }
 
 // OpenContent opens the device of a snapshot's or volume's LV (activating
@@ -177,7 +178,7 @@ func (p *LVMPool) OpenContent(ctx context.Context, c Content) (*BlockContent, er
 	return &BlockContent{File: f, Size: size, Device: true}, nil
 }
 
-// OpenImport opens an incoming volume's LV for writing, exclusively: no
+// OpenImport opens an incoming volume's LV for writing (and reading), exclusively: no
 // one may have it open meanwhile.
 func (p *LVMPool) OpenImport(ctx context.Context, v *Volume) (*os.File, error) {
 	if v.Incoming == nil {
@@ -187,5 +188,5 @@ func (p *LVMPool) OpenImport(ctx context.Context, v *Volume) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	return os.OpenFile(dev, os.O_WRONLY|unix.O_EXCL, 0)
+	return os.OpenFile(dev, os.O_RDWR|unix.O_EXCL, 0)
 }
