@@ -24,7 +24,7 @@ type MoveOrders struct {
 
 	mu      sync.Mutex
 	jobs    map[jobKey]*moveJob
-	retries map[jobKey]int // attempts that ended to be tried again
+	retries map[jobKey]int  // attempts that ended to be tried again
 	base    context.Context // Run's: jobs end with it
 	running sync.WaitGroup
 }
