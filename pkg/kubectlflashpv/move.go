@@ -13,13 +13,15 @@ import (
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/fields"
 	"k8s.io/apimachinery/pkg/types"
-
-	"github.com/flashpv/flashpv/pkg/move"
 )
 
-// What the move controller (pkg/move) shows on the claim: the state after
-// a move failed and was undone, and the reasons of its Events that say why.
+// The move controller's interface on the claim (docs/moving.md,
+// docs/reference.md): the request, the state it shows, the states that
+// end a move, and the reasons of the Events that say why one failed.
 const (
+	annRequest           = "flashpv.dev/move-to"
+	annState             = "flashpv.dev/move-state"
+	stateDone            = "Done"
 	rolledBack           = "RolledBack"
 	reasonMoveRefused    = "MoveRefused"
 	reasonMoveRolledBack = "MoveRolledBack"
@@ -61,10 +63,10 @@ func (a *App) Move(ctx context.Context, claim string, o moveOptions) error {
 	if err != nil {
 		return api(err, "get", "persistentvolumeclaims", a.Namespace)
 	}
-	ann := map[string]any{move.AnnRequest: o.to}
+	ann := map[string]any{annRequest: o.to}
 	// A finished move's state would read as this one's.
-	if s := c.Annotations[move.AnnState]; s == string(move.Done) || s == rolledBack {
-		ann[move.AnnState] = nil
+	if s := c.Annotations[annState]; s == stateDone || s == rolledBack {
+		ann[annState] = nil
 	}
 	body, _ := json.Marshal(map[string]any{"metadata": map[string]any{"annotations": ann}})
 	asked := a.Now().Add(-time.Second)
@@ -92,13 +94,13 @@ func (a *App) waitMove(ctx context.Context, claim string, asked time.Time, res *
 		c, err := claims.Get(ctx, claim, metav1.GetOptions{})
 		switch {
 		case err == nil:
-			st := c.Annotations[move.AnnState]
+			st := c.Annotations[annState]
 			if st != "" && st != seen {
 				fmt.Fprintf(a.Err, "%s  %s\n", a.Now().Format(time.TimeOnly), st)
 				seen, res.State = st, st
 			}
 			switch st {
-			case string(move.Done):
+			case stateDone:
 				res.Message = "moved"
 				return nil
 			case rolledBack:

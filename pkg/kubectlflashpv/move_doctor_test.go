@@ -17,7 +17,6 @@ import (
 	"k8s.io/client-go/kubernetes/fake"
 	k8stesting "k8s.io/client-go/testing"
 
-	"github.com/flashpv/flashpv/pkg/move"
 	"github.com/flashpv/flashpv/pkg/nodestatus"
 	"github.com/flashpv/flashpv/pkg/wellknown"
 )
@@ -33,11 +32,11 @@ func controllerStates(client *fake.Clientset, states []string, event *corev1.Eve
 			return true, nil, err
 		}
 		c := obj.(*corev1.PersistentVolumeClaim)
-		if c.Annotations[move.AnnRequest] == "" || i >= len(states) {
+		if c.Annotations[annRequest] == "" || i >= len(states) {
 			return true, c, nil
 		}
 		c = c.DeepCopy()
-		c.Annotations[move.AnnState] = states[i]
+		c.Annotations[annState] = states[i]
 		i++
 		if i == len(states) && event != nil {
 			event.InvolvedObject.UID = c.UID
@@ -50,7 +49,7 @@ func controllerStates(client *fake.Clientset, states []string, event *corev1.Eve
 func claim(state string) *corev1.PersistentVolumeClaim {
 	c := &corev1.PersistentVolumeClaim{ObjectMeta: metav1.ObjectMeta{Name: "data-0", Namespace: "default", UID: types.UID("uid-1"), Annotations: map[string]string{}}}
 	if state != "" {
-		c.Annotations[move.AnnState] = state
+		c.Annotations[annState] = state
 	}
 	return c
 }
@@ -94,7 +93,7 @@ func TestMove(t *testing.T) {
 				t.Errorf("result %+v %v (stderr %q)", res, err, errOut)
 			}
 			got, _ := client.CoreV1().PersistentVolumeClaims("default").Get(context.Background(), "data-0", metav1.GetOptions{})
-			if got.Annotations[move.AnnRequest] != "n2" {
+			if got.Annotations[annRequest] != "n2" {
 				t.Errorf("annotations %v", got.Annotations)
 			}
 		})
@@ -110,7 +109,7 @@ func TestMoveNoWait(t *testing.T) {
 	}
 	got, _ := client.CoreV1().PersistentVolumeClaims("default").Get(context.Background(), "data-0", metav1.GetOptions{})
 	// A move under way keeps its state.
-	if got.Annotations[move.AnnRequest] != "any" || got.Annotations[move.AnnState] != "PreCopying" || out.String() != "default/data-0: Requested\n" {
+	if got.Annotations[annRequest] != "any" || got.Annotations[annState] != "PreCopying" || out.String() != "default/data-0: Requested\n" {
 		t.Errorf("annotations %v, out %q", got.Annotations, out)
 	}
 	// A finished move's state goes, so that it is not read as this one's.
@@ -121,7 +120,7 @@ func TestMoveNoWait(t *testing.T) {
 		t.Fatal(err)
 	}
 	got, _ = client.CoreV1().PersistentVolumeClaims("default").Get(context.Background(), "data-0", metav1.GetOptions{})
-	if _, ok := got.Annotations[move.AnnState]; ok || got.Annotations[move.AnnRequest] != "n1" {
+	if _, ok := got.Annotations[annState]; ok || got.Annotations[annRequest] != "n1" {
 		t.Errorf("after a finished move: annotations %v", got.Annotations)
 	}
 	if err := a.Move(context.Background(), "nope", moveOptions{to: "any"}); err == nil || !strings.Contains(err.Error(), "not found") {
