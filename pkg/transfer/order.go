@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/http"
 	"time"
 
@@ -201,7 +202,7 @@ func (c *OrderClient) Send(ctx context.Context, node string, req move.OrderReque
 	switch resp.StatusCode {
 	case http.StatusOK:
 		var a OrderAnswer
-		dec := json.NewDecoder(http.MaxBytesReader(nil, resp.Body, maxRequest))
+		dec := json.NewDecoder(io.LimitReader(resp.Body, maxRequest))
 		if err := dec.Decode(&a); err != nil {
 			return move.Unknown, "", fmt.Errorf("node %s: malformed answer: %w", node, err)
 		}
