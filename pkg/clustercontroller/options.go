@@ -31,6 +31,10 @@ type Options struct {
 	// where they serve their status (0: not collected).
 	NodeStatusPort     int
 	NodeStatusInterval time.Duration
+	// Moves: move volumes on request and on drains (pkg/move).
+	Moves             bool
+	MoveResync        time.Duration
+	MoveSnapshotClass string
 
 	LeaderElection bool
 	LeaseName      string
@@ -62,6 +66,9 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.VolumeListRefresh, "volume-list-refresh", 5*time.Minute, "rewrite the per-node volume lists at least this often, so node plugins know they are current")
 	fs.IntVar(&o.NodeStatusPort, "node-status-port", 9808, "port of the node plugins' health address (--health-address of flashpv), on their pod IPs, where the controller reads each node's status into the ConfigMap flashpv-status for kubectl flashpv (0: off)")
 	fs.DurationVar(&o.NodeStatusInterval, "node-status-interval", time.Minute, "how often the node plugins' status is collected")
+	fs.BoolVar(&o.Moves, "moves", true, "move volumes, with their data, to another node on a flashpv.dev/move-to request or when a drainPolicy: Move class's node is cordoned (needs the transfer broker)")
+	fs.DurationVar(&o.MoveResync, "move-resync", 5*time.Second, "how often moves under way are taken a step further")
+	fs.StringVar(&o.MoveSnapshotClass, "move-snapshot-class", "", "VolumeSnapshotClass of a move's pre-copy snapshot (empty: the cluster's default class for flashpv.dev)")
 	fs.BoolVar(&o.LeaderElection, "leader-election", true, "elect one active controller through a Lease")
 	fs.StringVar(&o.LeaseName, "leader-election-lease", "flashpv-controller", "the Lease's name")
 	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a leader's Lease holds")

@@ -124,21 +124,25 @@ func Run(ctx context.Context, opts Options, version string) error {
 	if err != nil {
 		return err
 	}
+	st := &status{}
 	var xfer *transferBroker
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return err
+	}
 	if opts.Transfer.Address != "" {
-		dyn, err := dynamic.NewForConfig(cfg)
-		if err != nil {
-			return err
-		}
 		synced := []cache.InformerSynced{core.Pods().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced}
 		if xfer, err = newTransferBroker(opts.Transfer, opts.Namespace, client, dyn, listers, synced, reg); err != nil {
 			return err
 		}
 	}
+	moves, err := moveTask(opts, client, dyn, factory, listers, xfer, recorder, reg, st)
+	if err != nil {
+		return err
+	}
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
-	st := &status{}
 	var le *leaderelection.LeaderElector
 	var tasks []func(context.Context) error
 	work := func(ctx context.Context) error {
@@ -166,6 +170,9 @@ func Run(ctx context.Context, opts Options, version string) error {
 	}
 	if collect != nil {
 		leaderTasks = append(leaderTasks, collect)
+	}
+	if moves != nil {
+		leaderTasks = append(leaderTasks, moves)
 	}
 	if xfer != nil {
 		leaderTasks = append(leaderTasks, func(ctx context.Context) error {

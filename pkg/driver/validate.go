@@ -232,6 +232,7 @@ func parameterChecks() map[string]func(string) error {
 		ParamPool:                     nil,
 		wellknown.ParamNodeLossPolicy: oneOf(wellknown.NodeLossRecreate, wellknown.NodeLossReport),
 		wellknown.ParamCrossNode:      oneOf("true", "false"),
+		wellknown.ParamDrainPolicy:    oneOf(wellknown.DrainMove, wellknown.DrainStay),
 	}
 }
 

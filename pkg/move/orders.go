@@ -1,6 +1,70 @@
+// Package move is what the cluster controller and a node's flashpv share
+// about moving a volume to another node (docs/moving.md): the orders and
+// their answers. It imports nothing of Kubernetes, so the node plugin can
+// use it; the controller's side is package mover.
 package move
 
 import "context"
+
+// Annotations. The request is on the claim; the record on the source PV,
+// which lives through the whole move (also while the claim is deleted and
+// recreated); the state is also copied onto the claim for people.
+const (
+	AnnRequest  = "flashpv.dev/move-to"
+	AnnState    = "flashpv.dev/move-state"
+	AnnID       = "flashpv.dev/move-id"
+	AnnSource   = "flashpv.dev/move-source"
+	AnnTarget   = "flashpv.dev/move-target"
+	AnnClaimUID = "flashpv.dev/move-claim-uid"
+	AnnMode     = "flashpv.dev/move-mode"
+	AnnReclaim  = "flashpv.dev/move-reclaim"
+	// RequestAny asks for any node that fits.
+	RequestAny = "any"
+)
+
+// State is a move's step.
+type State string
+
+const (
+	Planned       State = "Planned"
+	PreCopying    State = "PreCopying"
+	WaitingForPod State = "WaitingForPod"
+	CatchingUp    State = "CatchingUp"
+	Rebinding     State = "Rebinding"
+	Cleaning      State = "Cleaning"
+	Done          State = "Done"
+	RollingBack   State = "RollingBack"
+)
+
+// Order is what the controller asks of a node's flashpv.
+type Order string
+
+const (
+	// OrderImport: the target fetches the snapshot into an incoming copy.
+	OrderImport Order = "import"
+	// OrderFence: the source refuses to stage or publish the volume.
+	OrderFence Order = "fence"
+	// OrderUnfence lifts the fence.
+	OrderUnfence Order = "unfence"
+	// OrderCatchUp: the target fetches the volume's delta against the
+	// snapshot and completes its copy.
+	OrderCatchUp Order = "catch-up"
+	// OrderDrop: the node deletes its copy of the volume (the target's
+	// incoming one on a rollback, the source's after the move).
+	OrderDrop Order = "drop"
+)
+
+// Progress is a node's answer about an order.
+type Progress string
+
+const (
+	// Unknown: not asked yet (or the controller restarted).
+	Unknown Progress = ""
+	Running Progress = "Running"
+	// Finished: the order is carried out.
+	Finished Progress = "Finished"
+	Failed   Progress = "Failed"
+)
 
 // OrderRequest is one order from the controller to a node's flashpv.
 // Orders are idempotent: the same request again returns the order's

@@ -1,6 +1,6 @@
 //go:build apiserver
 
-package move
+package mover
 
 // The reconciler against a real kube-apiserver and etcd (test/apiserver),
 // acting with the deployed controller's RBAC: the record's

@@ -1,4 +1,4 @@
-// Package move decides the steps of moving a volume, with its data, from
+// Package mover decides the steps of moving a volume, with its data, from
 // one node to another (docs/moving.md): a snapshot copied ahead while the
 // pod runs, the source fenced and the rest sent as a delta once it stops,
 // the claim pointed at the target's copy, the source's copy dropped.
@@ -9,7 +9,7 @@
 // answer about their orders. Every action it returns is one API write or
 // one idempotent order, so a controller killed anywhere decides the same
 // step again, or the next one, from what it finds.
-package move
+package mover
 
 import (
 	"fmt"
@@ -18,36 +18,6 @@ import (
 	"k8s.io/apimachinery/pkg/types"
 
 	"github.com/flashpv/flashpv/pkg/nodeloss"
-)
-
-// Annotations. The request is on the claim; the record on the source PV,
-// which lives through the whole move (also while the claim is deleted and
-// recreated); the state is also copied onto the claim for people.
-const (
-	AnnRequest  = "flashpv.dev/move-to"
-	AnnState    = "flashpv.dev/move-state"
-	AnnID       = "flashpv.dev/move-id"
-	AnnSource   = "flashpv.dev/move-source"
-	AnnTarget   = "flashpv.dev/move-target"
-	AnnClaimUID = "flashpv.dev/move-claim-uid"
-	AnnMode     = "flashpv.dev/move-mode"
-	AnnReclaim  = "flashpv.dev/move-reclaim"
-	// RequestAny asks for any node that fits.
-	RequestAny = "any"
-)
-
-// State is a move's step.
-type State string
-
-const (
-	Planned       State = "Planned"
-	PreCopying    State = "PreCopying"
-	WaitingForPod State = "WaitingForPod"
-	CatchingUp    State = "CatchingUp"
-	Rebinding     State = "Rebinding"
-	Cleaning      State = "Cleaning"
-	Done          State = "Done"
-	RollingBack   State = "RollingBack"
 )
 
 // Mode is how the claim is pointed at the target's copy.
@@ -91,36 +61,6 @@ func (r Record) Annotations() map[string]string {
 		AnnClaimUID: string(r.ClaimUID), AnnMode: string(r.Mode), AnnReclaim: string(r.Reclaim),
 	}
 }
-
-// Order is what the controller asks of a node's flashpv.
-type Order string
-
-const (
-	// OrderImport: the target fetches the snapshot into an incoming copy.
-	OrderImport Order = "import"
-	// OrderFence: the source refuses to stage or publish the volume.
-	OrderFence Order = "fence"
-	// OrderUnfence lifts the fence.
-	OrderUnfence Order = "unfence"
-	// OrderCatchUp: the target fetches the volume's delta against the
-	// snapshot and completes its copy.
-	OrderCatchUp Order = "catch-up"
-	// OrderDrop: the node deletes its copy of the volume (the target's
-	// incoming one on a rollback, the source's after the move).
-	OrderDrop Order = "drop"
-)
-
-// Progress is a node's answer about an order.
-type Progress string
-
-const (
-	// Unknown: not asked yet (or the controller restarted).
-	Unknown Progress = ""
-	Running Progress = "Running"
-	// Finished: the order is carried out.
-	Finished Progress = "Finished"
-	Failed   Progress = "Failed"
-)
 
 // Snapshot is the state of a move's VolumeSnapshot.
 type Snapshot struct {
@@ -233,7 +173,7 @@ func Decide(v View) Action {
 		return a
 	}
 	claim := v.claim()
-	if claim != nil && claim.UID == rec.ClaimUID && claim.Annotations[AnnRequest] == "" && !v.Drain && rec.State.canRollBack() {
+	if claim != nil && claim.UID == rec.ClaimUID && claim.Annotations[AnnRequest] == "" && !v.Drain && canRollBack(rec.State) {
 		return to(RollingBack, "the claim no longer asks for the move, and its node is not drained")
 	}
 	switch rec.State {
@@ -456,7 +396,7 @@ func (v View) pods(claim *corev1.PersistentVolumeClaim) (running, waiting *corev
 const stateRolledBack = "RolledBack"
 
 // canRollBack: the steps before the claim is pointed at the target.
-func (s State) canRollBack() bool {
+func canRollBack(s State) bool {
 	switch s {
 	case Planned, PreCopying, WaitingForPod, CatchingUp:
 		return true

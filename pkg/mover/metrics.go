@@ -1,4 +1,4 @@
-package move
+package mover
 
 import "github.com/prometheus/client_golang/prometheus"
 

@@ -36,6 +36,16 @@ const (
 )
 
 const (
+	// ParamDrainPolicy is the StorageClass parameter that says what the
+	// cluster controller does with a volume whose node is cordoned:
+	// DrainMove moves it, with its data, to a node where its pod can run;
+	// DrainStay (the default) leaves it.
+	ParamDrainPolicy = "drainPolicy"
+	DrainMove        = "Move"
+	DrainStay        = "Stay"
+)
+
+const (
 	// ParamCrossNode is the StorageClass parameter that lets ("true", the
 	// default) or forbids ("false") a restore or clone onto a node other
 	// than its source's, which copies the data over the network.

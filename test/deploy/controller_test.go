@@ -16,15 +16,17 @@ import (
 // controllerAllowed is the most `flashpv controller` may be granted.
 var controllerAllowed = map[string][]string{
 	"/nodes":                        {"get", "list", "watch"},
-	"/persistentvolumes":            {"get", "list", "watch", "update", "delete"},
-	"/persistentvolumeclaims":       {"get", "list", "watch", "delete"},
-	"/pods":                         {"list", "watch"},
+	"/persistentvolumes":            {"get", "list", "watch", "create", "update", "patch", "delete"},
+	"/persistentvolumeclaims":       {"get", "list", "watch", "patch", "delete"},
+	"/pods":                         {"list", "watch", "delete"},
 	"storage.k8s.io/storageclasses": {"get", "list", "watch"},
 	"/events":                       {"create", "patch", "update"},
 	// The transfer broker: node plugins' tokens, a restore's snapshot.
 	"authentication.k8s.io/tokenreviews":             {"create"},
-	"snapshot.storage.k8s.io/volumesnapshots":        {"get"},
+	"snapshot.storage.k8s.io/volumesnapshots":        {"get", "create", "delete"},
 	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get"},
+	// Moves: the target nodes' capacity.
+	"storage.k8s.io/csistoragecapacities": {"list", "watch"},
 }
 
 // Named: get and update only of its own Lease, ConfigMaps and Secret.

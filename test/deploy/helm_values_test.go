@@ -336,6 +336,7 @@ func checkClasses(t *testing.T, r rendered) {
 	valid := map[string][]string{
 		wellknown.ParamNodeLossPolicy: {wellknown.NodeLossRecreate, wellknown.NodeLossReport},
 		wellknown.ParamCrossNode:      {"true", "false"},
+		wellknown.ParamDrainPolicy:    {wellknown.DrainMove, wellknown.DrainStay},
 		"csi.storage.k8s.io/fstype":   {"ext4", "xfs", "btrfs"},
 	}
 	used := map[string]bool{}
