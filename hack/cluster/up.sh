@@ -72,7 +72,7 @@ start_on cp kube-apiserver kube-apiserver \
 	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 	--service-cluster-ip-range="$SERVICE_CIDR" \
 	--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-	--allow-privileged=true
+	--allow-privileged=true --feature-gates=MutablePVNodeAffinity=true
 # The controller manager exits when started before the RBAC bootstrap is done.
 wait_for 120 kube-apiserver kubectl get --raw /readyz
 for c in controller-manager scheduler; do
