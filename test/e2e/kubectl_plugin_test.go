@@ -239,7 +239,7 @@ func TestKubectlPluginErrors(t *testing.T) {
 	must(t, "create", "serviceaccount", "-n", ns, "nobody")
 	token := must(t, "create", "token", "-n", ns, "nobody", "--duration=10m")
 	server := must(t, "config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.server}")
-	ca := must(t, "config", "view", "--raw", "--minify", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}")
+	ca := must(t, "config", "view", "--raw", "--minify", "--flatten", "-o", "jsonpath={.clusters[0].cluster.certificate-authority-data}")
 	kc := filepath.Join(t.TempDir(), "kubeconfig")
 	os.WriteFile(kc, []byte(fmt.Sprintf(`apiVersion: v1
 kind: Config
