@@ -39,8 +39,14 @@ const (
 	btrfsMagicOffset = 0x40
 	btrfsMagic       = "_BHRfS_M"
 	btrfsSuperSize   = 4096
-	btrfsCsumStart   = 0x20 // the checksum covers the rest of the superblock
-	btrfsCsumType    = 0xc4 // csum_type: 0 is crc32c
+	btrfsCsumStart   = 0x20  // the checksum covers the rest of the superblock
+	btrfsCsumType    = 0xc4  // csum_type: 0 is crc32c
+	btrfsLogRoot     = 0x60  // the log tree's root block; 0 when none
+	btrfsIncompat    = 0xbc  // incompat_flags
+	btrfsMetaUUID    = 0x23b // metadata_uuid
+	// The incompat flag of a filesystem whose fsid differs from the ID in
+	// its metadata blocks (metadata_uuid).
+	btrfsMetadataUUID = 1 << 10
 	// The superblock flag btrfstune sets while it changes the fsid.
 	btrfsChangingFsid = 1 << 36
 )
@@ -96,6 +102,21 @@ func (Linux) RenewBtrfsID(ctx context.Context, dev, volumeID string) error {
 		klog.InfoS("Cleared the flag of an interrupted btrfs ID change", "volumeID", volumeID, "device", dev)
 	}
 	id := formatUUID(want)
+	if logged, err := btrfsNeedsLogReplay(dev); err != nil {
+		return err
+	} else if logged {
+		// A copy of a btrfs that was not unmounted cleanly (a power cut,
+		// a killed node) holds a log of fsynced writes to replay at its
+		// first mount. btrfstune commits a transaction, after which the
+		// kernel rejects that log ("parent transid verify failed") and
+		// the copy no longer mounts: write the superblocks here instead,
+		// as btrfstune -M would, without a transaction.
+		if err := setBtrfsFsid(dev, want); err != nil {
+			return fmt.Errorf("setting the btrfs ID of %s: %w", dev, err)
+		}
+		klog.V(2).InfoS("Copied btrfs given its own filesystem ID, its log kept for replay", "volumeID", volumeID, "device", dev, "fsid", id, "was", formatUUID(fsid))
+		return nil
+	}
 	if out, err := command.Output(ctx, "btrfstune", "-M", id, dev); err != nil {
 		return fmt.Errorf("btrfstune -M %s %s: %v: %s", id, dev, err, out)
 	}
@@ -142,4 +163,68 @@ func clearChangingFsid(dev string) error {
 		}
 	}
 	return f.Sync()
+}
+
+// btrfsNeedsLogReplay tells whether the primary superblock of dev points to
+// a log tree.
+func btrfsNeedsLogReplay(dev string) (bool, error) {
+	f, err := os.Open(dev)
+	if err != nil {
+		return false, err
+	}
+	defer f.Close()
+	b := make([]byte, 8)
+	if _, err := f.ReadAt(b, btrfsSuperOffset+btrfsLogRoot); err != nil {
+		return false, fmt.Errorf("reading the btrfs superblock of %s: %w", dev, err)
+	}
+	return binary.LittleEndian.Uint64(b) != 0, nil
+}
+
+// setBtrfsFsid gives the unmounted btrfs on dev the fsid id by rewriting its
+// superblocks only: the old ID becomes the metadata_uuid (unless there is
+// one already), as btrfstune -M does. The mirrors go first, so that a kill
+// in between leaves the primary as it was and a retry starts over.
+func setBtrfsFsid(dev string, id [16]byte) error {
+	f, err := os.OpenFile(dev, os.O_RDWR, 0)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	size, err := f.Seek(0, io.SeekEnd)
+	if err != nil {
+		return err
+	}
+	crc := crc32.MakeTable(crc32.Castagnoli)
+	for i := len(btrfsSuperOffsets) - 1; i >= 0; i-- {
+		off := btrfsSuperOffsets[i]
+		if off+btrfsSuperSize > size {
+			continue
+		}
+		sb := make([]byte, btrfsSuperSize)
+		if _, err := f.ReadAt(sb, off); err != nil {
+			return err
+		}
+		if string(sb[btrfsMagicOffset:btrfsMagicOffset+len(btrfsMagic)]) != btrfsMagic {
+			continue
+		}
+		if t := binary.LittleEndian.Uint16(sb[btrfsCsumType:]); t != 0 {
+			return fmt.Errorf("superblock at %d has checksum type %d, not crc32c", off, t)
+		}
+		incompat := binary.LittleEndian.Uint64(sb[btrfsIncompat:])
+		if incompat&btrfsMetadataUUID == 0 {
+			// The metadata blocks and the device item keep the old ID.
+			copy(sb[btrfsMetaUUID:btrfsMetaUUID+16], sb[btrfsFsidOffset:btrfsFsidOffset+16])
+			binary.LittleEndian.PutUint64(sb[btrfsIncompat:], incompat|btrfsMetadataUUID)
+		}
+		copy(sb[btrfsFsidOffset:], id[:])
+		clear(sb[:btrfsCsumStart])
+		binary.LittleEndian.PutUint32(sb, crc32.Checksum(sb[btrfsCsumStart:], crc))
+		if _, err := f.WriteAt(sb, off); err != nil {
+			return err
+		}
+		if err := f.Sync(); err != nil {
+			return err
+		}
+	}
+	return nil
 }

@@ -103,3 +103,63 @@ func setChangingFsid(t *testing.T, img string) {
 		must(t, func() error { _, err := f.WriteAt(sb, off); return err }())
 	}
 }
+
+// A copy of a btrfs cut off by a power loss holds a log of fsynced writes
+// to replay at its first mount. Its new ID must keep that log valid: the
+// copy mounts and has the fsynced file (after btrfstune's transaction the
+// kernel rejected the log and the copy did not mount; test/powerloss
+// found it).
+func TestRenewBtrfsIDKeepsTheLog(t *testing.T) {
+	for _, tool := range []string{"mkfs.btrfs", "btrfs", "losetup"} {
+		if _, err := exec.LookPath(tool); err != nil {
+			t.Skipf("no %s", tool)
+		}
+	}
+	loopfs.RequireRoot(t)
+	dir := t.TempDir()
+	src, cp, mnt := filepath.Join(dir, "src.img"), filepath.Join(dir, "copy.img"), filepath.Join(dir, "mnt")
+	must(t, os.Mkdir(mnt, 0o700))
+	must(t, os.WriteFile(src, nil, 0o600))
+	must(t, os.Truncate(src, 256<<20))
+	loopfs.Run(t, "mkfs.btrfs", "-q", "-f", src)
+	dev := loopfs.Run(t, "losetup", "--find", "--show", src)
+	defer exec.Command("losetup", "-d", dev).Run()
+	// No commit for minutes: the fsync below goes to the log tree only.
+	loopfs.Run(t, "mount", "-o", "commit=300", dev, mnt)
+	want := []byte("fsynced before the power went\n")
+	f, err := os.Create(filepath.Join(mnt, "f"))
+	must(t, err)
+	_, err = f.Write(want)
+	must(t, err)
+	must(t, f.Sync())
+	must(t, f.Close())
+	// What the device holds now is what a power cut leaves.
+	data, err := os.ReadFile(src)
+	must(t, err)
+	must(t, os.WriteFile(cp, data, 0o600))
+	loopfs.Run(t, "umount", mnt)
+	if logged, err := btrfsNeedsLogReplay(cp); err != nil || !logged {
+		t.Fatalf("the copy has no log to replay (%v): the test does not test", err)
+	}
+
+	var m Linux
+	must(t, m.RenewBtrfsID(context.Background(), cp, "pool.copy"))
+	if got, _, err := readBtrfsSuper(cp); err != nil || got != btrfsFsidFor("pool.copy") {
+		t.Fatalf("copy has fsid %s (%v), want %s", formatUUID(got), err, formatUUID(btrfsFsidFor("pool.copy")))
+	}
+	cdev := loopfs.Run(t, "losetup", "--find", "--show", cp)
+	defer exec.Command("losetup", "-d", cdev).Run()
+	if out, err := exec.Command("mount", cdev, mnt).CombinedOutput(); err != nil {
+		t.Fatalf("mounting the copy: %v: %s", err, out)
+	}
+	got, err := os.ReadFile(filepath.Join(mnt, "f"))
+	loopfs.Run(t, "umount", mnt)
+	if err != nil || string(got) != string(want) {
+		t.Fatalf("the fsynced file in the copy: %q, %v", got, err)
+	}
+	if out, err := exec.Command("btrfs", "check", "--readonly", cdev).CombinedOutput(); err != nil {
+		t.Fatalf("btrfs check of the copy: %v\n%s", err, out)
+	}
+	// Again, as a retry would: nothing to do.
+	must(t, m.RenewBtrfsID(context.Background(), cp, "pool.copy"))
+}
