@@ -138,8 +138,8 @@ func (c *checker) run(prev string) {
 	}
 	wg.Wait()
 	c.checkEmpty()
-	c.em.progress("check", "listed %d, checked %d (stage, publish, contents, fsck), in-flight leftovers %d, records verified %d, restores %d",
-		c.listed, c.checked.Load(), c.leftovers.Load(), c.records.Load(), c.restores.Load())
+	c.em.progress("check", "listed %d, checked %d (stage, publish, contents, fsck), in-flight leftovers %d, records verified %d, restores %d, unpublishes retried as busy %d",
+		c.listed, c.checked.Load(), c.leftovers.Load(), c.records.Load(), c.restores.Load(), c.drv.busy.Load())
 }
 
 // compareLists: every acknowledged volume and snapshot is listed, none

@@ -6,6 +6,7 @@ import (
 	"context"
 	"errors"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
@@ -113,10 +114,20 @@ func (d *flashpv) publish(id, name, kind string) error {
 // release unpublishes and unstages a volume, as the kubelet does when its
 // pod goes (also after a reboot, for what it finds in its directory).
 func (d *flashpv) release(id, name, kind string) error {
-	err := retry(func(ctx context.Context) error {
-		_, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: targetPath(name, kind)})
-		return err
-	})
+	var err error
+	// A mount another process holds for a moment is busy (the kubelet
+	// retries an unpublish that failed): again, for a few seconds.
+	for range 20 {
+		err = retry(func(ctx context.Context) error {
+			_, err := d.node.NodeUnpublishVolume(ctx, &csi.NodeUnpublishVolumeRequest{VolumeId: id, TargetPath: targetPath(name, kind)})
+			return err
+		})
+		if status.Code(err) != codes.FailedPrecondition || !strings.Contains(err.Error(), "busy") {
+			break
+		}
+		d.busy.Add(1)
+		time.Sleep(250 * time.Millisecond)
+	}
 	if err != nil && status.Code(err) != codes.NotFound {
 		return err
 	}

@@ -12,6 +12,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"sync/atomic"
 	"syscall"
 	"testing"
 	"time"
@@ -263,6 +264,7 @@ type flashpv struct {
 	conn *grpc.ClientConn
 	ctl  csi.ControllerClient
 	node csi.NodeClient
+	busy atomic.Int64 // unpublishes retried because the mount was busy
 }
 
 func startFlashpv(t *testing.T, g guestEnv) *flashpv {
