@@ -394,3 +394,29 @@ func nonZeroAt(t *testing.T, path string, off int64) bool {
 	}
 	return slices.ContainsFunc(b, func(c byte) bool { return c != 0 })
 }
+
+// TestMoveDropWhileImporting rolls a move back in the middle of its
+// import: the drop ends the fetch and deletes the incoming copy, and
+// nothing of it is left on node-b.
+func TestMoveDropWhileImporting(t *testing.T) {
+	harness.RequireBackend(t, "image")
+	m := startMovePair(t, "1G", 16<<20)
+	a, bn := m.a, m.bn
+	id := a.create("dropped", 128<<20, blockCap()).VolumeId
+	sh(t, "head -c 96M /dev/urandom | dd of="+a.imagePath(id)+" bs=1M conv=notrunc,fsync status=none")
+	snap := a.mustSnapshot("dropped-snap", id)
+	imp := m.request("move-d", move.OrderImport, id, snap.SnapshotId)
+	m.waitUntil(imp, "data at node-b", func() bool { return nonZeroAt(t, bn.imagePath(id), 4<<20) })
+	m.mustFinish(m.request("move-d", move.OrderDrop, id, ""))
+	for _, suffix := range []string{".img", ".json"} {
+		if _, err := os.Stat(strings.TrimSuffix(bn.imagePath(id), ".img") + suffix); !os.IsNotExist(err) {
+			t.Errorf("node-b's incoming copy (%s) is still there: %v", suffix, err)
+		}
+	}
+	if _, err := bn.ctl.ControllerGetVolume(ctx, &csi.ControllerGetVolumeRequest{VolumeId: id}); err == nil {
+		t.Error("node-b still knows the volume")
+	}
+	if _, err := os.Stat(a.imagePath(id)); err != nil {
+		t.Errorf("node-a's volume: %v", err)
+	}
+}
