@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"time"
 
 	"k8s.io/klog/v2"
 
@@ -24,8 +25,8 @@ type MoveOrders struct {
 
 	mu      sync.Mutex
 	jobs    map[jobKey]*moveJob
-	retries map[jobKey]int  // attempts that ended to be tried again
-	base    context.Context // Run's: jobs end with it
+	retries map[jobKey]*retries // attempts that ended to be tried again
+	base    context.Context     // Run's: jobs end with it
 	running sync.WaitGroup
 }
 
@@ -44,7 +45,7 @@ type moveJob struct {
 
 // NewMoveOrders returns d's order handler, for its transfer server.
 func NewMoveOrders(d *Driver) *MoveOrders {
-	return &MoveOrders{d: d, jobs: map[jobKey]*moveJob{}, retries: map[jobKey]int{}}
+	return &MoveOrders{d: d, jobs: map[jobKey]*moveJob{}, retries: map[jobKey]*retries{}}
 }
 
 var _ transfer.OrderHandler = (*MoveOrders)(nil)
@@ -71,10 +72,21 @@ func (o *MoveOrders) Run(ctx context.Context) error {
 // stays Running, and the next one sent starts over.
 var errRetry = errors.New("retrying")
 
-// maxAttempts bounds the attempts of a job in one process that end to be
-// tried again: a failure that keeps coming back is no cut connection,
-// and the move had better roll back than wait for ever.
-const maxAttempts = 8
+// A job whose attempts keep ending to be tried again, at least
+// maxAttempts of them for at least giveUpAfter in one process, is Failed:
+// a failure that keeps coming back is no cut connection, and the move had
+// better roll back than wait for ever. A source that restarts, even a
+// node that reboots, is back sooner.
+const (
+	maxAttempts = 8
+	giveUpAfter = 15 * time.Minute
+)
+
+// retries counts the attempts of a job that ended to be tried again.
+type retries struct {
+	n     int
+	since time.Time
+}
 
 // Order carries out req, or answers how far it is.
 func (o *MoveOrders) Order(ctx context.Context, req move.OrderRequest) (transfer.OrderAnswer, error) {
@@ -130,9 +142,14 @@ func (o *MoveOrders) background(req move.OrderRequest) transfer.OrderAnswer {
 			if !j.retry {
 				return j.answer
 			}
-			if o.retries[key]++; o.retries[key] >= maxAttempts {
+			r := o.retries[key]
+			if r == nil {
+				r = &retries{since: time.Now()}
+				o.retries[key] = r
+			}
+			if r.n++; r.n >= maxAttempts && time.Since(r.since) >= giveUpAfter {
 				j.retry = false
-				j.answer = failed("%d attempts failed, the last: %s", o.retries[key], j.answer.Message)
+				j.answer = failed("%d attempts failed since %s, the last: %s", r.n, r.since.UTC().Format(time.RFC3339), j.answer.Message)
 				return j.answer
 			}
 			delete(o.jobs, key) // and start again
