@@ -74,6 +74,7 @@ func (o *MoveOrders) importCopy(ctx context.Context, req move.OrderRequest) (str
 	} else {
 		_, _, err = d.receive(ctx, p, v, sess, true)
 	}
+	d.remote.Metrics.Received(receivedResult(err))
 	if err != nil {
 		return "", orderErr(err)
 	}
@@ -138,12 +139,15 @@ func (o *MoveOrders) catchUp(ctx context.Context, req move.OrderRequest) (string
 	}
 	if sess.IsTree() {
 		// No delta of a directory: the copy is made over, whole.
-		if _, _, err := d.receiveTree(ctx, p, v, sess, false); err != nil {
+		_, _, err := d.receiveTree(ctx, p, v, sess, false)
+		d.remote.Metrics.Received(receivedResult(err))
+		if err != nil {
 			return "", orderErr(err)
 		}
 		return "tree received whole", nil
 	}
 	st, err := d.applyDelta(ctx, p, v, sess)
+	d.remote.Metrics.Received(receivedResult(err))
 	if err != nil {
 		return "", orderErr(err)
 	}
@@ -193,4 +197,12 @@ func orderErr(err error) error {
 		return fmt.Errorf("%w: %v", errRetry, err)
 	}
 	return err
+}
+
+// receivedResult is a transfer's result for flashpv_transfers_total.
+func receivedResult(err error) string {
+	if err != nil {
+		return "failed"
+	}
+	return "done"
 }
