@@ -93,9 +93,9 @@ func newMoveEnv(t *testing.T) *moveEnv {
 	t.Helper()
 	e := &moveEnv{t: t, ns: srv.Namespace(t), admin: srv.Client, dyn: srv.Dynamic, indexers: map[string]cache.Indexer{},
 		nodes: &nodeModel{copies: map[string]copyState{nodeS: complete}}, events: record.NewFakeRecorder(1000)}
-	// TODO(move wiring): srv.ControllerConfig, once deploy/'s ClusterRole
-	// grants the move's verbs.
-	cfg := srv.Config
+	// The deployed controller's RBAC: a verb a move needs and the
+	// ClusterRole lacks fails the test.
+	cfg := srv.ControllerConfig(t, e.ns)
 	client, err := kubernetes.NewForConfig(cfg)
 	if err != nil {
 		t.Fatal(err)
@@ -190,6 +190,17 @@ func (e *moveEnv) setup() {
 	})
 	e.bind(claim, e.pvName())
 	e.makePod(nodeS, corev1.PodRunning)
+	// The class a move's snapshot is taken with: the test's own, by name
+	// (the server holds every test's classes).
+	class := &unstructured.Unstructured{Object: map[string]any{
+		"apiVersion": "snapshot.storage.k8s.io/v1", "kind": "VolumeSnapshotClass",
+		"metadata": map[string]any{"name": e.ns}, "driver": wellknown.DriverName, "deletionPolicy": "Delete",
+	}}
+	if _, err := e.dyn.Resource(classesGVR).Create(ctx, class, metav1.CreateOptions{}); err != nil {
+		e.t.Fatal(err)
+	}
+	e.t.Cleanup(func() { _ = e.dyn.Resource(classesGVR).Delete(context.Background(), e.ns, metav1.DeleteOptions{}) })
+	e.r.SnapshotClass = e.ns
 	e.patchClaim(map[string]any{AnnRequest: nodeT})
 }
 

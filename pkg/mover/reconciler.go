@@ -36,6 +36,7 @@ const (
 var (
 	snapshotsGVR = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshots"}
 	contentsGVR  = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotcontents"}
+	classesGVR   = schema.GroupVersionResource{Group: "snapshot.storage.k8s.io", Version: "v1", Resource: "volumesnapshotclasses"}
 )
 
 // Reconciler carries out Decide's actions against the API server and the
@@ -59,8 +60,8 @@ type Reconciler struct {
 	// Drained reports whether a PV's node is cordoned and its class says
 	// drainPolicy: Move (nil: never).
 	Drained func(pv *corev1.PersistentVolume) bool
-	// SnapshotClass is the VolumeSnapshotClass of pre-copies ("": the
-	// cluster's default).
+	// SnapshotClass is the VolumeSnapshotClass of pre-copies ("":
+	// flashpv.dev's default class, or its only one).
 	SnapshotClass string
 	// MaxSteps bounds the steps one Sync takes for one PV.
 	MaxSteps int
@@ -472,9 +473,11 @@ func (r *Reconciler) claimState(ctx context.Context, pv *corev1.PersistentVolume
 func (r *Reconciler) takeSnapshot(ctx context.Context, pv *corev1.PersistentVolume, rec Record) error {
 	ref := pv.Spec.ClaimRef
 	spec := map[string]any{"source": map[string]any{"persistentVolumeClaimName": ref.Name}}
-	if r.SnapshotClass != "" {
-		spec["volumeSnapshotClassName"] = r.SnapshotClass
+	class, err := r.snapshotClass(ctx)
+	if err != nil {
+		return err
 	}
+	spec["volumeSnapshotClassName"] = class
 	vs := &unstructured.Unstructured{Object: map[string]any{
 		"apiVersion": snapshotsGVR.GroupVersion().String(),
 		"kind":       "VolumeSnapshot",
@@ -485,11 +488,42 @@ func (r *Reconciler) takeSnapshot(ctx context.Context, pv *corev1.PersistentVolu
 		},
 		"spec": spec,
 	}}
-	_, err := r.Dynamic.Resource(snapshotsGVR).Namespace(ref.Namespace).Create(ctx, vs, metav1.CreateOptions{})
+	_, err = r.Dynamic.Resource(snapshotsGVR).Namespace(ref.Namespace).Create(ctx, vs, metav1.CreateOptions{})
 	if apierrors.IsAlreadyExists(err) {
 		return nil
 	}
 	return err
+}
+
+// snapshotClass is the VolumeSnapshotClass of pre-copies: SnapshotClass,
+// else flashpv.dev's class marked default, else its only class.
+func (r *Reconciler) snapshotClass(ctx context.Context) (string, error) {
+	if r.SnapshotClass != "" {
+		return r.SnapshotClass, nil
+	}
+	list, err := r.Dynamic.Resource(classesGVR).List(ctx, metav1.ListOptions{})
+	if err != nil {
+		return "", fmt.Errorf("listing VolumeSnapshotClasses: %w", err)
+	}
+	var ours, defaults []string
+	for _, c := range list.Items {
+		if d, _, _ := unstructured.NestedString(c.Object, "driver"); d != wellknown.DriverName {
+			continue
+		}
+		ours = append(ours, c.GetName())
+		if c.GetAnnotations()["snapshot.storage.kubernetes.io/is-default-class"] == "true" {
+			defaults = append(defaults, c.GetName())
+		}
+	}
+	switch {
+	case len(defaults) == 1:
+		return defaults[0], nil
+	case len(ours) == 1:
+		return ours[0], nil
+	case len(ours) == 0:
+		return "", fmt.Errorf("no VolumeSnapshotClass of %s: a move needs one for its pre-copy", wellknown.DriverName)
+	}
+	return "", fmt.Errorf("VolumeSnapshotClasses %v of %s: mark one default, or name one with --move-snapshot-class", ours, wellknown.DriverName)
 }
 
 // send sends an order and keeps the node's answer for the next decision.

@@ -25,6 +25,7 @@ var controllerAllowed = map[string][]string{
 	"authentication.k8s.io/tokenreviews":             {"create"},
 	"snapshot.storage.k8s.io/volumesnapshots":        {"get", "create", "delete"},
 	"snapshot.storage.k8s.io/volumesnapshotcontents": {"get"},
+	"snapshot.storage.k8s.io/volumesnapshotclasses":  {"list"},
 	// Moves: the target nodes' capacity.
 	"storage.k8s.io/csistoragecapacities": {"list", "watch"},
 }
