@@ -95,9 +95,20 @@ func controllerGrace(t *testing.T, grace time.Duration) {
 // none: the default, Report).
 func lossClass(t *testing.T, name, policy string) {
 	t.Helper()
-	params := "  csi.storage.k8s.io/fstype: ext4\n"
+	var params []string
 	if policy != "" {
-		params += "  nodeLossPolicy: " + policy + "\n"
+		params = append(params, "nodeLossPolicy: "+policy)
+	}
+	flashpvClass(t, name, params...)
+}
+
+// flashpvClass makes a WaitForFirstConsumer class of ext4 volumes with
+// the given parameters ("key: value").
+func flashpvClass(t *testing.T, name string, params ...string) {
+	t.Helper()
+	lines := "  csi.storage.k8s.io/fstype: ext4\n"
+	for _, p := range params {
+		lines += "  " + p + "\n"
 	}
 	f := filepath.Join(t.TempDir(), "sc.yaml")
 	os.WriteFile(f, []byte(`apiVersion: storage.k8s.io/v1
@@ -108,7 +119,7 @@ provisioner: flashpv.dev
 volumeBindingMode: WaitForFirstConsumer
 reclaimPolicy: Delete
 parameters:
-`+params), 0o600)
+`+lines), 0o600)
 	must(t, "apply", "-f", f)
 }
 

@@ -1,7 +1,6 @@
 package stream
 
 import (
-	"bufio"
 	"bytes"
 	"context"
 	"encoding/binary"
@@ -47,24 +46,9 @@ func SendDelta(ctx context.Context, w io.Writer, cur, base BlockSource, size, ba
 	if baseSize < 0 {
 		return Stats{}, fmt.Errorf("%w: base size %d", ErrInvalid, baseSize)
 	}
-	s := &sender{
-		ctx:   ctx,
-		w:     bufio.NewWriterSize(w, bufSize),
-		src:   cur,
-		lim:   lim,
-		buf:   make([]byte, MaxFrame),
-		zeros: make([]byte, MaxFrame),
-		h:     crc32.New(castagnoli),
-	}
-	d := &deltaSender{sender: s, base: base, baseSize: baseSize, bbuf: make([]byte, MaxFrame)}
-	for start := from; start < size; {
-		end := segmentEnd(start, size, seg)
-		if err := d.segment(start, end); err != nil {
-			return s.st, s.fail(err)
-		}
-		start = end
-	}
-	return s.st, s.end(size)
+	d := &deltaSender{sender: newSender(ctx, w, cur, lim), base: base, baseSize: baseSize, bbuf: make([]byte, MaxFrame)}
+	err := d.run(size, from, seg, d.segment)
+	return d.st, err
 }
 
 // deltaSender is a sender with a base to compare with.

@@ -37,23 +37,35 @@ func Send(ctx context.Context, w io.Writer, src BlockSource, size, from, seg int
 	if err := checkRange(size, from, seg); err != nil {
 		return Stats{}, err
 	}
-	s := &sender{
+	s := newSender(ctx, w, src, lim)
+	err := s.run(size, from, seg, s.segment)
+	return s.st, err
+}
+
+// newSender makes a sender of src's frames to w.
+func newSender(ctx context.Context, w io.Writer, src BlockSource, lim *Limiter) *sender {
+	return &sender{
 		ctx:   ctx,
 		w:     bufio.NewWriterSize(w, bufSize),
 		src:   src,
 		lim:   lim,
 		buf:   make([]byte, MaxFrame),
-		zeros: make([]byte, blockSize),
+		zeros: make([]byte, MaxFrame),
 		h:     crc32.New(castagnoli),
 	}
+}
+
+// run sends [from, size) segment by segment with segment, then the end
+// frame.
+func (s *sender) run(size, from, seg int64, segment func(start, end int64) error) error {
 	for start := from; start < size; {
 		end := segmentEnd(start, size, seg)
-		if err := s.segment(start, end); err != nil {
-			return s.st, s.fail(err)
+		if err := segment(start, end); err != nil {
+			return s.fail(err)
 		}
 		start = end
 	}
-	return s.st, s.end(size)
+	return s.end(size)
 }
 
 // end sends the end frame and flushes.
