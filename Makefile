@@ -199,7 +199,7 @@ e2e: deps
 	NODES=$(E2E_NODES) FLASHPV_RESTART=1 FLASHPV_DEPLOY=helm hack/cluster/deploy.sh
 	$(MAKE) test-apiserver
 	mkdir -p _output
-	set -o pipefail; $(GO) test -count=1 -timeout 40m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | \
+	set -o pipefail; $(GO) test -count=1 -timeout 60m -tags e2e -v ./test/e2e/... 2>&1 | tee _output/e2e.log | \
 		grep --line-buffered -E '^(=== RUN|--- |PASS|FAIL|ok|\s+\S+_test.go)' || \
 		{ hack/cluster/logs.sh "make e2e failed"; exit 1; }
 
