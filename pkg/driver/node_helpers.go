@@ -7,6 +7,7 @@ import (
 	"path/filepath"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
+	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/pool"
@@ -133,6 +134,12 @@ func (s *Node) expand(ctx context.Context, req *csi.NodeExpandVolumeRequest) (in
 		if err := s.d.mounts.Grow(ctx, dev, mp, v.FsType); err != nil {
 			return 0, err
 		}
+		// The growth is the filesystem's own transaction, in its journal
+		// or log; until that reaches the device a power cut undoes it,
+		// and the expansion answered done would be lost.
+		if err := syncFilesystem(mp); err != nil {
+			return 0, fmt.Errorf("syncing the grown filesystem at %s: %w", mp, err)
+		}
 	}
 	klog.InfoS("Volume expanded", "volumeID", v.ID, "bytes", v.SizeBytes)
 	return v.SizeBytes, nil
@@ -154,4 +161,14 @@ func (d *Driver) mountedAt(dev string, paths ...string) (string, error) {
 		}
 	}
 	return "", fmt.Errorf("%w: the filesystem of %s is not mounted at %v", errPrecondition, dev, paths)
+}
+
+// syncFilesystem flushes the filesystem mounted at dir to its device.
+func syncFilesystem(dir string) error {
+	f, err := os.Open(dir)
+	if err != nil {
+		return err
+	}
+	defer f.Close()
+	return unix.Syncfs(int(f.Fd()))
 }
