@@ -72,7 +72,7 @@ start_on cp kube-apiserver kube-apiserver \
 	--service-account-issuer=https://kubernetes.default.svc.cluster.local \
 	--service-cluster-ip-range="$SERVICE_CIDR" \
 	--authorization-mode=Node,RBAC --enable-admission-plugins=NodeRestriction \
-	--allow-privileged=true --feature-gates=MutablePVNodeAffinity=true
+	--allow-privileged=true --feature-gates=MutablePVNodeAffinity=true,CSIVolumeHealth=true
 # The controller manager exits when started before the RBAC bootstrap is done.
 wait_for 120 kube-apiserver kubectl get --raw /readyz
 for c in controller-manager scheduler; do
@@ -197,6 +197,10 @@ clusterDomain: cluster.local
 tlsCertFile: $P/kubelet-$n-serving.crt
 tlsPrivateKeyFile: $P/kubelet-$n-serving.key
 failSwapOn: false
+# The kubelet asks CSI drivers for volume health (NodeGetVolumeHealth) and
+# writes it into the pod's status.volumeHealth; every 10 s here.
+featureGates: {CSIVolumeHealth: true}
+volumeStatsAggPeriod: 10s
 # cgroup v1 hosts: kubelets since 1.35 refuse them by default.
 failCgroupV1: false
 resolvConf: /etc/resolv.conf

@@ -264,6 +264,7 @@ users: [{name: u, user: {token: %q}}]
 // there with its data. It needs the move controller.
 func TestKubectlPluginMove(t *testing.T) {
 	needNodes(t, 2)
+	snapshotClass(t) // a move's pre-copy is a snapshot
 	ns := namespace(t, "kubectl-plugin-move")
 	claim(t, ns, "data", "flashpv", "64Mi", "echo moved-data > /data/f && sync && exec sleep 2147483647")
 	waitPodReady(t, ns, "data", 3*time.Minute)
