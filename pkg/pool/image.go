@@ -93,6 +93,8 @@ func (p *ImagePool) collectGarbage() error {
 			orphan = true
 		} else if key, ok := strings.CutSuffix(n, imageSuffix); ok && keyRE.MatchString(key) && !metas[key] {
 			orphan = true
+		} else if probeLeftover(n) {
+			orphan = true
 		}
 		if orphan {
 			klog.InfoS("Removing leftover of an interrupted operation", "pool", p.name, "file", n)

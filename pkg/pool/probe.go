@@ -8,6 +8,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"regexp"
 	"sync"
 	"time"
 	"unsafe"
@@ -100,7 +101,7 @@ func probeDir(dir string) error {
 	}
 	var rnd [8]byte
 	rand.Read(rnd[:])
-	name := filepath.Join(dir, fmt.Sprintf(".probe-%x", rnd))
+	name := filepath.Join(dir, fmt.Sprintf(probePrefix+"%x", rnd))
 	f, err := os.OpenFile(name, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if full(err) {
 		return nil
@@ -138,6 +139,15 @@ func probeDir(dir string) error {
 func full(err error) bool {
 	return errors.Is(err, unix.ENOSPC) || errors.Is(err, unix.EDQUOT)
 }
+
+// probePrefix starts the name of a probe's file; a crash in a probe leaves
+// one, which the pool's next Open removes (probeLeftover).
+const probePrefix = ".probe-"
+
+var probeRE = regexp.MustCompile(`^\.probe-[0-9a-f]{16}$`)
+
+// probeLeftover tells a file a probe made, by its name.
+func probeLeftover(name string) bool { return probeRE.MatchString(name) }
 
 // readFirstBlock reads the first block of a file or device with O_DIRECT,
 // so from the device rather than the page cache (where the filesystem or

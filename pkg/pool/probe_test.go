@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"os"
 	"path/filepath"
 	"strings"
@@ -124,5 +125,29 @@ func TestFailingPoolLetsGo(t *testing.T) {
 	p.Close()
 	if err := p.holdLock(nil); err != nil || !free() {
 		t.Fatalf("a probe after Close took the lock: %v", err)
+	}
+}
+
+// A probe's file left by a crash goes at the pool's next Open; a file of
+// another name stays.
+func TestOpenRemovesProbeLeftovers(t *testing.T) {
+	dir := t.TempDir()
+	left := filepath.Join(dir, probePrefix+"0123456789abcdef")
+	other := filepath.Join(dir, probePrefix+"notours")
+	for _, f := range []string{left, other} {
+		if err := os.WriteFile(f, []byte("x"), 0o600); err != nil {
+			t.Fatal(err)
+		}
+	}
+	p, err := OpenImage("test", dir, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer p.Close()
+	if _, err := os.Stat(left); !errors.Is(err, fs.ErrNotExist) {
+		t.Errorf("a probe's leftover survived Open: %v", err)
+	}
+	if _, err := os.Stat(other); err != nil {
+		t.Errorf("a file flashpv did not make was removed: %v", err)
 	}
 }

@@ -100,6 +100,12 @@ func (p *QuotaPool) collectGarbage() error {
 	}
 	for _, e := range entries {
 		n := e.Name()
+		if probeLeftover(n) {
+			if err := os.Remove(filepath.Join(p.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
+				return err
+			}
+			continue
+		}
 		if key, ok := strings.CutSuffix(n, metaSuffix+tmpSuffix); ok && keyRE.MatchString(key) {
 			if err := os.Remove(filepath.Join(p.dir, n)); err != nil && !errors.Is(err, fs.ErrNotExist) {
 				return err
