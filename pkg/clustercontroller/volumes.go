@@ -9,9 +9,6 @@ import (
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
-	corev1 "k8s.io/api/core/v1"
-	apierrors "k8s.io/apimachinery/pkg/api/errors"
-	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/apimachinery/pkg/labels"
 	"k8s.io/client-go/kubernetes"
 	corelisters "k8s.io/client-go/listers/core/v1"
@@ -121,7 +118,7 @@ func (w *listWriter) Sync(ctx context.Context) error {
 		w.writes.WithLabelValues("too_large").Inc()
 		return fmt.Errorf("volume lists take %d bytes, over %d: not written (node plugins stop judging orphans when theirs goes stale)", total, maxListBytes)
 	}
-	if err := w.write(ctx, data); err != nil {
+	if err := writeConfigMap(ctx, w.client, w.namespace, w.name, data); err != nil {
 		w.writes.WithLabelValues("error").Inc()
 		return err
 	}
@@ -129,22 +126,4 @@ func (w *listWriter) Sync(ctx context.Context) error {
 	w.last, w.lastWrite = lists, now
 	klog.V(2).InfoS("Wrote the per-node volume lists", "configMap", klog.KRef(w.namespace, w.name), "nodes", len(lists), "bytes", total)
 	return nil
-}
-
-func (w *listWriter) write(ctx context.Context, data map[string]string) error {
-	cms := w.client.CoreV1().ConfigMaps(w.namespace)
-	cm, err := cms.Get(ctx, w.name, metav1.GetOptions{})
-	if apierrors.IsNotFound(err) {
-		cm = &corev1.ConfigMap{ObjectMeta: metav1.ObjectMeta{Name: w.name, Namespace: w.namespace,
-			Labels: map[string]string{"app.kubernetes.io/name": "flashpv", "app.kubernetes.io/component": "controller"}}, Data: data}
-		_, err = cms.Create(ctx, cm, metav1.CreateOptions{})
-		return err
-	}
-	if err != nil {
-		return err
-	}
-	cm = cm.DeepCopy()
-	cm.Data = data
-	_, err = cms.Update(ctx, cm, metav1.UpdateOptions{})
-	return err
 }
