@@ -158,127 +158,168 @@ func Decide(v View) Action {
 	if !ok {
 		return start(v)
 	}
-	a := Action{Record: rec}
-	wait := func(format string, args ...any) Action {
-		a.Kind, a.Reason = Wait, fmt.Sprintf(format, args...)
-		return a
+	d := &decision{v: v, a: Action{Record: rec}, claim: v.claim()}
+	c := d.claim
+	if c != nil && c.UID == rec.ClaimUID && c.Annotations[AnnRequest] == "" && !v.Drain && canRollBack(rec.State) {
+		return d.to(RollingBack, "the claim no longer asks for the move, and its node is not drained")
 	}
-	to := func(s State, format string, args ...any) Action {
-		a.Kind, a.Reason = Write, fmt.Sprintf(format, args...)
-		a.Record.State = s
-		return a
+	if step, ok := steps[rec.State]; ok {
+		return step(d)
 	}
-	send := func(o Order, node string) Action {
-		a.Kind, a.Order, a.Node = Send, o, node
-		return a
+	return d.wait("unknown move state %q", rec.State)
+}
+
+// steps decide, for each state of a move, its next step.
+var steps = map[State]func(d *decision) Action{
+	Planned: (*decision).planned, PreCopying: (*decision).preCopying, WaitingForPod: (*decision).waitingForPod,
+	CatchingUp: (*decision).catchingUp, Rebinding: (*decision).rebinding, Cleaning: (*decision).cleaning,
+	Done: (*decision).done, RollingBack: (*decision).rollingBack,
+}
+
+// decision is one Decide of a move under way.
+type decision struct {
+	v     View
+	a     Action // the record as read, the action being made
+	claim *corev1.PersistentVolumeClaim
+}
+
+func (d *decision) wait(format string, args ...any) Action {
+	d.a.Kind, d.a.Reason = Wait, fmt.Sprintf(format, args...)
+	return d.a
+}
+
+func (d *decision) to(s State, format string, args ...any) Action {
+	d.a.Kind, d.a.Reason = Write, fmt.Sprintf(format, args...)
+	d.a.Record.State = s
+	return d.a
+}
+
+func (d *decision) send(o Order, node string) Action {
+	d.a.Kind, d.a.Order, d.a.Node = Send, o, node
+	return d.a
+}
+
+func (d *decision) do(k Kind) Action {
+	d.a.Kind = k
+	return d.a
+}
+
+func (d *decision) planned() Action {
+	switch s := d.v.Snapshot; {
+	case s.Error != "":
+		return d.to(RollingBack, "the snapshot failed: %s", s.Error)
+	case !s.Exists:
+		d.a.Claim = d.claim
+		return d.do(TakeSnapshot)
+	case !s.Ready:
+		return d.wait("the snapshot is not ready yet")
 	}
-	claim := v.claim()
-	if claim != nil && claim.UID == rec.ClaimUID && claim.Annotations[AnnRequest] == "" && !v.Drain && canRollBack(rec.State) {
-		return to(RollingBack, "the claim no longer asks for the move, and its node is not drained")
+	return d.to(PreCopying, "the snapshot is ready")
+}
+
+func (d *decision) preCopying() Action {
+	rec := d.a.Record
+	switch d.v.Orders[OrderImport] {
+	case Finished:
+		return d.to(WaitingForPod, "node %s holds the snapshot", rec.Target)
+	case Failed:
+		return d.to(RollingBack, "node %s could not import the snapshot: %s", rec.Target, d.v.OrderError)
 	}
-	switch rec.State {
-	case Planned:
-		switch s := v.Snapshot; {
-		case s.Error != "":
-			return to(RollingBack, "the snapshot failed: %s", s.Error)
-		case !s.Exists:
-			a.Kind, a.Claim = TakeSnapshot, claim
-			return a
-		case !s.Ready:
-			return wait("the snapshot is not ready yet")
-		}
-		return to(PreCopying, "the snapshot is ready")
-	case PreCopying:
-		switch v.Orders[OrderImport] {
-		case Finished:
-			return to(WaitingForPod, "node %s holds the snapshot", rec.Target)
-		case Failed:
-			return to(RollingBack, "node %s could not import the snapshot: %s", rec.Target, v.OrderError)
-		}
-		return send(OrderImport, rec.Target)
-	case WaitingForPod:
-		// Fenced first: a StatefulSet makes a stopped pod again at once,
-		// and on the source's node (unless it is cordoned) it would start
-		// with the volume again. The fence holds it there until the move
-		// is over; a pod that runs already is not disturbed.
-		switch f := v.Orders[OrderFence]; f {
-		case Failed:
-			return to(RollingBack, "node %s could not fence the volume: %s", rec.Source, v.OrderError)
-		case Finished:
-		default:
-			return send(OrderFence, rec.Source)
-		}
-		if pod, _ := v.pods(claim); pod != nil {
-			return wait("pod %s/%s runs with the claim", pod.Namespace, pod.Name)
-		}
-		return to(CatchingUp, "no pod runs with the claim")
-	case CatchingUp:
-		// A pod that got past the fence makes the source refuse the
-		// catch-up; this sees it sooner.
-		if pod, _ := v.pods(claim); pod != nil {
-			return to(RollingBack, "pod %s/%s started with the claim during the move", pod.Namespace, pod.Name)
-		}
-		switch c := v.Orders[OrderCatchUp]; {
-		case c == Finished:
-			return to(Rebinding, "node %s holds the volume's data, verified", rec.Target)
-		case c == Failed:
-			return to(RollingBack, "node %s could not catch up: %s", rec.Target, v.OrderError)
-		}
-		return send(OrderCatchUp, rec.Target)
-	case Rebinding:
-		if rec.Mode == ModeAffinity {
-			if nodeloss.NodeOf(v.PV) != rec.Target {
-				a.Kind, a.Reason = SetAffinity, "the PV follows its data"
-				return a
-			}
-			// A pod the fence holds on the source's node stays there;
-			// made again, it is placed by the PV's new affinity.
-			if _, waiting := v.pods(claim); waiting != nil && waiting.Spec.NodeName == rec.Source {
-				a.Kind, a.Pod, a.Reason = DeletePod, waiting, fmt.Sprintf("it waits on node %s for a volume that moved", rec.Source)
-				return a
-			}
-			return to(Cleaning, "the PV is on node %s", rec.Target)
-		}
-		return rebindSwap(v, a, claim)
-	case Cleaning:
-		if v.Orders[OrderDrop] != Finished {
-			return send(OrderDrop, rec.Source)
-		}
-		if v.Snapshot.Exists {
-			a.Kind = DeleteSnapshot
-			return a
-		}
-		if rec.Mode == ModeSwap {
-			if v.NewPV != nil && v.NewPV.Spec.PersistentVolumeReclaimPolicy != rec.Reclaim {
-				a.Kind, a.PV, a.Policy = SetReclaim, v.NewPV, rec.Reclaim
-				return a
-			}
-			// The old PV's claim is gone; with Delete, its provisioner
-			// removes it (its volume is dropped already).
-			return to(Done, "moved to node %s", rec.Target)
-		}
-		a.Kind, a.Reason = Finish, fmt.Sprintf("moved to node %s", rec.Target)
-		return a
-	case Done:
-		if v.PV.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
-			a.Kind, a.PV, a.Policy = SetReclaim, v.PV, corev1.PersistentVolumeReclaimDelete
-			return a
-		}
-		return wait("moved; the provisioner removes this PV")
-	case RollingBack:
-		switch {
-		case v.Orders[OrderDrop] != Finished:
-			return send(OrderDrop, rec.Target)
-		case v.Orders[OrderUnfence] != Finished:
-			return send(OrderUnfence, rec.Source)
-		case v.Snapshot.Exists:
-			a.Kind = DeleteSnapshot
-			return a
-		}
-		a.Kind, a.Reason = Finish, "rolled back"
-		return a
+	return d.send(OrderImport, rec.Target)
+}
+
+// waitingForPod fences first: a StatefulSet makes a stopped pod again at
+// once, and on the source's node (unless it is cordoned) it would start
+// with the volume again. The fence holds it there until the move is over;
+// a pod that runs already is not disturbed.
+func (d *decision) waitingForPod() Action {
+	rec := d.a.Record
+	switch d.v.Orders[OrderFence] {
+	case Failed:
+		return d.to(RollingBack, "node %s could not fence the volume: %s", rec.Source, d.v.OrderError)
+	case Finished:
+	default:
+		return d.send(OrderFence, rec.Source)
 	}
-	return wait("unknown move state %q", rec.State)
+	if pod, _ := d.v.pods(d.claim); pod != nil {
+		return d.wait("pod %s/%s runs with the claim", pod.Namespace, pod.Name)
+	}
+	return d.to(CatchingUp, "no pod runs with the claim")
+}
+
+// catchingUp: a pod that got past the fence makes the source refuse the
+// catch-up; this sees it sooner.
+func (d *decision) catchingUp() Action {
+	rec := d.a.Record
+	if pod, _ := d.v.pods(d.claim); pod != nil {
+		return d.to(RollingBack, "pod %s/%s started with the claim during the move", pod.Namespace, pod.Name)
+	}
+	switch d.v.Orders[OrderCatchUp] {
+	case Finished:
+		return d.to(Rebinding, "node %s holds the volume's data, verified", rec.Target)
+	case Failed:
+		return d.to(RollingBack, "node %s could not catch up: %s", rec.Target, d.v.OrderError)
+	}
+	return d.send(OrderCatchUp, rec.Target)
+}
+
+func (d *decision) rebinding() Action {
+	rec := d.a.Record
+	if rec.Mode != ModeAffinity {
+		return d.rebindSwap()
+	}
+	if nodeloss.NodeOf(d.v.PV) != rec.Target {
+		d.a.Reason = "the PV follows its data"
+		return d.do(SetAffinity)
+	}
+	// A pod the fence holds on the source's node stays there; made again,
+	// it is placed by the PV's new affinity.
+	if _, waiting := d.v.pods(d.claim); waiting != nil && waiting.Spec.NodeName == rec.Source {
+		d.a.Pod, d.a.Reason = waiting, fmt.Sprintf("it waits on node %s for a volume that moved", rec.Source)
+		return d.do(DeletePod)
+	}
+	return d.to(Cleaning, "the PV is on node %s", rec.Target)
+}
+
+func (d *decision) cleaning() Action {
+	rec := d.a.Record
+	switch {
+	case d.v.Orders[OrderDrop] != Finished:
+		return d.send(OrderDrop, rec.Source)
+	case d.v.Snapshot.Exists:
+		return d.do(DeleteSnapshot)
+	case rec.Mode != ModeSwap:
+		d.a.Reason = fmt.Sprintf("moved to node %s", rec.Target)
+		return d.do(Finish)
+	case d.v.NewPV != nil && d.v.NewPV.Spec.PersistentVolumeReclaimPolicy != rec.Reclaim:
+		d.a.PV, d.a.Policy = d.v.NewPV, rec.Reclaim
+		return d.do(SetReclaim)
+	}
+	// The old PV's claim is gone; with Delete, its provisioner removes it
+	// (its volume is dropped already).
+	return d.to(Done, "moved to node %s", rec.Target)
+}
+
+func (d *decision) done() Action {
+	if d.v.PV.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimDelete {
+		d.a.PV, d.a.Policy = d.v.PV, corev1.PersistentVolumeReclaimDelete
+		return d.do(SetReclaim)
+	}
+	return d.wait("moved; the provisioner removes this PV")
+}
+
+func (d *decision) rollingBack() Action {
+	rec := d.a.Record
+	switch {
+	case d.v.Orders[OrderDrop] != Finished:
+		return d.send(OrderDrop, rec.Target)
+	case d.v.Orders[OrderUnfence] != Finished:
+		return d.send(OrderUnfence, rec.Source)
+	case d.v.Snapshot.Exists:
+		return d.do(DeleteSnapshot)
+	}
+	d.a.Reason = "rolled back"
+	return d.do(Finish)
 }
 
 // start decides about a PV without a record: a move starts when its bound
@@ -327,7 +368,8 @@ func start(v View) Action {
 // rebindSwap points the claim at a new PV: the old one kept (Retain) while
 // the claim is deleted and its StatefulSet makes it again, which binds to
 // the new one, pre-bound to its name.
-func rebindSwap(v View, a Action, claim *corev1.PersistentVolumeClaim) Action {
+func (d *decision) rebindSwap() Action {
+	v, a, claim := d.v, d.a, d.claim
 	rec := a.Record
 	switch {
 	case v.PV.Spec.PersistentVolumeReclaimPolicy != corev1.PersistentVolumeReclaimRetain:
