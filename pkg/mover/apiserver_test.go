@@ -461,7 +461,7 @@ func TestMoveDeletesOnlyTheClaimItRead(t *testing.T) {
 		}
 	}
 	replacement := e.makeClaim()
-	err = e.r.act(ctx, nil, View{}, Action{Kind: DeleteClaim, Claim: old})
+	err = e.r.act(ctx, nil, Action{Kind: DeleteClaim, Claim: old})
 	if !apierrors.IsConflict(err) {
 		t.Fatalf("delete of the replaced claim: %v, want a precondition conflict", err)
 	}
@@ -485,7 +485,7 @@ func TestMoveRecordIsConditional(t *testing.T) {
 	if _, err := pvs.Update(ctx, changed, metav1.UpdateOptions{}); err != nil {
 		t.Fatal(err)
 	}
-	err = e.r.act(ctx, read, View{}, Action{Kind: Write, Record: Record{ID: "x", State: Planned}})
+	err = e.r.act(ctx, read, Action{Kind: Write, Record: Record{ID: "x", State: Planned}})
 	if !apierrors.IsConflict(err) {
 		t.Fatalf("record over a changed PV: %v, want a conflict", err)
 	}

@@ -171,7 +171,7 @@ func (r *Reconciler) syncPV(ctx context.Context, name string) error {
 			return nil
 		}
 		klog.InfoS("Move step", "pv", name, "move", a.Record.ID, "state", a.Record.State, "action", a.Kind, "order", a.Order, "node", a.Node, "reason", a.Reason)
-		err = r.act(ctx, pv, v, a)
+		err = r.act(ctx, pv, a)
 		r.count(a, err)
 		if err != nil {
 			return fmt.Errorf("%s %s: %w", a.Kind, a.Order, err)
@@ -347,39 +347,18 @@ func newID() string {
 }
 
 // act carries out one action.
-func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v View, a Action) error {
+func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, a Action) error {
 	pvs := r.Client.CoreV1().PersistentVolumes()
 	switch a.Kind {
 	case Refuse:
-		r.mu.Lock()
-		if r.refused == nil {
-			r.refused = map[types.UID]string{}
-		}
-		told := r.refused[a.Claim.UID] == a.Reason
-		r.refused[a.Claim.UID] = a.Reason
-		r.mu.Unlock()
-		if !told {
-			r.Recorder.Event(a.Claim, corev1.EventTypeWarning, ReasonMoveRefused, a.Reason)
-		}
+		r.refuse(a)
 		return nil
 	case Write:
-		ann := map[string]any{}
-		for k, val := range a.Record.Annotations() {
-			ann[k] = val
-		}
-		if err := r.patchMeta(ctx, pv, ann); err != nil {
-			return err
-		}
-		r.claimState(ctx, pv, string(a.Record.State), ReasonMoveStep, a.Reason, corev1.EventTypeNormal)
-		return nil
+		return r.write(ctx, pv, a)
 	case TakeSnapshot:
 		return r.takeSnapshot(ctx, pv, a.Record)
 	case DeleteSnapshot:
-		err := r.Dynamic.Resource(snapshotsGVR).Namespace(claimNamespace(pv)).Delete(ctx, SnapshotName(a.Record), metav1.DeleteOptions{})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
+		return ignoreNotFound(r.Dynamic.Resource(snapshotsGVR).Namespace(claimNamespace(pv)).Delete(ctx, SnapshotName(a.Record), metav1.DeleteOptions{}))
 	case Send:
 		return r.send(ctx, pv, a)
 	case SetAffinity:
@@ -399,39 +378,73 @@ func (r *Reconciler) act(ctx context.Context, pv *corev1.PersistentVolume, v Vie
 		_, err := pvs.Update(ctx, next, metav1.UpdateOptions{})
 		return err
 	case DeleteClaim:
-		uid := a.Claim.UID
-		err := r.Client.CoreV1().PersistentVolumeClaims(a.Claim.Namespace).Delete(ctx, a.Claim.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
+		return ignoreNotFound(r.Client.CoreV1().PersistentVolumeClaims(a.Claim.Namespace).Delete(ctx, a.Claim.Name, uidPrecondition(a.Claim.UID)))
 	case DeletePod:
-		uid := a.Pod.UID
-		err := r.Client.CoreV1().Pods(a.Pod.Namespace).Delete(ctx, a.Pod.Name, metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}})
-		if apierrors.IsNotFound(err) {
-			return nil
-		}
-		return err
+		return ignoreNotFound(r.Client.CoreV1().Pods(a.Pod.Namespace).Delete(ctx, a.Pod.Name, uidPrecondition(a.Pod.UID)))
 	case Finish:
-		ann := map[string]any{}
-		for k := range a.Record.Annotations() {
-			ann[k] = nil
-		}
-		if err := r.patchMeta(ctx, pv, ann); err != nil {
-			return err
-		}
-		outcome, reason, typ := string(Done), ReasonMoveDone, corev1.EventTypeNormal
-		if a.Record.State == RollingBack {
-			outcome, reason, typ = stateRolledBack, ReasonMoveRolledBack, corev1.EventTypeWarning
-		}
-		r.claimState(ctx, pv, outcome, reason, a.Reason, typ)
-		r.mu.Lock()
-		delete(r.answers, a.Record.ID)
-		delete(r.errs, a.Record.ID)
-		r.mu.Unlock()
-		return nil
+		return r.finish(ctx, pv, a)
 	}
 	return fmt.Errorf("unknown action %q", a.Kind)
+}
+
+// refuse tells a claim why its move cannot start, once per reason.
+func (r *Reconciler) refuse(a Action) {
+	r.mu.Lock()
+	if r.refused == nil {
+		r.refused = map[types.UID]string{}
+	}
+	told := r.refused[a.Claim.UID] == a.Reason
+	r.refused[a.Claim.UID] = a.Reason
+	r.mu.Unlock()
+	if !told {
+		r.Recorder.Event(a.Claim, corev1.EventTypeWarning, ReasonMoveRefused, a.Reason)
+	}
+}
+
+// write records a step on the PV and shows it on the claim.
+func (r *Reconciler) write(ctx context.Context, pv *corev1.PersistentVolume, a Action) error {
+	ann := map[string]any{}
+	for k, val := range a.Record.Annotations() {
+		ann[k] = val
+	}
+	if err := r.patchMeta(ctx, pv, ann); err != nil {
+		return err
+	}
+	r.claimState(ctx, pv, string(a.Record.State), ReasonMoveStep, a.Reason, corev1.EventTypeNormal)
+	return nil
+}
+
+// finish removes the record and tells the claim how the move ended.
+func (r *Reconciler) finish(ctx context.Context, pv *corev1.PersistentVolume, a Action) error {
+	ann := map[string]any{}
+	for k := range a.Record.Annotations() {
+		ann[k] = nil
+	}
+	if err := r.patchMeta(ctx, pv, ann); err != nil {
+		return err
+	}
+	outcome, reason, typ := string(Done), ReasonMoveDone, corev1.EventTypeNormal
+	if a.Record.State == RollingBack {
+		outcome, reason, typ = stateRolledBack, ReasonMoveRolledBack, corev1.EventTypeWarning
+	}
+	r.claimState(ctx, pv, outcome, reason, a.Reason, typ)
+	r.mu.Lock()
+	delete(r.answers, a.Record.ID)
+	delete(r.errs, a.Record.ID)
+	r.mu.Unlock()
+	return nil
+}
+
+func uidPrecondition(uid types.UID) metav1.DeleteOptions {
+	return metav1.DeleteOptions{Preconditions: &metav1.Preconditions{UID: &uid}}
+}
+
+// ignoreNotFound: deleting what is gone already is done.
+func ignoreNotFound(err error) error {
+	if apierrors.IsNotFound(err) {
+		return nil
+	}
+	return err
 }
 
 // patchMeta merges annotations into pv's, on the condition that pv has
