@@ -12,6 +12,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/move"
 	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
@@ -284,6 +285,11 @@ func TestQuiesce(t *testing.T) {
 			if status.Code(toStatus(err)) != tc.code {
 				t.Fatalf("got %v, want %v", err, tc.code)
 			}
+			// A move recognises the refusal by this phrase, and snapshots
+			// the volume once its pod has stopped.
+			if tc.code == codes.FailedPrecondition && !strings.Contains(err.Error(), move.SnapshotNeedsStop) {
+				t.Errorf("the refusal does not say %q: %v", move.SnapshotNeedsStop, err)
+			}
 			if ran != (tc.code == codes.OK) {
 				t.Errorf("step ran: %v", ran)
 			}
@@ -306,7 +312,7 @@ func TestQuiesceDirectory(t *testing.T) {
 	v := &pool.Volume{ID: "default.0123456789abcdef0123456789abcdef", Mode: pool.ModeFilesystem}
 	e.mounts.table["/kubelet/plugins/x"] = &mounter.Point{Source: "/pool/dir"}
 	err := e.d.quiesce(p, v)(context.Background(), false, func(context.Context) error { return errors.New("ran") })
-	if status.Code(toStatus(err)) != codes.FailedPrecondition || !strings.Contains(err.Error(), "scale") {
+	if status.Code(toStatus(err)) != codes.FailedPrecondition || !strings.Contains(err.Error(), "scale") || !strings.Contains(err.Error(), move.SnapshotNeedsStop) {
 		t.Fatalf("directory volume in use: %v", err)
 	}
 	delete(e.mounts.table, "/kubelet/plugins/x")

@@ -8,6 +8,7 @@ import (
 
 	"k8s.io/klog/v2"
 
+	"github.com/flashpv/flashpv/pkg/move"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -35,15 +36,15 @@ func (d *Driver) quiesce(p *poolEntry, v *pool.Volume) pool.Quiesce {
 			// Not staged: nothing writes to it.
 			return step(ctx)
 		case p.layout.Directory:
-			return fmt.Errorf("%w: volume %s is in use at %v; its directory shares the filesystem of pool %s, which cannot be frozen for a point-in-time copy: stop the pods using it (scale the StatefulSet down) and retry",
-				errPrecondition, v.ID, mounts, p.Name())
+			return fmt.Errorf("%w: volume %s %s: it is in use at %v, and its directory shares the filesystem of pool %s, which cannot be frozen for a point-in-time copy; stop the pods using it (scale the StatefulSet down) and retry",
+				errPrecondition, v.ID, move.SnapshotNeedsStop, mounts, p.Name())
 		case v.Mode == pool.ModeBlock && instant:
 			return step(ctx)
 		case v.Mode == pool.ModeBlock:
-			return fmt.Errorf("%w: Block volume %s is published at %v; a copy of its data would be torn while the pod writes, and a raw device cannot be frozen: stop the pod and retry (pools that can share blocks take instant snapshots of published Block volumes)",
-				errPrecondition, v.ID, mounts)
+			return fmt.Errorf("%w: Block volume %s %s: it is published at %v, a copy of its data would be torn while the pod writes, and a raw device cannot be frozen; stop the pod and retry (pools that can share blocks take instant snapshots of published Block volumes)",
+				errPrecondition, v.ID, move.SnapshotNeedsStop, mounts)
 		case d.freezer == nil:
-			return fmt.Errorf("%w: volume %s is staged and this driver cannot freeze filesystems", errPrecondition, v.ID)
+			return fmt.Errorf("%w: volume %s %s: it is staged and this driver cannot freeze filesystems", errPrecondition, v.ID, move.SnapshotNeedsStop)
 		}
 		mp := d.stagingFirst(mounts)
 		klog.V(2).InfoS("Freezing filesystem for a point-in-time copy", "volumeID", v.ID, "mountpoint", mp, "instant", instant)

@@ -18,9 +18,20 @@ const (
 	AnnClaimUID = "flashpv.dev/move-claim-uid"
 	AnnMode     = "flashpv.dev/move-mode"
 	AnnReclaim  = "flashpv.dev/move-reclaim"
+	// AnnLate: the volume could not be snapshotted while in use, so the
+	// move's snapshot is taken once its pod has stopped, behind the fence.
+	AnnLate = "flashpv.dev/move-snapshot-after-stop"
+	// AnnWhy: why a move is being rolled back.
+	AnnWhy = "flashpv.dev/move-rollback-reason"
 	// RequestAny asks for any node that fits.
 	RequestAny = "any"
 )
+
+// SnapshotNeedsStop is in the error of a snapshot refused because its
+// volume is in use and cannot be frozen (a directory of a quota pool, a
+// published Block volume of a pool that cannot share blocks). A move then
+// snapshots it after its pod stops.
+const SnapshotNeedsStop = "can be snapshotted only while no pod uses it"
 
 // State is a move's step.
 type State string

@@ -13,6 +13,7 @@ package mover
 
 import (
 	"fmt"
+	"strings"
 
 	corev1 "k8s.io/api/core/v1"
 	"k8s.io/apimachinery/pkg/types"
@@ -39,6 +40,11 @@ type Record struct {
 	ClaimUID           types.UID
 	Mode               Mode
 	Reclaim            corev1.PersistentVolumeReclaimPolicy // the PV's, before the move
+	// Late: the snapshot is taken once the pod has stopped, behind the
+	// fence (the volume cannot be snapshotted while in use).
+	Late bool
+	// Why the move is being rolled back.
+	Why string
 }
 
 // RecordOf reads the record on pv.
@@ -51,14 +57,21 @@ func RecordOf(pv *corev1.PersistentVolume) (Record, bool) {
 		ID: a[AnnID], Source: a[AnnSource], Target: a[AnnTarget], State: State(a[AnnState]),
 		ClaimUID: types.UID(a[AnnClaimUID]), Mode: Mode(a[AnnMode]),
 		Reclaim: corev1.PersistentVolumeReclaimPolicy(a[AnnReclaim]),
+		Late:    a[AnnLate] == "true", Why: a[AnnWhy],
 	}, true
 }
 
-// Annotations are the record's annotations.
+// Annotations are the record's annotations; "" for one the record does
+// not carry.
 func (r Record) Annotations() map[string]string {
+	late := ""
+	if r.Late {
+		late = "true"
+	}
 	return map[string]string{
 		AnnID: r.ID, AnnSource: r.Source, AnnTarget: r.Target, AnnState: string(r.State),
 		AnnClaimUID: string(r.ClaimUID), AnnMode: string(r.Mode), AnnReclaim: string(r.Reclaim),
+		AnnLate: late, AnnWhy: r.Why,
 	}
 }
 
@@ -191,6 +204,9 @@ func (d *decision) wait(format string, args ...any) Action {
 func (d *decision) to(s State, format string, args ...any) Action {
 	d.a.Kind, d.a.Reason = Write, fmt.Sprintf(format, args...)
 	d.a.Record.State = s
+	if s == RollingBack {
+		d.a.Record.Why = d.a.Reason
+	}
 	return d.a
 }
 
@@ -205,9 +221,50 @@ func (d *decision) do(k Kind) Action {
 }
 
 func (d *decision) planned() Action {
-	switch s := d.v.Snapshot; {
+	s := d.v.Snapshot
+	if d.a.Record.Late {
+		return d.plannedLate()
+	}
+	switch {
+	case s.Error != "" && strings.Contains(s.Error, SnapshotNeedsStop):
+		d.a.Record.Late = true
+		return d.to(Planned, "the volume %s: it is fenced first, and snapshotted once its pod has stopped", SnapshotNeedsStop)
 	case s.Error != "":
 		return d.to(RollingBack, "the snapshot failed: %s", s.Error)
+	case !s.Exists:
+		d.a.Claim = d.claim
+		return d.do(TakeSnapshot)
+	case !s.Ready:
+		return d.wait("the snapshot is not ready yet")
+	}
+	return d.to(PreCopying, "the snapshot is ready")
+}
+
+// plannedLate: a volume that cannot be snapshotted while in use (a
+// directory of a quota pool, a published Block volume of a pool that
+// cannot share blocks) is fenced, and snapshotted once no pod uses it. The
+// pre-copy then holds all its data, and the catch-up sends what differs
+// (nothing, unless a pod wrote in between).
+func (d *decision) plannedLate() Action {
+	rec, s := d.a.Record, d.v.Snapshot
+	switch d.v.Orders[OrderFence] {
+	case Failed:
+		return d.to(RollingBack, "node %s could not fence the volume: %s", rec.Source, d.v.OrderError)
+	case Finished:
+	default:
+		return d.send(OrderFence, rec.Source)
+	}
+	switch {
+	case s.Error != "" && strings.Contains(s.Error, SnapshotNeedsStop):
+		// Taken before the kubelet let go of the volume: again.
+		return d.do(DeleteSnapshot)
+	case s.Error != "":
+		return d.to(RollingBack, "the snapshot failed: %s", s.Error)
+	}
+	if pod, _ := d.v.pods(d.claim); pod != nil {
+		return d.wait("pod %s/%s runs with the claim; the volume %s", pod.Namespace, pod.Name, SnapshotNeedsStop)
+	}
+	switch {
 	case !s.Exists:
 		d.a.Claim = d.claim
 		return d.do(TakeSnapshot)
@@ -319,6 +376,9 @@ func (d *decision) rollingBack() Action {
 		return d.do(DeleteSnapshot)
 	}
 	d.a.Reason = "rolled back"
+	if rec.Why != "" {
+		d.a.Reason += ": " + rec.Why
+	}
 	return d.do(Finish)
 }
 

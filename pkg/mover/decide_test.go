@@ -46,6 +46,12 @@ type world struct {
 	copies     map[string]copyState
 	fenced     bool
 	failImport int  // imports that fail before one succeeds
+	// noLiveSnap: the volume cannot be snapshotted while staged on the
+	// source, which it stays for linger settles after its pod stops.
+	noLiveSnap     bool
+	linger, staged int
+	snapshotsTaken int
+	ended          string // the reason of the Finish that ended the move
 	drain      bool // the source node is cordoned and the class says drainPolicy: Move
 	uids       int
 	orders     map[Order]Progress // the controller's memory of answers
@@ -188,6 +194,7 @@ func (w *world) apply(a Action) {
 		}
 	case TakeSnapshot:
 		w.snapshot = Snapshot{Exists: true}
+		w.snapshotsTaken++
 	case DeleteSnapshot:
 		w.snapshot = Snapshot{}
 	case Send:
@@ -219,6 +226,7 @@ func (w *world) apply(a Action) {
 			w.pod = nil
 		}
 	case Finish:
+		w.ended = a.Reason
 		for k := range a.Record.Annotations() {
 			delete(src.Annotations, k)
 		}
@@ -276,8 +284,17 @@ func (w *world) send(a Action) Progress {
 // protection controller removes a claim no pod uses, the StatefulSet makes
 // what is missing, the scheduler and kubelets start the pod.
 func (w *world) settle() {
-	if w.snapshot.Exists {
-		w.snapshot.Ready = true
+	if w.pod != nil && w.pod.Status.Phase == corev1.PodRunning && w.pod.Spec.NodeName == nodeS {
+		w.staged = w.linger
+	} else if w.staged > 0 {
+		w.staged--
+	}
+	if w.snapshot.Exists && !w.snapshot.Ready && w.snapshot.Error == "" {
+		if w.noLiveSnap && (w.staged > 0 || w.pod != nil && w.pod.Status.Phase == corev1.PodRunning && w.pod.Spec.NodeName == nodeS) {
+			w.snapshot.Error = "volume " + handle + " " + SnapshotNeedsStop + ": it is in use"
+		} else {
+			w.snapshot.Ready = true
+		}
 	}
 	if w.claim != nil && w.claim.DeletionTimestamp != nil && (w.pod == nil || w.pod.Spec.NodeName == "") {
 		w.claim = nil
@@ -387,6 +404,43 @@ func TestMoveConverges(t *testing.T) {
 	}
 }
 
+// A volume that cannot be snapshotted while in use (a quota pool's
+// directory, a published Block volume without reflinks) is fenced first
+// and snapshotted once its pod has stopped and the kubelet let go of it.
+func TestMoveSnapshotAfterStop(t *testing.T) {
+	retaken := 0
+	for _, gate := range []bool{true, false} {
+		for seed := range uint64(20) {
+			t.Run(fmt.Sprintf("gate=%v/seed=%d", gate, seed), func(t *testing.T) {
+				w := newWorld(t, gate)
+				w.cordoned, w.noLiveSnap, w.linger = true, true, int(seed%3)
+				w.run(rand.New(rand.NewPCG(seed, 13)), int(seed%6)+2)
+				if pv := w.boundPV(); pv == nil || nodeloss.NodeOf(pv) != nodeT || w.copies[nodeT] != complete || w.copies[nodeS] != noCopy {
+					t.Fatalf("not moved: copies %v (history %v)", w.copies, w.last())
+				}
+				if w.snapshot.Exists {
+					t.Fatal("the move's snapshot is left")
+				}
+				if w.snapshotsTaken > 1 {
+					retaken++
+				}
+				// Not taken again and again while the pod runs.
+				if w.snapshotsTaken > 3+w.linger {
+					t.Errorf("%d snapshots taken", w.snapshotsTaken)
+				}
+				if strings.Contains(w.ended, "rolled back") {
+					t.Fatalf("ended: %s", w.ended)
+				}
+			})
+		}
+	}
+	// Most runs meet the refusal (the others evict the pod before the
+	// first snapshot): the test must exercise the late snapshot.
+	if retaken < 20 {
+		t.Fatalf("only %d of 40 moves had their snapshot refused and taken again", retaken)
+	}
+}
+
 // A failed import rolls the move back: the target's copy dropped, the
 // source unfenced and untouched, the snapshot deleted, the request gone.
 func TestMoveRollsBack(t *testing.T) {
@@ -403,6 +457,8 @@ func TestMoveRollsBack(t *testing.T) {
 				t.Fatalf("copies %v, fenced %v", w.copies, w.fenced)
 			case w.snapshot.Exists || w.claim.Annotations[AnnRequest] != "":
 				t.Fatal("the snapshot or the request is left")
+			case !strings.Contains(w.ended, "rolled back") || !strings.Contains(w.ended, "no space"):
+				t.Fatalf("the move ended with %q, which does not say why it was rolled back", w.ended)
 			}
 			if _, ok := RecordOf(pv); ok {
 				t.Fatal("a record is left")

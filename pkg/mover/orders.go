@@ -13,30 +13,34 @@ type (
 )
 
 const (
-	AnnRequest    = move.AnnRequest
-	AnnState      = move.AnnState
-	AnnID         = move.AnnID
-	AnnSource     = move.AnnSource
-	AnnTarget     = move.AnnTarget
-	AnnClaimUID   = move.AnnClaimUID
-	AnnMode       = move.AnnMode
-	AnnReclaim    = move.AnnReclaim
-	RequestAny    = move.RequestAny
-	Planned       = move.Planned
-	PreCopying    = move.PreCopying
-	WaitingForPod = move.WaitingForPod
-	CatchingUp    = move.CatchingUp
-	Rebinding     = move.Rebinding
-	Cleaning      = move.Cleaning
-	Done          = move.Done
-	RollingBack   = move.RollingBack
-	OrderImport   = move.OrderImport
-	OrderFence    = move.OrderFence
-	OrderUnfence  = move.OrderUnfence
-	OrderCatchUp  = move.OrderCatchUp
-	OrderDrop     = move.OrderDrop
-	Unknown       = move.Unknown
-	Running       = move.Running
-	Finished      = move.Finished
-	Failed        = move.Failed
+	AnnRequest  = move.AnnRequest
+	AnnState    = move.AnnState
+	AnnID       = move.AnnID
+	AnnSource   = move.AnnSource
+	AnnTarget   = move.AnnTarget
+	AnnClaimUID = move.AnnClaimUID
+	AnnMode     = move.AnnMode
+	AnnReclaim  = move.AnnReclaim
+	AnnLate     = move.AnnLate
+	AnnWhy      = move.AnnWhy
+	RequestAny  = move.RequestAny
+	// SnapshotNeedsStop is in the error of a snapshot refused while in use.
+	SnapshotNeedsStop = move.SnapshotNeedsStop
+	Planned           = move.Planned
+	PreCopying        = move.PreCopying
+	WaitingForPod     = move.WaitingForPod
+	CatchingUp        = move.CatchingUp
+	Rebinding         = move.Rebinding
+	Cleaning          = move.Cleaning
+	Done              = move.Done
+	RollingBack       = move.RollingBack
+	OrderImport       = move.OrderImport
+	OrderFence        = move.OrderFence
+	OrderUnfence      = move.OrderUnfence
+	OrderCatchUp      = move.OrderCatchUp
+	OrderDrop         = move.OrderDrop
+	Unknown           = move.Unknown
+	Running           = move.Running
+	Finished          = move.Finished
+	Failed            = move.Failed
 )

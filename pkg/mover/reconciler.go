@@ -406,6 +406,9 @@ func (r *Reconciler) write(ctx context.Context, pv *corev1.PersistentVolume, a A
 	ann := map[string]any{}
 	for k, val := range a.Record.Annotations() {
 		ann[k] = val
+		if val == "" {
+			ann[k] = nil // a merge patch's null removes it
+		}
 	}
 	if err := r.patchMeta(ctx, pv, ann); err != nil {
 		return err
