@@ -6,7 +6,8 @@ package main
 // against the same StatefulSet on emptyDir (cluster_scale.go), a pod on a
 // claim restored from a VolumeSnapshot (cluster_restore.go), and a restore
 // onto another node than the snapshot's against a plain TCP copy between
-// the two nodes (cluster_transfer.go). Everything it makes lives in its own
+// the two nodes (cluster_transfer.go), and a drained replica's move to
+// another node against its plain restart (cluster_move.go). Everything it makes lives in its own
 // namespace and is deleted, also when a step fails; it never brings the
 // cluster up or down. -cluster-parts picks the parts.
 
@@ -56,10 +57,14 @@ type clusterOptions struct {
 	size, restoreSize, restoreData, transferSize, transferData string
 	volumeBytes, restoreBytes, restoreDataBytes                int64
 	transferBytes, transferDataBytes                           int64
+	// move: rounds and sizes
+	moveRounds                                 int
+	moveSize, moveData, moveChanged            string
+	moveBytes, moveDataBytes, moveChangedBytes int64
 }
 
 // clusterParts are the parts of the cluster phase, in the order they run.
-var clusterParts = []string{"scale", "restore", "transfer"}
+var clusterParts = []string{"scale", "restore", "transfer", "move"}
 
 func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 	state := os.Getenv("STATE")
@@ -91,6 +96,10 @@ func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.transferData, "transfer-data", "512Mi", "cluster: bytes written into it before the snapshot")
 	fs.StringVar(&o.transferSource, "transfer-source-node", "", "cluster: the snapshot's node (default: the scheduler's pick)")
 	fs.StringVar(&o.transferTarget, "transfer-target-node", "", "cluster: the node restored onto (default: the other node with the most capacity)")
+	fs.IntVar(&o.moveRounds, "move-rounds", 3, "cluster: rounds of a drained replica moved to another node, alternated with its plain restart")
+	fs.StringVar(&o.moveSize, "move-size", "1Gi", "cluster: size of the moved replica's volume")
+	fs.StringVar(&o.moveData, "move-data", "512Mi", "cluster: bytes written into it before the move")
+	fs.StringVar(&o.moveChanged, "move-changed", "16Mi", "cluster: bytes rewritten after the move's snapshot, before the eviction")
 	fs.StringVar(&o.transferUncapped, "transfer-uncapped", "auto", "cluster: also run with flashpv's --transfer-bandwidth=0 (the DaemonSet patched, and restored after): auto (when the plain copy is faster than the cap), yes, no")
 }
 
@@ -102,20 +111,25 @@ func (o *clusterOptions) finish(quick bool) error {
 	if quick {
 		o.rounds, o.replicas, o.restoreRounds, o.restoreData = 1, 6, 1, "16Mi"
 		o.transferRounds, o.transferSize, o.transferData = 1, "256Mi", "64Mi"
+		o.moveRounds, o.moveSize, o.moveData, o.moveChanged = 1, "256Mi", "64Mi", "4Mi"
 	}
 	for _, s := range []struct {
 		flag, v string
 		to      *int64
 	}{{"cluster-size", o.size, &o.volumeBytes}, {"restore-size", o.restoreSize, &o.restoreBytes}, {"restore-data", o.restoreData, &o.restoreDataBytes},
-		{"transfer-size", o.transferSize, &o.transferBytes}, {"transfer-data", o.transferData, &o.transferDataBytes}} {
+		{"transfer-size", o.transferSize, &o.transferBytes}, {"transfer-data", o.transferData, &o.transferDataBytes},
+		{"move-size", o.moveSize, &o.moveBytes}, {"move-data", o.moveData, &o.moveDataBytes}, {"move-changed", o.moveChanged, &o.moveChangedBytes}} {
 		n, err := config.ParseSize(s.v)
 		if err != nil {
 			return fmt.Errorf("-%s: %w", s.flag, err)
 		}
 		*s.to = n
 	}
-	if o.rounds < 1 || o.replicas < 1 || o.restoreRounds < 1 || o.transferRounds < 1 {
-		return errors.New("-cluster-rounds, -cluster-replicas, -restore-rounds and -transfer-rounds must be at least 1")
+	if o.rounds < 1 || o.replicas < 1 || o.restoreRounds < 1 || o.transferRounds < 1 || o.moveRounds < 1 {
+		return errors.New("-cluster-rounds, -cluster-replicas, -restore-rounds, -transfer-rounds and -move-rounds must be at least 1")
+	}
+	if o.moveDataBytes > o.moveBytes/2 || o.moveChangedBytes < 1<<20 || o.moveChangedBytes+moveChangeSeek<<20 > o.moveDataBytes {
+		return fmt.Errorf("-move-data must be at most half of -move-size, and -move-changed at least 1 MiB and within the data after its first %d MiB", moveChangeSeek)
 	}
 	if o.restoreDataBytes > o.restoreBytes/2 || o.transferDataBytes > o.transferBytes/2 {
 		return errors.New("-restore-data and -transfer-data must be at most half of -restore-size and -transfer-size")
@@ -135,6 +149,7 @@ type clusterResult struct {
 	Scale    *scaleUpResult  `json:"scale_up,omitempty"`
 	Restore  *restoreResult  `json:"restore,omitempty"`
 	Transfer *transferResult `json:"transfer,omitempty"`
+	Move     *moveResult     `json:"move,omitempty"`
 }
 
 // runClusterPhase runs the cluster phase and adds it to the report in b.out
@@ -190,6 +205,8 @@ type kube struct {
 	cs  kubernetes.Interface
 	dyn dynamic.Interface
 	ns  string
+	// kubeconfig is for kubectl exec (execSet)
+	kubeconfig string
 	// cluster-scoped objects the bench created and deletes at the end
 	createdClasses []string
 }
@@ -200,7 +217,7 @@ func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) 
 		return nil, fmt.Errorf("kubeconfig (is the local cluster up? make bench brings it up): %w", err)
 	}
 	cfg.QPS, cfg.Burst = 50, 100
-	k := &kube{ns: o.namespace}
+	k := &kube{ns: o.namespace, kubeconfig: o.kubeconfig}
 	if k.cs, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -251,6 +268,11 @@ func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) 
 			return res, fmt.Errorf("transfer: %w", err)
 		}
 	}
+	if o.part("move") {
+		if res.Move, err = k.runMove(ctx, o, class, nodes); err != nil {
+			return res, fmt.Errorf("move: %w", err)
+		}
+	}
 	return res, nil
 }
 
@@ -291,22 +313,30 @@ func (k *kube) exampleClass(ctx context.Context) (string, error) {
 	return sc.Name, err
 }
 
-// readExample decodes the object of a kind from a file of examples/.
-func readExample(file, kind string, into any) error {
+// repoRoot is the repository the bench runs from, or below (go run, go
+// test).
+func repoRoot() (string, error) {
 	dir, err := os.Getwd()
 	if err != nil {
-		return err
+		return "", err
 	}
-	// The bench runs from the repository or below it (go run, go test).
 	for {
 		if _, err := os.Stat(filepath.Join(dir, "go.mod")); err == nil {
-			break
+			return dir, nil
 		}
 		parent := filepath.Dir(dir)
 		if parent == dir {
-			return errors.New("not inside the flashpv repository: examples/ not found")
+			return "", errors.New("not inside the flashpv repository")
 		}
 		dir = parent
+	}
+}
+
+// readExample decodes the object of a kind from a file of examples/.
+func readExample(file, kind string, into any) error {
+	dir, err := repoRoot()
+	if err != nil {
+		return fmt.Errorf("examples/ not found: %w", err)
 	}
 	data, err := os.ReadFile(filepath.Join(dir, "examples", file))
 	if err != nil {

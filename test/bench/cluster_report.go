@@ -61,6 +61,9 @@ func (c *clusterResult) markdown() string {
 	if t := c.Transfer; t != nil {
 		t.markdown(&b)
 	}
+	if m := c.Move; m != nil {
+		m.markdown(&b)
+	}
 	return b.String()
 }
 
@@ -141,4 +144,17 @@ func fmtMBps(s spread) string {
 
 func fmtSecs(s spread) string {
 	return fmt.Sprintf("%.1f [%.1f–%.1f]", s.Median, s.Min, s.Max)
+}
+
+// markdown is the move part's section.
+func (m *moveResult) markdown(b *strings.Builder) {
+	fmt.Fprintf(b, "### A drained replica moved to another node\n\n")
+	if m.Skipped != "" {
+		fmt.Fprintf(b, "Skipped: %s.\n\n", m.Skipped)
+		return
+	}
+	fmt.Fprintf(b, "A one-replica StatefulSet (examples/statefulset.yaml) on a drainPolicy: Move class, a %d MiB volume with %d MiB written. Each round: a plain restart (the pod evicted, made again on its node) and a move (its node cordoned; once the pre-copy's snapshot is on the target, %d MiB rewritten, the pod evicted), timed from the eviction to the pod Ready; the data's checksum compared after each move; %d round(s), order alternated. Moves: %s.\n\n",
+		m.VolumeBytes>>20, m.DataBytes>>20, m.ChangedBytes>>20, m.Rounds, strings.Join(m.Paths, ", "))
+	fmt.Fprintf(b, "| | seconds |\n|---|---|\n| moved: eviction to Ready on the new node (target < 30) | %s |\n| plain restart: eviction to Ready | %s |\n| **moved ÷ restart** (per round; target < 2) | **%s** |\n| pre-copy: cordon to the snapshot on the target, while the pod runs | %s |\n| eviction to the move Done (old copy and snapshot deleted) | %s |\n\n",
+		fmtSecs(m.MoveSec), fmtSecs(m.RestartSec), fmtSpread(m.Ratio), fmtSecs(m.PreCopySec), fmtSecs(m.DoneSec))
 }
