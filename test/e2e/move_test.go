@@ -8,13 +8,18 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/flashpv/flashpv/pkg/move"
 )
 
 // TestDrainMovesVolumes: `kubectl drain` of a node holding replicas of a
 // drainPolicy: Move class; each replica runs again on another node with
 // its data, through the same claim and PV (the cluster has
 // MutablePVNodeAffinity), and the drained node's pool no longer holds the
-// volumes.
+// volumes. Beside them on the node: a Block replica of the Move class
+// (published, it cannot be snapshotted on an ext4 image pool, so its move
+// snapshots it once the pod has stopped), and a replica of the default
+// class (drainPolicy Stay), which stays Pending with its volume.
 func TestDrainMovesVolumes(t *testing.T) {
 	needNodes(t, 2)
 	snapshotClass(t) // a move's pre-copy is a snapshot
@@ -23,6 +28,17 @@ func TestDrainMovesVolumes(t *testing.T) {
 	t.Cleanup(func() { kubectl("delete", "storageclass", "flashpv-move", "--wait=false") })
 	rs := journal(t, ns, "flashpv-move")
 	node, moved, _ := victim(rs)
+	applyYAML(t, ns, fmt.Sprintf(drainSet, "stay", "flashpv", node, "Filesystem", "volumeMounts", "mountPath: /data"))
+	applyYAML(t, ns, fmt.Sprintf(drainSet, "raw", "flashpv-move", node, "Block", "volumeDevices", "devicePath: /dev/xvda"))
+	for _, p := range []string{"stay-0", "raw-0"} {
+		waitPodReady(t, ns, p, 4*time.Minute)
+		if n := podNode(t, ns, p); n != node {
+			t.Fatalf("%s runs on %s; it prefers %s, which has room", p, n, node)
+		}
+	}
+	rawUID := jsonpath(t, ns, "pvc/data-raw-0", "{.metadata.uid}")
+	execIn(t, ns, "raw-0", "sh", "-c", "echo raw-"+rawUID+" | dd of=/dev/xvda conv=fsync 2>/dev/null")
+	stayPV, _ := pvOf(t, ns, "data-stay-0")
 
 	start := time.Now()
 	t.Cleanup(func() { kubectl("uncordon", node) })
@@ -57,6 +73,27 @@ func TestDrainMovesVolumes(t *testing.T) {
 			return nil
 		})
 	}
+	eventually(t, 6*time.Minute, "the Block replica Ready on another node", func() error {
+		return readyElsewhere(ns, "raw-0", node)
+	})
+	t.Logf("raw-0 (Block, snapshotted once stopped) Ready on %s %.1fs after the drain began", podNode(t, ns, "raw-0"), time.Since(start).Seconds())
+	if got := execIn(t, ns, "raw-0", "sh", "-c", "dd if=/dev/xvda bs=64 count=1 2>/dev/null | head -n1"); got != "raw-"+rawUID {
+		t.Errorf("the Block volume holds %q after the move, want raw-%s", got, rawUID)
+	}
+	if ev := eventsWithReason(t, ns, "MoveStep"); !strings.Contains(ev, "data-raw-0: the volume "+move.SnapshotNeedsStop) {
+		t.Errorf("no MoveStep Event says the Block volume is snapshotted once stopped:\n%s", ev)
+	}
+
+	// The Stay class's replica waits for its node, as it always did.
+	if phase := jsonpath(t, ns, "pod/stay-0", "{.status.phase}"); phase != "Pending" {
+		t.Errorf("stay-0 is %s, want Pending while its node is drained", phase)
+	}
+	if n := pinnedNode(t, stayPV); n != node {
+		t.Errorf("the Stay class's %s was moved to %s", stayPV, n)
+	}
+	if s := jsonpath(t, ns, "pvc/data-stay-0", `{.metadata.annotations.flashpv\.dev/move-state}`); s != "" {
+		t.Errorf("the Stay class's claim has a move state %q", s)
+	}
 	if ev := eventsWithReason(t, ns, "MoveStep"); ev == "" {
 		t.Error("no MoveStep Events")
 	}
@@ -78,3 +115,46 @@ func readyElsewhere(ns, pod, node string) error {
 	}
 	return nil
 }
+
+// drainSet is a one-replica StatefulSet (name, class) that prefers a node,
+// with a Filesystem or a Block volume.
+const drainSet = `
+apiVersion: apps/v1
+kind: StatefulSet
+metadata:
+  name: %[1]s
+spec:
+  serviceName: %[1]s
+  replicas: 1
+  selector:
+    matchLabels: {app: %[1]s}
+  template:
+    metadata:
+      labels: {app: %[1]s}
+    spec:
+      terminationGracePeriodSeconds: 1
+      affinity:
+        nodeAffinity:
+          preferredDuringSchedulingIgnoredDuringExecution:
+            - weight: 100
+              preference:
+                matchExpressions:
+                  - {key: kubernetes.io/hostname, operator: In, values: [%[3]s]}
+      containers:
+        - name: c
+          image: busybox:1.36
+          command: ["sh", "-c", "exec sleep 2147483647"]
+          %[5]s:
+            - name: data
+              %[6]s
+  volumeClaimTemplates:
+    - metadata:
+        name: data
+      spec:
+        accessModes: ["ReadWriteOnce"]
+        storageClassName: %[2]s
+        volumeMode: %[4]s
+        resources:
+          requests:
+            storage: 64Mi
+`

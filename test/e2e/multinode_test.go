@@ -103,8 +103,9 @@ func events(t *testing.T, ns, name string) string {
 
 // TestCapacityDecides: a claim that only the biggest pool can hold lands on
 // that node at the first attempt (the scheduler reads the capacity objects;
-// no provisioning fails), and the capacity objects follow the create and
-// the delete on that node while the others stay as they were.
+// no provisioning fails), a move of it to a smaller node is refused with a
+// MoveRefused Event, and the capacity objects follow the create and the
+// delete on that node while the others stay as they were.
 func TestCapacityDecides(t *testing.T) {
 	sorted, caps := nodesBySize(t)
 	ns := namespace(t, "e2e-capacity-decides")
@@ -126,6 +127,21 @@ func TestCapacityDecides(t *testing.T) {
 	if ev := events(t, ns, "only-one"); strings.Contains(ev, "ProvisioningFailed") {
 		t.Fatalf("provisioning failed on the way; the scheduler should have known from the capacity objects:\n%s", ev)
 	}
+
+	// A move to a node that cannot hold it is refused, with an Event
+	// saying why, and nothing is started.
+	must(t, "annotate", "pvc", "-n", ns, "only-one", "flashpv.dev/move-to="+second)
+	eventually(t, 2*time.Minute, "a MoveRefused Event on the claim", func() error {
+		ev := events(t, ns, "only-one")
+		if !strings.Contains(ev, "MoveRefused: node "+second+" does not fit") || !strings.Contains(ev, "bytes free, the volume needs") {
+			return fmt.Errorf("events:\n%s", ev)
+		}
+		return nil
+	})
+	if s := jsonpath(t, ns, "pv/"+pv, `{.metadata.annotations.flashpv\.dev/move-state}`); s != "" {
+		t.Errorf("a refused move left the state %q on %s", s, pv)
+	}
+	must(t, "annotate", "pvc", "-n", ns, "only-one", "flashpv.dev/move-to-")
 	const slack = 64 << 20
 	eventually(t, 2*time.Minute, "the capacity of "+big+" to drop by the volume", func() error {
 		if now := capacityFor(t, "flashpv", big); caps[big]-now < size-slack {
