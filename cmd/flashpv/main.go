@@ -20,6 +20,7 @@ import (
 
 	"github.com/flashpv/flashpv/pkg/clustercontroller"
 	"github.com/flashpv/flashpv/pkg/config"
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/pkg/nodeplugin"
 	"github.com/flashpv/flashpv/pkg/orphans"
@@ -74,17 +75,14 @@ func run(opts config.Options) error {
 
 	ctx, stop := signal.NotifyContext(context.Background(), syscall.SIGTERM, syscall.SIGINT)
 	defer stop()
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	var tasks []func() error
-	tasks = append(tasks, func() error { return d.Serve(ctx, lis) })
+	tasks := []daemon.Task{{Name: "CSI server", Run: func(ctx context.Context) error { return d.Serve(ctx, lis) }}}
 	checker := &health.Checker{CSISocket: opts.SocketPath(), Pools: pools}
 	nodeStatus := &nodeplugin.Status{Node: opts.NodeID, Version: version, Driver: d}
 	if opts.RegistrationPath != "" {
 		r := registration.New(wellknown.DriverName, opts.RegistrationPath)
 		checker.Registration = r
 		sock := registration.SocketPath(opts.RegistrationDir, wellknown.DriverName)
-		tasks = append(tasks, func() error { return r.Serve(ctx, sock) })
+		tasks = append(tasks, daemon.Task{Name: "kubelet registration", Run: func(ctx context.Context) error { return r.Serve(ctx, sock) }})
 	}
 	if opts.VolumeListDir != "" {
 		finder, err := orphans.New(orphans.Config{Node: opts.NodeID, ListDir: opts.VolumeListDir, Pools: pools,
@@ -94,35 +92,18 @@ func run(opts config.Options) error {
 		}
 		checker.Orphans = finder
 		nodeStatus.Orphans = finder
-		tasks = append(tasks, func() error { return finder.Run(ctx, time.Minute) })
+		tasks = append(tasks, daemon.Task{Name: "orphan finder", Run: func(ctx context.Context) error { return finder.Run(ctx, time.Minute) }})
 	}
 	if plugin.Transfer != nil {
-		for _, task := range plugin.Transfer.Tasks() {
-			tasks = append(tasks, func() error { return task(ctx) })
-		}
+		tasks = append(tasks, plugin.Transfer.Tasks()...)
 	}
 	if opts.HealthAddress != "" {
-		h := nodeplugin.WithStatus(health.Handler(checker, reg), nodeStatus)
-		tasks = append(tasks, func() error { return health.Serve(ctx, opts.HealthAddress, h) })
+		h := nodeplugin.WithStatus(daemon.Handler(checker, reg), nodeStatus)
+		tasks = append(tasks, daemon.Task{Name: "health server", Run: func(ctx context.Context) error {
+			return daemon.ListenAndServe(ctx, opts.HealthAddress, h)
+		}})
 	}
-	// Every task runs until ctx ends; the first to fail ends the others.
-	errc := make(chan error, len(tasks))
-	for _, task := range tasks {
-		go func() {
-			err := task()
-			if err != nil {
-				cancel(err)
-			}
-			errc <- err
-		}()
-	}
-	var first error
-	for range tasks {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
+	return daemon.Run(ctx, tasks...)
 }
 
 func orphanPools(names []string) map[string]bool {

@@ -29,3 +29,33 @@ func TestNodePluginHasNoAPIClient(t *testing.T) {
 		}
 	}
 }
+
+// The cluster controller manages no storage, so none of the node plugin's
+// storage code may be built into it: a bug or a vulnerability there is no
+// concern of the Deployment's, and its image stays what it needs. pkg/health
+// is listed because it is how pool (and through it all the rest) used to
+// arrive here.
+func TestControllerHasNoStorageCode(t *testing.T) {
+	if _, err := exec.LookPath("go"); err != nil {
+		t.Skip("no go command")
+	}
+	const mod = "github.com/flashpv/flashpv/pkg/"
+	forbidden := map[string]bool{}
+	for _, p := range []string{"pool", "lvm", "loopdev", "xfsquota", "health"} {
+		forbidden[mod+p] = true
+	}
+	out, err := exec.Command("go", "list", "-deps", "-f", `{{.ImportPath}}{{range .Imports}} {{.}}{{end}}`, ".").CombinedOutput()
+	if err != nil {
+		t.Fatalf("go list: %v\n%s", err, out)
+	}
+	// One line per package: its path, then what it imports, so a failure
+	// names who brings the package in.
+	for _, line := range strings.Split(strings.TrimSpace(string(out)), "\n") {
+		f := strings.Fields(line)
+		for _, imp := range f[1:] {
+			if forbidden[imp] {
+				t.Errorf("%s imports %s", f[0], imp)
+			}
+		}
+	}
+}

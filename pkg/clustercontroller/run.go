@@ -17,19 +17,15 @@ package clustercontroller
 
 import (
 	"context"
-	"errors"
 	"flag"
 	"fmt"
-	"net/http"
 	"os"
 	"os/signal"
-	"sync"
 	"syscall"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	corev1 "k8s.io/api/core/v1"
 	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
 	"k8s.io/client-go/dynamic"
@@ -41,11 +37,10 @@ import (
 	"k8s.io/client-go/tools/cache"
 	"k8s.io/client-go/tools/clientcmd"
 	"k8s.io/client-go/tools/leaderelection"
-	"k8s.io/client-go/tools/leaderelection/resourcelock"
 	"k8s.io/client-go/tools/record"
 	"k8s.io/klog/v2"
 
-	"github.com/flashpv/flashpv/pkg/health"
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/nodeloss"
 )
 
@@ -143,13 +138,14 @@ func Run(ctx context.Context, opts Options, version string) error {
 	factory.Start(ctx.Done())
 	defer factory.Shutdown()
 
-	var le *leaderelection.LeaderElector
-	var tasks []func(context.Context) error
 	work := func(ctx context.Context) error {
 		for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-			if !ok {
+			if !ok && ctx.Err() == nil {
 				return fmt.Errorf("cache of %v did not sync", typ)
 			}
+		}
+		if ctx.Err() != nil {
+			return nil
 		}
 		st.setSynced()
 		klog.InfoS("Caches synced: watching for lost nodes", "grace", opts.NodeLossGrace)
@@ -163,71 +159,43 @@ func Run(ctx context.Context, opts Options, version string) error {
 		loop(ctx, opts.Resync, "volume lists", writer.Sync, st)
 		return nil
 	}
-	leaderTasks := []func(context.Context) error{work, writeLists}
+	leaderTasks := []daemon.Task{{Name: "node loss", Run: work}, {Name: "volume lists", Run: writeLists}}
 	collect, err := statusTask(opts, client, listers, []cache.InformerSynced{core.Nodes().Informer().HasSynced, core.Pods().Informer().HasSynced}, reg, st)
 	if err != nil {
 		return err
 	}
 	if collect != nil {
-		leaderTasks = append(leaderTasks, collect)
+		leaderTasks = append(leaderTasks, daemon.Task{Name: "node status", Run: collect})
 	}
 	if moves != nil {
-		leaderTasks = append(leaderTasks, moves)
+		leaderTasks = append(leaderTasks, daemon.Task{Name: "moves", Run: moves})
 	}
+	var tasks []daemon.Task
 	if xfer != nil {
-		leaderTasks = append(leaderTasks, func(ctx context.Context) error {
+		leaderTasks = append(leaderTasks, daemon.Task{Name: "transfer keys", Run: func(ctx context.Context) error {
 			loop(ctx, opts.Resync, "transfer keys", xfer.ensureKeys, st)
 			return nil
-		})
+		}})
 		// Every replica serves the broker, once it has the key.
-		tasks = append(tasks, func(ctx context.Context) error { return xfer.Serve(ctx, st) })
+		tasks = append(tasks, daemon.Task{Name: "transfer broker", Run: func(ctx context.Context) error { return xfer.Serve(ctx, st) }})
 	}
+	var le *leaderelection.LeaderElector
 	if opts.LeaderElection {
-		id, _ := os.Hostname()
-		lock, err := resourcelock.New(resourcelock.LeasesResourceLock, opts.Namespace, opts.LeaseName,
-			client.CoreV1(), client.CoordinationV1(), resourcelock.ResourceLockConfig{Identity: id, EventRecorder: recorder})
-		if err != nil {
+		var elect daemon.Task
+		if elect, le, err = leaderElection(opts, client, recorder, leaderTasks); err != nil {
 			return err
 		}
-		lost := make(chan struct{})
-		le, err = leaderelection.NewLeaderElector(leaderelection.LeaderElectionConfig{
-			Lock: lock, Name: opts.LeaseName, ReleaseOnCancel: true,
-			LeaseDuration: opts.LeaseDuration, RenewDeadline: opts.RenewDeadline, RetryPeriod: opts.RetryPeriod,
-			WatchDog: leaderelection.NewLeaderHealthzAdaptor(20 * time.Second),
-			Callbacks: leaderelection.LeaderCallbacks{
-				OnStartedLeading: func(ctx context.Context) {
-					klog.InfoS("Leading", "lease", klog.KRef(opts.Namespace, opts.LeaseName), "identity", id)
-					var wg sync.WaitGroup
-					for _, task := range leaderTasks {
-						wg.Go(func() { _ = task(ctx) })
-					}
-					wg.Wait()
-				},
-				OnStoppedLeading: func() { close(lost) },
-			},
-		})
-		if err != nil {
-			return err
-		}
-		tasks = append(tasks, func(ctx context.Context) error {
-			le.Run(ctx)
-			select {
-			case <-lost:
-				if ctx.Err() == nil {
-					return errors.New("lost the leader election Lease")
-				}
-			default:
-			}
-			return nil
-		})
+		tasks = append(tasks, elect)
 	} else {
 		tasks = append(tasks, leaderTasks...)
 	}
 	if opts.HealthAddress != "" {
-		h := handler(st, le, reg)
-		tasks = append(tasks, func(ctx context.Context) error { return health.Serve(ctx, opts.HealthAddress, h) })
+		h := daemon.Handler(healthz{st: st, le: le}, reg)
+		tasks = append(tasks, daemon.Task{Name: "health server", Run: func(ctx context.Context) error {
+			return daemon.ListenAndServe(ctx, opts.HealthAddress, h)
+		}})
 	}
-	return runAll(ctx, tasks)
+	return daemon.Run(ctx, tasks...)
 }
 
 func nodeHandler(rec *nodeloss.Reconciler) cache.ResourceEventHandlerFuncs {
@@ -270,84 +238,4 @@ func loop(ctx context.Context, period time.Duration, what string, f func(context
 		case <-t.C:
 		}
 	}
-}
-
-// runAll runs tasks until ctx ends; the first to fail ends the others.
-func runAll(ctx context.Context, tasks []func(context.Context) error) error {
-	ctx, cancel := context.WithCancelCause(ctx)
-	defer cancel(nil)
-	errc := make(chan error, len(tasks))
-	for _, task := range tasks {
-		go func() {
-			err := task(ctx)
-			if err != nil {
-				cancel(err)
-			} else {
-				cancel(nil)
-			}
-			errc <- err
-		}()
-	}
-	var first error
-	for range tasks {
-		if err := <-errc; err != nil && first == nil {
-			first = err
-		}
-	}
-	return first
-}
-
-// status is what /healthz reports.
-type status struct {
-	mu     sync.Mutex
-	synced bool
-	errs   map[string]error
-}
-
-func (s *status) setSynced() {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	s.synced = true
-}
-
-func (s *status) record(what string, err error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	if s.errs == nil {
-		s.errs = map[string]error{}
-	}
-	s.errs[what] = err
-}
-
-func (s *status) warnings() []string {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	var out []string
-	for what, err := range s.errs {
-		if err != nil {
-			out = append(out, what+": "+err.Error())
-		}
-	}
-	return out
-}
-
-// handler serves /healthz (503 when the leader cannot renew its Lease;
-// failing syncs are warnings under a 200, since a restart would not fix
-// an API error) and /metrics.
-func handler(st *status, le *leaderelection.LeaderElector, g prometheus.Gatherer) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if le != nil {
-			if err := le.Check(20 * time.Second); err != nil {
-				http.Error(w, err.Error(), http.StatusServiceUnavailable)
-				return
-			}
-		}
-		fmt.Fprintln(w, "ok")
-		for _, warn := range st.warnings() {
-			fmt.Fprintln(w, "warning:", warn)
-		}
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	return mux
 }

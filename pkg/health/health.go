@@ -1,21 +1,18 @@
-// Package health serves flashpv's /healthz and /metrics, so the DaemonSet
-// needs no livenessprobe sidecar.
+// Package health decides whether the node plugin is healthy, for the
+// /healthz that package daemon serves (so the DaemonSet needs no
+// livenessprobe sidecar). The cluster controller has its own idea of
+// health and does not import this package, which knows pools.
 package health
 
 import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
 	"time"
 
 	"github.com/container-storage-interface/spec/lib/go/csi"
-	"github.com/prometheus/client_golang/prometheus"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
-	"k8s.io/klog/v2"
 
 	"github.com/flashpv/flashpv/pkg/pool"
 )
@@ -121,45 +118,4 @@ func (c *Checker) Warnings(ctx context.Context) []string {
 		out = append(out, c.Orphans.Warnings()...)
 	}
 	return out
-}
-
-// Handler serves /healthz (200 "ok", or 503 with the reasons) and /metrics.
-// Failing and unusable pools are listed as "warning: pool NAME: ..." lines
-// under a 200: the process is fine, and failing its liveness probe would
-// only restart it over and over, with its healthy pools.
-func Handler(c *Checker, g prometheus.Gatherer) http.Handler {
-	mux := http.NewServeMux()
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, r *http.Request) {
-		if err := c.Check(r.Context()); err != nil {
-			klog.V(2).InfoS("Health check failed", "err", err)
-			http.Error(w, err.Error(), http.StatusServiceUnavailable)
-			return
-		}
-		fmt.Fprintln(w, "ok")
-		for _, warn := range c.Warnings(r.Context()) {
-			fmt.Fprintln(w, "warning:", warn)
-		}
-	})
-	mux.Handle("/metrics", promhttp.HandlerFor(g, promhttp.HandlerOpts{}))
-	return mux
-}
-
-// Serve serves h on addr until ctx is done.
-func Serve(ctx context.Context, addr string, h http.Handler) error {
-	lis, err := net.Listen("tcp", addr)
-	if err != nil {
-		return err
-	}
-	srv := &http.Server{Handler: h, ReadHeaderTimeout: 10 * time.Second}
-	go func() {
-		<-ctx.Done()
-		sctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-		defer cancel()
-		srv.Shutdown(sctx)
-	}()
-	klog.InfoS("Serving health and metrics", "address", lis.Addr().String())
-	if err := srv.Serve(lis); err != nil && !errors.Is(err, http.ErrServerClosed) {
-		return err
-	}
-	return nil
 }

@@ -10,6 +10,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 
@@ -55,7 +56,7 @@ func TestPoolsAreWarnings(t *testing.T) {
 		t.Errorf("warnings %q", got)
 	}
 
-	srv := httptest.NewServer(Handler(c, prometheus.NewRegistry()))
+	srv := httptest.NewServer(daemon.Handler(c, prometheus.NewRegistry()))
 	defer srv.Close()
 	resp, err := srv.Client().Get(srv.URL + "/healthz")
 	if err != nil {

@@ -8,6 +8,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/flashpv/flashpv/pkg/config"
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/driver"
 	"github.com/flashpv/flashpv/pkg/transfer"
 	"github.com/flashpv/flashpv/pkg/transfer/auth"
@@ -83,10 +84,10 @@ func (t *Transfer) bind(d *driver.Driver) {
 // Tasks are what runs beside the CSI server until ctx ends: certificate
 // renewal, the transfer server, and the collection of abandoned incoming
 // volumes.
-func (t *Transfer) Tasks() []func(ctx context.Context) error {
-	tasks := []func(ctx context.Context) error{
-		t.Identity.Keep,
-		func(ctx context.Context) error {
+func (t *Transfer) Tasks() []daemon.Task {
+	tasks := []daemon.Task{
+		{Name: "transfer certificate renewal", Run: t.Identity.Keep},
+		{Name: "abandoned transfer collection", Run: func(ctx context.Context) error {
 			tick := time.NewTicker(time.Minute)
 			defer tick.Stop()
 			for {
@@ -97,10 +98,12 @@ func (t *Transfer) Tasks() []func(ctx context.Context) error {
 					t.driver.CollectAbandoned(ctx, t.abandon)
 				}
 			}
-		},
+		}},
 	}
 	if t.Server != nil {
-		tasks = append(tasks, func(ctx context.Context) error { return t.Server.Serve(ctx, t.address) }, t.orders.Run)
+		tasks = append(tasks,
+			daemon.Task{Name: "transfer server", Run: func(ctx context.Context) error { return t.Server.Serve(ctx, t.address) }},
+			daemon.Task{Name: "move orders", Run: t.orders.Run})
 	}
 	return tasks
 }

@@ -246,8 +246,8 @@ func (e *Env) start(t testing.TB, o Options) {
 	if plugin.Transfer != nil {
 		for _, task := range plugin.Transfer.Tasks() {
 			side.Go(func() {
-				if err := task(ctx); err != nil {
-					t.Errorf("transfer: %v", err)
+				if err := task.Run(ctx); err != nil {
+					t.Errorf("%s: %v", task.Name, err)
 				}
 			})
 		}

@@ -22,6 +22,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/pkg/wellknown"
 	"github.com/flashpv/flashpv/test/harness"
@@ -188,7 +189,7 @@ func diskEnv(t *testing.T, pools map[string]string) (*diskCheck, func(poolName, 
 	// Longer than the pools' own 5 s bound, so that what a pool says is what
 	// is checked (LVM commands are slow under emulation).
 	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open, Timeout: 8 * time.Second}
-	srv := httptest.NewServer(health.Handler(checker, reg))
+	srv := httptest.NewServer(daemon.Handler(checker, reg))
 	t.Cleanup(srv.Close)
 	publish := func(poolName, name string) vol {
 		t.Helper()

@@ -13,6 +13,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
+	"github.com/flashpv/flashpv/pkg/daemon"
 	"github.com/flashpv/flashpv/pkg/health"
 	"github.com/flashpv/flashpv/test/harness"
 )
@@ -44,7 +45,7 @@ func TestHealthz(t *testing.T) {
 	poolFS := harness.PoolFS(t, "256M")
 	env := harness.Start(t, harness.Options{Pools: map[string]string{"default": poolFS + "/pool"}})
 	checker := &health.Checker{CSISocket: env.Socket, Pools: env.Open}
-	srv := httptest.NewServer(health.Handler(checker, prometheus.NewRegistry()))
+	srv := httptest.NewServer(daemon.Handler(checker, prometheus.NewRegistry()))
 	defer srv.Close()
 
 	if code, body := get(t, srv.URL+"/healthz"); code != 200 || strings.TrimSpace(body) != "ok" {
