@@ -1,6 +1,7 @@
 package driver
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -12,6 +13,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
@@ -34,6 +36,9 @@ func TestToStatus(t *testing.T) {
 		{loopdev.ErrBusy, codes.FailedPrecondition},
 		{errors.New("disk on fire"), codes.Internal},
 		{status.Error(codes.Unavailable, "kept"), codes.Unavailable},
+		{fmt.Errorf("x: %w", pool.ErrUnusable), codes.Unavailable},
+		// A pool refused for records of a newer format: no wait ends that.
+		{pool.NewUnusable("fast", pool.KindImage, fmt.Errorf("%w: %w", pool.ErrUnusable, diskformat.ErrNewer)).Probe(context.Background()), codes.FailedPrecondition},
 	} {
 		if got := status.Code(toStatus(tc.err)); got != tc.code {
 			t.Errorf("toStatus(%v) = %v, want %v", tc.err, got, tc.code)

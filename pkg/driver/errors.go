@@ -7,6 +7,7 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/loopdev"
 	"github.com/flashpv/flashpv/pkg/mounter"
 	"github.com/flashpv/flashpv/pkg/pool"
@@ -45,6 +46,10 @@ func toStatus(err error) error {
 		code = codes.OutOfRange
 	case errors.Is(err, errAborted):
 		code = codes.Aborted
+	case errors.Is(err, diskformat.ErrNewer):
+		// Before ErrUnusable: a pool refused for a newer format is no
+		// outage that waiting ends, only a binary that reads it.
+		code = codes.FailedPrecondition
 	case errors.Is(err, pool.ErrUnusable):
 		code = codes.Unavailable
 	case errors.Is(err, errPrecondition), errors.Is(err, loopdev.ErrBusy), errors.Is(err, pool.ErrInUse),

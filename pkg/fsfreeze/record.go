@@ -10,14 +10,18 @@ import (
 	"path/filepath"
 	"strings"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/durable"
 )
 
 // A record says that this mount point's filesystem is, or is about to be,
 // frozen by us. Dev tells that filesystem from one mounted there later.
+// FormatVersion is the on-disk format (package diskformat); a record of a
+// newer one is refused and kept.
 type record struct {
-	Mountpoint string `json:"mountpoint"`
-	Dev        uint64 `json:"dev"`
+	FormatVersion int    `json:"formatVersion,omitempty"`
+	Mountpoint    string `json:"mountpoint"`
+	Dev           uint64 `json:"dev"`
 }
 
 const (
@@ -36,6 +40,7 @@ func recordName(mp string) string {
 // writeRecord writes rec durably and atomically: temp file, fsync, rename,
 // fsync of the directory.
 func writeRecord(dir string, rec record) error {
+	rec.FormatVersion = diskformat.Current
 	data, err := json.Marshal(rec)
 	if err != nil {
 		return err
@@ -56,7 +61,9 @@ func readRecordFile(path string) (record, error) {
 	if err != nil {
 		return rec, err
 	}
-	if err := json.Unmarshal(data, &rec); err != nil || rec.Mountpoint == "" {
+	if _, err := diskformat.Unmarshal("freeze record "+path, data, &rec); errors.Is(err, diskformat.ErrNewer) {
+		return rec, err
+	} else if err != nil || rec.Mountpoint == "" {
 		return rec, fmt.Errorf("freeze record %s is corrupt: %q", path, data)
 	}
 	if recordName(rec.Mountpoint) != filepath.Base(path) {

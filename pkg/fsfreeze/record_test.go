@@ -2,10 +2,13 @@ package fsfreeze
 
 import (
 	"context"
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
 	"testing"
+
+	"github.com/flashpv/flashpv/pkg/diskformat"
 )
 
 func TestRecordRoundTrip(t *testing.T) {
@@ -100,5 +103,45 @@ func TestFreezeRefusesBadInput(t *testing.T) {
 	defer f.mu.Unlock()
 	if len(f.busy) != 0 {
 		t.Errorf("still claimed: %v", f.busy)
+	}
+}
+
+// A record without a version (as written before versions) is read; one of a
+// newer format is refused by ThawAll and by Thaw, which keep it as it is;
+// a record written now carries the version.
+func TestRecordFormatVersions(t *testing.T) {
+	dir := t.TempDir()
+	old := filepath.Join(t.TempDir(), "old")
+	if err := os.WriteFile(filepath.Join(dir, recordName(old)), []byte(`{"mountpoint":"`+old+`","dev":1}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if rec, err := readRecord(dir, old); err != nil || rec.Dev != 1 {
+		t.Fatalf("unversioned record: %+v %v", rec, err)
+	}
+	if err := writeRecord(dir, record{Mountpoint: old, Dev: 1}); err != nil {
+		t.Fatal(err)
+	}
+	if data, _ := os.ReadFile(filepath.Join(dir, recordName(old))); !strings.Contains(string(data), `"formatVersion":1`) {
+		t.Errorf("record written: %s", data)
+	}
+
+	mp := t.TempDir()
+	path := filepath.Join(dir, recordName(mp))
+	newer := `{"formatVersion":2,"mountpoint":"` + mp + `","dev":1}`
+	if err := os.WriteFile(path, []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	f, err := New(dir)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := f.ThawAll(); !errors.Is(err, diskformat.ErrNewer) || !strings.Contains(err.Error(), "format version 2") {
+		t.Errorf("ThawAll with a newer record: %v", err)
+	}
+	if err := f.Thaw(mp); !errors.Is(err, diskformat.ErrNewer) {
+		t.Errorf("Thaw with a newer record: %v", err)
+	}
+	if data, err := os.ReadFile(path); err != nil || string(data) != newer {
+		t.Fatalf("the newer record after ThawAll and Thaw: %q %v", data, err)
 	}
 }

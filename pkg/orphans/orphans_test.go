@@ -189,3 +189,40 @@ func TestStaleListAndRefusedDelete(t *testing.T) {
 		t.Errorf("deleted{error} = %v", v)
 	}
 }
+
+// A pool whose records a newer flashpv wrote is opened as an unusable
+// stand-in: its volumes are not judged, and nothing is deleted, however
+// long they have been missing from the list.
+func TestNewerFormatPoolNotCollected(t *testing.T) {
+	f := newFixture(t, "lost")
+	dir := f.pool.(*pool.ImagePool).Dir()
+	f.pool.Close()
+	meta := filepath.Join(dir, f.vols["lost"].Key()+".json")
+	data, err := os.ReadFile(meta)
+	if err != nil {
+		t.Fatal(err)
+	}
+	newer := strings.Replace(string(data), `"formatVersion": 1,`, `"formatVersion": 2,`, 1)
+	if newer == string(data) {
+		t.Fatalf("no format version in %s", data)
+	}
+	if err := os.WriteFile(meta, []byte(newer), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	_, err = pool.Open(context.Background(), pool.Config{Name: "default", Kind: pool.KindImage, Path: dir})
+	if !errors.Is(err, pool.ErrUnusable) {
+		t.Fatalf("Open of a pool of a newer format: %v", err)
+	}
+	f.pool = pool.NewUnusable("default", pool.KindImage, err)
+	fd, _ := f.finder(true)
+	f.writeList(f.now)
+	fd.Scan(context.Background())
+	f.now = f.now.Add(24 * time.Hour)
+	f.writeList(f.now)
+	if got := fd.Scan(context.Background()); len(got) != 0 || len(f.deleter.deleted) != 0 {
+		t.Fatalf("orphans %v, deleted %v", ids(got), f.deleter.deleted)
+	}
+	if after, err := os.ReadFile(meta); err != nil || string(after) != newer {
+		t.Fatalf("record after the scans: %s %v", after, err)
+	}
+}

@@ -11,6 +11,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/durable"
 	"golang.org/x/sys/unix"
 	"k8s.io/klog/v2"
@@ -293,7 +294,8 @@ func openDir(name, dir string) (string, *os.File, error) {
 	return real, lock, nil
 }
 
-// loadDir reads every volume's metadata file in dir into m.
+// loadDir reads every volume's metadata file in dir into m. A record of a
+// newer format makes the whole pool unusable (see refuseNewer).
 func loadDir(m *mirror, dir string) error {
 	entries, err := os.ReadDir(dir)
 	if err != nil {
@@ -305,6 +307,9 @@ func loadDir(m *mirror, dir string) error {
 			continue
 		}
 		v, err := readVolume(filepath.Join(dir, e.Name()))
+		if err := refuseNewer(err); err != nil {
+			return err
+		}
 		if err != nil {
 			klog.ErrorS(err, "Unreadable volume metadata", "pool", m.name, "file", e.Name())
 			m.bad[key] = err
@@ -313,6 +318,18 @@ func loadDir(m *mirror, dir string) error {
 		m.vols[key] = v
 	}
 	return nil
+}
+
+// refuseNewer turns a record's diskformat.ErrNewer into the pool's
+// ErrUnusable. A pool's capacity is a promise over all its records, so one
+// this binary cannot read makes the pool unusable as a whole, and its Open
+// stops before it collects anything: what a newer flashpv wrote, and the
+// data beside it, stay exactly as they are.
+func refuseNewer(err error) error {
+	if !errors.Is(err, diskformat.ErrNewer) {
+		return nil
+	}
+	return fmt.Errorf("%w: %w", ErrUnusable, err)
 }
 
 // lockDir takes an exclusive lock on the pool directory, so two flashpv

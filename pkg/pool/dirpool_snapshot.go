@@ -120,6 +120,9 @@ func loadSnapshots(m *mirror, dir string) error {
 			continue
 		}
 		s, err := readSnapshot(filepath.Join(dir, e.Name()))
+		if err := refuseNewer(err); err != nil {
+			return err
+		}
 		if err == nil && s.ID != (VolumeID{m.name, key}).String() {
 			err = fmt.Errorf("snapshot metadata %s names snapshot %s", e.Name(), s.ID)
 		}

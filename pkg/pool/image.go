@@ -47,16 +47,17 @@ func OpenImage(name, dir string, reserve int64) (*ImagePool, error) {
 		return nil, fmt.Errorf("pool %s: %w", name, err)
 	}
 	p := &ImagePool{dirPool: newDirPool(name, real, reserve, lock), statfs: unix.Statfs}
-	if err := p.collectGarbage(); err != nil {
-		lock.Close()
-		return nil, fmt.Errorf("pool %s: %w", name, err)
-	}
-	err = p.collectSnapshotGarbage(os.Remove)
-	if err == nil {
-		err = loadDir(&p.mirror, real)
-	}
+	// Records first: a pool holding one of a newer format is refused
+	// before anything in it is collected.
+	err = loadDir(&p.mirror, real)
 	if err == nil {
 		err = loadSnapshots(&p.mirror, real)
+	}
+	if err == nil {
+		err = p.collectGarbage()
+	}
+	if err == nil {
+		err = p.collectSnapshotGarbage(os.Remove)
 	}
 	if err != nil {
 		lock.Close()

@@ -84,6 +84,9 @@ func OpenLVM(ctx context.Context, c Config) (*LVMPool, error) {
 			return nil, fmt.Errorf("%w: pool %s: %s/%s is not a thin pool", ErrUnusable, c.Name, c.VG, c.ThinPool)
 		}
 	}
+	if err := p.refuseNewerLVs(lvs); err != nil {
+		return nil, err
+	}
 	for _, l := range lvs {
 		key, ok := p.keyOf(l)
 		if !ok || incomplete(l) {

@@ -16,9 +16,13 @@ import (
 // metadata is one lvchange, one LVM metadata commit.
 
 // tags encodes a volume's metadata as LV tags.
-func (p *LVMPool) tags(v *Volume) ([]string, error) { return p.metaTags(v) }
+func (p *LVMPool) tags(v *Volume) ([]string, error) { return p.metaTags(v.stamped()) }
 
-// metaTags encodes a volume's or a snapshot's metadata as LV tags.
+// snapshotTags encodes a snapshot's metadata as LV tags.
+func (p *LVMPool) snapshotTags(s *Snapshot) ([]string, error) { return p.metaTags(s.stamped()) }
+
+// metaTags encodes a volume's or a snapshot's record, stamped with this
+// binary's format version, as LV tags.
 func (p *LVMPool) metaTags(v any) ([]string, error) {
 	data, err := json.Marshal(v)
 	if err != nil {
@@ -41,16 +45,16 @@ func (p *LVMPool) decode(l lvm.LV) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
-	var v Volume
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
+	v, err := parseVolume(data, "volume metadata of LV "+l.Name)
+	if err != nil {
+		return nil, err
 	}
 	key, _ := p.keyOf(l)
 	if v.ID != (VolumeID{p.name, key}).String() {
 		return nil, fmt.Errorf("LV %s: metadata names volume %s", l.Name, v.ID)
 	}
 	v.SizeBytes = l.Size
-	return &v, nil
+	return v, nil
 }
 
 // metaJSON reassembles the metadata of an LV from its tags.
@@ -137,4 +141,21 @@ func tagChanges(old, tags []string) (add, del []string) {
 	return add, del
 }
 
-func jsonUnmarshal(data []byte, v any) error { return json.Unmarshal(data, v) }
+// refuseNewerLVs fails (see refuseNewer) when any LV of the pool, complete
+// or not, holds a record of a newer format than this binary reads. It runs
+// before Open removes anything: what a newer flashpv made (an incomplete
+// copy included) is left as it is.
+func (p *LVMPool) refuseNewerLVs(lvs []lvm.LV) error {
+	for _, l := range lvs {
+		var err error
+		if key, ok := p.snapKeyOf(l); ok {
+			_, err = p.decodeSnapshot(l, key)
+		} else if _, ok := p.keyOf(l); ok {
+			_, err = p.decode(l)
+		}
+		if err := refuseNewer(err); err != nil {
+			return fmt.Errorf("pool %s: %w", p.name, err)
+		}
+	}
+	return nil
+}

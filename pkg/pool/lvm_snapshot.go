@@ -82,14 +82,14 @@ func (p *LVMPool) decodeSnapshot(l lvm.LV, key string) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
-	var s Snapshot
-	if err := jsonUnmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("LV %s: metadata: %w", l.Name, err)
+	s, err := parseSnapshot(data, "snapshot metadata of LV "+l.Name)
+	if err != nil {
+		return nil, err
 	}
 	if s.ID != (VolumeID{p.name, key}).String() {
 		return nil, fmt.Errorf("LV %s: metadata names snapshot %s", l.Name, s.ID)
 	}
-	return &s, nil
+	return s, nil
 }
 
 // reloadSnapshot reads one snapshot LV back into the mirror.
@@ -133,7 +133,7 @@ func (p *LVMPool) CreateSnapshot(ctx context.Context, s SnapshotSpec) (*Snapshot
 	}
 	snap := newSnapshot(p.name, key, s)
 	snap.Shared = p.Thin()
-	tags, err := p.metaTags(snap)
+	tags, err := p.snapshotTags(snap)
 	if err != nil {
 		return nil, false, err
 	}

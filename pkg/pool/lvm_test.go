@@ -1,10 +1,13 @@
 package pool
 
 import (
+	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
 	"time"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/lvm"
 )
 
@@ -57,5 +60,62 @@ func TestLVMTagsRoundTrip(t *testing.T) {
 	}
 	if !lvm.ValidName(p.lvName(key)) {
 		t.Fatalf("LV name %s invalid", p.lvName(key))
+	}
+}
+
+// An lvm pool reads records without a version and of version 1, writes
+// version 1, and refuses the pool when any of its LVs, an incomplete copy
+// included, holds a newer record: before Open removes incomplete LVs.
+func TestLVMRecordVersions(t *testing.T) {
+	p := &LVMPool{mirror: newMirror("db"), cfg: Config{Name: "db", VG: "vg0"}, extent: 4 << 20}
+	key, skey := KeyForName("pvc-1"), KeyForName("snap-1")
+	lv := func(name, record string, extra ...string) lvm.LV {
+		tags, err := p.metaTags(json.RawMessage(record))
+		if err != nil {
+			t.Fatal(err)
+		}
+		return lvm.LV{Name: name, VG: "vg0", Size: 8 << 20, Tags: append(tags, extra...)}
+	}
+	vol := func(version string) lvm.LV {
+		return lv(p.lvName(key), `{`+version+`"id":"db.`+key+`","name":"pvc-1","sizeBytes":8388608,"mode":"block","created":"2026-11-30T10:00:00Z"}`)
+	}
+	snap := func(version string, extra ...string) lvm.LV {
+		return lv(p.snapLVName(skey), `{`+version+`"id":"db.`+skey+`","name":"snap-1","sourceVolumeID":"db.`+key+`","sizeBytes":8388608,"mode":"block","created":"2026-11-30T10:00:00Z"}`, extra...)
+	}
+	for _, version := range []string{``, `"formatVersion":1,`} {
+		v, err := p.decode(vol(version))
+		if err != nil || v.FormatVersion != 1 || v.Name != "pvc-1" {
+			t.Errorf("volume record %q: %+v, %v", version, v, err)
+		}
+		s, err := p.decodeSnapshot(snap(version), skey)
+		if err != nil || s.FormatVersion != 1 {
+			t.Errorf("snapshot record %q: %+v, %v", version, s, err)
+		}
+		if err := p.refuseNewerLVs([]lvm.LV{vol(version), snap(version)}); err != nil {
+			t.Errorf("records %q refused: %v", version, err)
+		}
+	}
+	newer := `"formatVersion":3,`
+	if _, err := p.decode(vol(newer)); !errors.Is(err, diskformat.ErrNewer) {
+		t.Errorf("newer volume record: %v", err)
+	}
+	for name, lvs := range map[string][]lvm.LV{
+		"volume":             {vol(newer), snap("")},
+		"incomplete copy":    {vol(""), snap(newer, lvTagIncomplete)},
+		"snapshot, no other": {snap(newer)},
+	} {
+		err := p.refuseNewerLVs(lvs)
+		if !errors.Is(err, ErrUnusable) || !errors.Is(err, diskformat.ErrNewer) || !strings.Contains(err.Error(), "version 3") {
+			t.Errorf("%s of a newer format: %v", name, err)
+		}
+	}
+	// What the pool writes carries its version.
+	tags, err := p.tags(&Volume{ID: "db." + key, Name: "pvc-1", Mode: ModeBlock})
+	if err != nil {
+		t.Fatal(err)
+	}
+	data, err := metaJSON(lvm.LV{Name: p.lvName(key), Tags: tags})
+	if err != nil || !strings.Contains(string(data), `"formatVersion":1,`) {
+		t.Errorf("written record %s, %v", data, err)
 	}
 }

@@ -8,6 +8,7 @@ import (
 	"sort"
 	"time"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/durable"
 )
 
@@ -16,6 +17,10 @@ import (
 // either leaves the other intact). Its ID has the form of volume IDs,
 // "<pool>.<key of the snapshot name>", so a retried CreateSnapshot finds it.
 type Snapshot struct {
+	// FormatVersion is the on-disk format the record was written in
+	// (package diskformat); it is written as this binary's own.
+	FormatVersion int `json:"formatVersion,omitempty"`
+
 	ID             string `json:"id"`
 	Name           string `json:"name"`
 	SourceVolumeID string `json:"sourceVolumeID"`
@@ -172,17 +177,32 @@ func readSnapshot(path string) (*Snapshot, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseSnapshot(data, "snapshot metadata "+path)
+}
+
+// parseSnapshot is the one reader of snapshot records, from a file or
+// from LV tags: a record of a newer format is refused (diskformat.ErrNewer).
+func parseSnapshot(data []byte, what string) (*Snapshot, error) {
 	var s Snapshot
-	if err := json.Unmarshal(data, &s); err != nil {
-		return nil, fmt.Errorf("corrupt snapshot metadata %s: %w", path, err)
+	version, err := diskformat.Unmarshal(what, data, &s)
+	if err != nil {
+		return nil, err
 	}
+	s.FormatVersion = version
 	return &s, nil
+}
+
+// stamped is s as this binary writes it: in its own format version.
+func (s *Snapshot) stamped() *Snapshot {
+	c := *s
+	c.FormatVersion = diskformat.Current
+	return &c
 }
 
 // writeSnapshot stores a snapshot's metadata file atomically, then
 // remembers it.
 func writeSnapshot(m *mirror, path, key string, s *Snapshot) error {
-	data, err := json.MarshalIndent(s, "", "  ")
+	data, err := json.MarshalIndent(s.stamped(), "", "  ")
 	if err != nil {
 		return err
 	}

@@ -25,7 +25,7 @@ func NewUnusable(name string, kind Kind, err error) *Unusable {
 	return &Unusable{name: name, kind: kind, err: err}
 }
 
-func (u *Unusable) fail() error                 { return fmt.Errorf("%w: pool %s: %v", ErrUnusable, u.name, u.err) }
+func (u *Unusable) fail() error                 { return fmt.Errorf("%w: pool %s: %w", ErrUnusable, u.name, u.err) }
 func (u *Unusable) Name() string                { return u.name }
 func (u *Unusable) Kind() Kind                  { return u.kind }
 func (u *Unusable) Get(string) (*Volume, error) { return nil, u.fail() }

@@ -8,6 +8,8 @@ import (
 	"slices"
 	"strings"
 	"time"
+
+	"github.com/flashpv/flashpv/pkg/diskformat"
 )
 
 // Mode is how a volume is consumed.
@@ -21,6 +23,10 @@ const (
 // Volume is the persistent record of one volume. It is stored as JSON next to
 // the volume's image and is the only source of truth about it.
 type Volume struct {
+	// FormatVersion is the on-disk format the record was written in
+	// (package diskformat); it is written as this binary's own.
+	FormatVersion int `json:"formatVersion,omitempty"`
+
 	ID         string            `json:"id"`
 	Name       string            `json:"name"`
 	SizeBytes  int64             `json:"sizeBytes"`
@@ -156,13 +162,28 @@ func readVolume(path string) (*Volume, error) {
 	if err != nil {
 		return nil, err
 	}
+	return parseVolume(data, "volume metadata "+path)
+}
+
+// parseVolume is the one reader of volume records, from a file or from LV
+// tags: a record of a newer format is refused (diskformat.ErrNewer).
+func parseVolume(data []byte, what string) (*Volume, error) {
 	var v Volume
-	if err := json.Unmarshal(data, &v); err != nil {
-		return nil, fmt.Errorf("corrupt volume metadata %s: %w", path, err)
+	version, err := diskformat.Unmarshal(what, data, &v)
+	if err != nil {
+		return nil, err
 	}
+	v.FormatVersion = version
 	return &v, nil
 }
 
+// stamped is v as this binary writes it: in its own format version.
+func (v *Volume) stamped() *Volume {
+	c := *v
+	c.FormatVersion = diskformat.Current
+	return &c
+}
+
 func encodeVolume(v *Volume) ([]byte, error) {
-	return json.MarshalIndent(v, "", "  ")
+	return json.MarshalIndent(v.stamped(), "", "  ")
 }

@@ -8,6 +8,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/flashpv/flashpv/pkg/diskformat"
 	"github.com/flashpv/flashpv/pkg/durable"
 )
 
@@ -22,13 +23,16 @@ type Replay struct {
 	used map[string]int64 // capability ID -> expiry, unix seconds
 }
 
-// replayFile is the file's content.
+// replayFile is the file's content; FormatVersion its on-disk format
+// (package diskformat).
 type replayFile struct {
-	Used map[string]int64 `json:"used"`
+	FormatVersion int              `json:"formatVersion,omitempty"`
+	Used          map[string]int64 `json:"used"`
 }
 
 // OpenReplay reads the used IDs from path; a missing file holds none. A
-// corrupt file is an error, not an empty set, which would open replays.
+// corrupt file is an error, not an empty set, which would open replays; so
+// is a file of a newer format (diskformat.ErrNewer), which is kept as it is.
 func OpenReplay(path string) (*Replay, error) {
 	r := &Replay{path: path, max: MaxReplayEntries, used: map[string]int64{}}
 	data, err := os.ReadFile(path)
@@ -39,8 +43,8 @@ func OpenReplay(path string) (*Replay, error) {
 		return nil, fmt.Errorf("reading used capabilities: %w", err)
 	}
 	var f replayFile
-	if err := json.Unmarshal(data, &f); err != nil {
-		return nil, fmt.Errorf("used capabilities file %s is corrupt: %w", path, err)
+	if _, err := diskformat.Unmarshal("used capabilities file "+path, data, &f); err != nil {
+		return nil, err
 	}
 	for id, exp := range f.Used {
 		r.used[id] = exp
@@ -98,7 +102,7 @@ func (r *Replay) prune(now time.Time) {
 }
 
 func (r *Replay) save() error {
-	data, err := json.Marshal(replayFile{Used: r.used})
+	data, err := json.Marshal(replayFile{FormatVersion: diskformat.Current, Used: r.used})
 	if err != nil {
 		return err
 	}

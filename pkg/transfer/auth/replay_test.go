@@ -135,6 +135,8 @@ func TestOpenReplayFiles(t *testing.T) {
 	}{
 		{"missing", nil, 0, false},
 		{"two IDs", ptr(`{"used":{"a":1800000000,"b":1800000001}}`), 2, false},
+		{"version 1", ptr(`{"formatVersion":1,"used":{"a":1800000000}}`), 1, false},
+		{"newer format", ptr(`{"formatVersion":2,"used":{}}`), 0, true},
 		{"corrupt", ptr(`{"used":{"a":`), 0, true},
 		{"empty", ptr(``), 0, true},
 	}
@@ -148,6 +150,10 @@ func TestOpenReplayFiles(t *testing.T) {
 			if tt.wantErr {
 				if err == nil {
 					t.Errorf("OpenReplay succeeded, want an error")
+				}
+				// Refused, never rewritten.
+				if data, _ := os.ReadFile(path); string(data) != *tt.content {
+					t.Errorf("the file became %q", data)
 				}
 				return
 			}
