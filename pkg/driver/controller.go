@@ -30,96 +30,28 @@ func (s *Controller) CreateVolume(ctx context.Context, req *csi.CreateVolumeRequ
 }
 
 func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequest) (*csi.Volume, error) {
-	name := req.GetName()
-	if err := pool.ValidateName(name); err != nil {
-		return nil, err
-	}
-	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), s.d.defaultFsType)
-	if err != nil {
-		return nil, err
-	}
-	params, err := createParameters(req.GetParameters())
+	rs, err := createRequest(req, s.d.defaultFsType)
 	if err != nil {
 		return nil, err
 	}
 	content, err := s.d.content(req.GetVolumeContentSource())
 	if err != nil {
 		// A retry after the source was deleted finds what it made.
-		if p, v := s.d.madeFrom(name, req.GetVolumeContentSource()); v != nil {
+		if p, v := s.d.madeFrom(rs.name, req.GetVolumeContentSource()); v != nil {
 			vol := s.d.csiVolume(p, v)
 			vol.ContentSource = req.GetVolumeContentSource()
 			return vol, nil
 		}
-		if s.d.crossNode(err, params) {
-			return s.createRemote(ctx, req, remoteSpec{name: name, mode: mode, fsType: fsType, params: params})
+		if s.d.crossNode(err, rs.params) {
+			return s.createRemote(ctx, req, rs)
 		}
 		return nil, err
 	}
-	p, err := s.d.poolFor(params)
-	if content != nil {
-		p, err = content.poolFor(params)
-	}
+	p, spec, err := s.d.localSpec(req, rs, content)
 	if err != nil {
 		return nil, err
 	}
-	if err := s.d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
-		return nil, err
-	}
-	if fsType, err = poolFsType(p, mode, fsType, req.GetVolumeCapabilities()); err != nil {
-		return nil, err
-	}
-	if content != nil {
-		if fsType, err = content.fits(mode, fsType, req.GetVolumeCapabilities()); err != nil {
-			return nil, err
-		}
-	}
-	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize(p, mode, fsType))
-	if err != nil {
-		return nil, err
-	}
-	if content != nil {
-		if size, err = content.fitSize(size, hi); err != nil {
-			return nil, err
-		}
-	}
-
-	release, err := s.d.locks.acquire("name/" + name)
-	if err != nil {
-		return nil, err
-	}
-	defer func() {
-		if release != nil {
-			release()
-		}
-	}()
-	if err := s.d.nameFree(name, p); err != nil {
-		return nil, err
-	}
-	spec := pool.Spec{
-		Name: name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
-		Mode: mode, FsType: fsType, Parameters: params,
-	}
-	var v *pool.Volume
-	if content != nil {
-		// A copy may outlast the call: it holds the name until it is done.
-		hold := release
-		release = nil
-		err = s.d.locks.detach(ctx, func(ctx context.Context) error {
-			defer hold()
-			made, created, err := s.d.createFrom(ctx, spec, content)
-			if created {
-				logCreated(made)
-			}
-			v = made // read by the call only if it waited for this
-			return err
-		})
-	} else {
-		var created bool
-		v, created, err = p.Create(ctx, spec)
-		if created {
-			logCreated(v)
-		}
-	}
+	v, err := s.d.createNamed(ctx, p, spec, content)
 	if err != nil {
 		return nil, err
 	}
@@ -129,6 +61,97 @@ func (s *Controller) createVolume(ctx context.Context, req *csi.CreateVolumeRequ
 	vol := s.d.csiVolume(p, v)
 	vol.ContentSource = req.GetVolumeContentSource()
 	return vol, nil
+}
+
+// createRequest validates what a CreateVolume asks for whatever its pool:
+// the name, the capabilities and the parameters.
+func createRequest(req *csi.CreateVolumeRequest, defaultFsType string) (remoteSpec, error) {
+	name := req.GetName()
+	if err := pool.ValidateName(name); err != nil {
+		return remoteSpec{}, err
+	}
+	mode, fsType, err := checkCapabilities(req.GetVolumeCapabilities(), defaultFsType)
+	if err != nil {
+		return remoteSpec{}, err
+	}
+	params, err := createParameters(req.GetParameters())
+	if err != nil {
+		return remoteSpec{}, err
+	}
+	return remoteSpec{name: name, mode: mode, fsType: fsType, params: params}, nil
+}
+
+// localSpec picks the pool of a volume made on this node and checks the
+// request against it and against the content to copy (nil for an empty
+// volume): topology, filesystem type, size.
+func (d *Driver) localSpec(req *csi.CreateVolumeRequest, rs remoteSpec, content *volumeContent) (*poolEntry, pool.Spec, error) {
+	p, err := d.poolFor(rs.params)
+	if content != nil {
+		p, err = content.poolFor(rs.params)
+	}
+	if err != nil {
+		return nil, pool.Spec{}, err
+	}
+	if err := d.checkAccessible(req.GetAccessibilityRequirements()); err != nil {
+		return nil, pool.Spec{}, err
+	}
+	caps := req.GetVolumeCapabilities()
+	fsType, err := poolFsType(p, rs.mode, rs.fsType, caps)
+	if err != nil {
+		return nil, pool.Spec{}, err
+	}
+	if content != nil {
+		if fsType, err = content.fits(rs.mode, fsType, caps); err != nil {
+			return nil, pool.Spec{}, err
+		}
+	}
+	size, lo, hi, err := volumeSize(req.GetCapacityRange(), minSize(p, rs.mode, fsType))
+	if err != nil {
+		return nil, pool.Spec{}, err
+	}
+	if content != nil {
+		if size, err = content.fitSize(size, hi); err != nil {
+			return nil, pool.Spec{}, err
+		}
+	}
+	return p, pool.Spec{
+		Name: rs.name, SizeBytes: size, MinBytes: lo, MaxBytes: hi,
+		Mode: rs.mode, FsType: fsType, Parameters: rs.params,
+	}, nil
+}
+
+// createNamed makes the volume spec in p, empty or with content's data,
+// holding its name so that no other call makes one of the same name
+// meanwhile, in this pool or another.
+func (d *Driver) createNamed(ctx context.Context, p *poolEntry, spec pool.Spec, content *volumeContent) (*pool.Volume, error) {
+	release, err := d.locks.acquire("name/" + spec.Name)
+	if err != nil {
+		return nil, err
+	}
+	if err := d.nameFree(spec.Name, p); err != nil {
+		release()
+		return nil, err
+	}
+	if content == nil {
+		defer release()
+		v, created, err := p.Create(ctx, spec)
+		if created {
+			logCreated(v)
+		}
+		return v, err
+	}
+	// A copy may outlast the call: it holds the name until it is done.
+	var v *pool.Volume
+	err = d.locks.detach(ctx, func(ctx context.Context) error {
+		defer release()
+		made, created, err := d.createFrom(ctx, spec, content)
+		if created {
+			logCreated(made)
+		}
+		v = made // read by the call only if it waited for this
+		return err
+	})
+	return v, err
 }
 
 // nameFree fails when a volume of that name exists in a pool other than p:

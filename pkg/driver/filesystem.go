@@ -27,60 +27,14 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 		return fmt.Errorf("%w: staging path %s already holds another mount (%s)", errPrecondition, staging, m)
 	}
 	if m != nil {
-		// Staged before; the call that mounted it may have died before it
-		// recorded the filesystem as made.
-		if err := d.markFormatted(ctx, nv); err != nil {
-			return err
-		}
-		err := d.mounts.Grow(ctx, dev, staging, v.FsType)
-		if errors.Is(err, mounter.ErrCannotGrowOnline) {
-			// The next publication grows it offline (see
-			// growExtBeforePublish); refusing the stage would keep the
-			// pod from ever getting there.
-			klog.V(2).InfoS("Staged filesystem grows at publication", "volumeID", v.ID, "reason", err)
-			return nil
-		}
-		return err
+		return d.restageFilesystem(ctx, nv, dev, staging)
 	}
-	// A volume whose filesystem flashpv never mounted holds nothing of
-	// value: a filesystem of its own type on it is what a killed mkfs left,
-	// made over. Any other filesystem was put there by someone else and is
-	// never formatted over.
-	fresh := v.Format == pool.FormatPending
-	if v.FsType == "ext4" {
-		// An interrupted growth is undone before anything reads the filesystem.
-		if _, err := d.mounts.UndoExtGrowth(ctx, dev, v.ID); err != nil {
-			return err
-		}
-	}
-	format, err := d.mounts.Probe(ctx, dev)
+	format, err := d.formatToKeep(ctx, v, dev)
 	if err != nil {
 		return err
 	}
-	if format != "" && format != v.FsType {
-		return fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
-	}
-	// The filesystem flashpv made and mounted is gone from view: formatting
-	// would destroy whatever is left of the data.
-	if format == "" && v.Format == pool.FormatDone {
-		return fmt.Errorf("%w: %s shows no filesystem, but volume %s had its %s mounted; refusing to format it again", errPrecondition, dev, v.ID, v.FsType)
-	}
-	if fresh {
-		format = ""
-	}
-	// ext4 is checked and grows before it is mounted (no CAP_SYS_RESOURCE
-	// needed).
-	if format == "ext4" {
-		if err := d.mounts.CheckExt(ctx, dev, nv.vol.ID); err != nil {
-			return err
-		}
-	}
-	// A copy's btrfs has its source's ID, which older kernels refuse to
-	// mount beside the source.
-	if format == "btrfs" && v.Source != "" {
-		if err := d.mounts.RenewBtrfsID(ctx, dev, v.ID); err != nil {
-			return err
-		}
+	if err := d.prepareExisting(ctx, v, dev, format); err != nil {
+		return err
 	}
 	if err := os.MkdirAll(staging, 0o750); err != nil {
 		return err
@@ -103,6 +57,77 @@ func (d *Driver) stageFilesystem(ctx context.Context, nv *nodeVolume, dev, stagi
 		return nil
 	}
 	return d.mounts.Grow(ctx, dev, staging, v.FsType)
+}
+
+// restageFilesystem finishes a stage whose mount is in place already.
+func (d *Driver) restageFilesystem(ctx context.Context, nv *nodeVolume, dev, staging string) error {
+	// The call that mounted it may have died before it recorded the
+	// filesystem as made.
+	if err := d.markFormatted(ctx, nv); err != nil {
+		return err
+	}
+	err := d.mounts.Grow(ctx, dev, staging, nv.vol.FsType)
+	if errors.Is(err, mounter.ErrCannotGrowOnline) {
+		// The next publication grows it offline (see
+		// growExtBeforePublish); refusing the stage would keep the
+		// pod from ever getting there.
+		klog.V(2).InfoS("Staged filesystem grows at publication", "volumeID", nv.vol.ID, "reason", err)
+		return nil
+	}
+	return err
+}
+
+// formatToKeep returns the filesystem on dev that the stage mounts, or ""
+// when it is to be made, and refuses a device whose filesystem is not
+// flashpv's to make over.
+func (d *Driver) formatToKeep(ctx context.Context, v *pool.Volume, dev string) (string, error) {
+	// A volume whose filesystem flashpv never mounted holds nothing of
+	// value: a filesystem of its own type on it is what a killed mkfs left,
+	// made over. Any other filesystem was put there by someone else and is
+	// never formatted over.
+	fresh := v.Format == pool.FormatPending
+	if v.FsType == "ext4" {
+		// An interrupted growth is undone before anything reads the filesystem.
+		if _, err := d.mounts.UndoExtGrowth(ctx, dev, v.ID); err != nil {
+			return "", err
+		}
+	}
+	format, err := d.mounts.Probe(ctx, dev)
+	if err != nil {
+		return "", err
+	}
+	if format != "" && format != v.FsType {
+		return "", fmt.Errorf("%w: %s already holds %q, refusing to format it as %s", errPrecondition, dev, format, v.FsType)
+	}
+	// The filesystem flashpv made and mounted is gone from view: formatting
+	// would destroy whatever is left of the data.
+	if format == "" && v.Format == pool.FormatDone {
+		return "", fmt.Errorf("%w: %s shows no filesystem, but volume %s had its %s mounted; refusing to format it again", errPrecondition, dev, v.ID, v.FsType)
+	}
+	if fresh {
+		return "", nil
+	}
+	return format, nil
+}
+
+// prepareExisting readies the filesystem kept on dev, of type format, for
+// its mount.
+func (d *Driver) prepareExisting(ctx context.Context, v *pool.Volume, dev, format string) error {
+	// ext4 is checked and grows before it is mounted (no CAP_SYS_RESOURCE
+	// needed).
+	if format == "ext4" {
+		if err := d.mounts.CheckExt(ctx, dev, v.ID); err != nil {
+			return err
+		}
+	}
+	// A copy's btrfs has its source's ID, which older kernels refuse to
+	// mount beside the source.
+	if format == "btrfs" && v.Source != "" {
+		if err := d.mounts.RenewBtrfsID(ctx, dev, v.ID); err != nil {
+			return err
+		}
+	}
+	return nil
 }
 
 // fsFlags adds what a filesystem type needs to the staging mount's flags.
