@@ -81,108 +81,37 @@ func stripManagedFields(obj any) (any, error) {
 	return obj, nil
 }
 
-// Run runs the controller until ctx ends or it loses its leadership.
+// Run runs the controller until ctx ends or one of its parts ends
+// (daemon.Run's rule), such as the leader losing its Lease.
 func Run(ctx context.Context, opts Options, version string) error {
-	cfg, err := restConfig(opts.Kubeconfig)
+	w, err := newWiring(opts, version)
 	if err != nil {
 		return err
 	}
-	cfg.UserAgent = "flashpv-controller/" + version
-	client, err := kubernetes.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
-	reg := prometheus.NewRegistry()
-	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	metrics, err := nodeloss.NewMetrics(reg)
-	if err != nil {
-		return err
-	}
-	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
-	core, storage := factory.Core().V1(), factory.Storage().V1()
-	listers := nodeloss.Listers{
-		Nodes: core.Nodes().Lister(), PVs: core.PersistentVolumes().Lister(),
-		Claims: core.PersistentVolumeClaims().Lister(), Pods: core.Pods().Lister(),
-		Classes: storage.StorageClasses().Lister(),
-	}
-	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
-	broadcaster.StartStructuredLogging(2)
-	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
-	defer broadcaster.Shutdown()
-	recorder := broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "flashpv-controller"})
-
-	rec := nodeloss.New(nodeloss.Config{Client: client, Listers: listers, Recorder: recorder, Metrics: metrics, Grace: opts.NodeLossGrace})
-	if _, err := core.Nodes().Informer().AddEventHandler(nodeHandler(rec)); err != nil {
-		return err
-	}
-	writer, err := newListWriter(client, opts.Namespace, listers.Nodes, listers.PVs, opts.VolumeListRefresh, reg)
-	if err != nil {
-		return err
-	}
-	st := &status{}
+	recorder, stopEvents := startEvents(ctx, w.client)
+	defer stopEvents()
 	var xfer *transferBroker
-	dyn, err := dynamic.NewForConfig(cfg)
-	if err != nil {
-		return err
-	}
 	if opts.Transfer.Address != "" {
-		synced := []cache.InformerSynced{core.Pods().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced}
-		if xfer, err = newTransferBroker(opts.Transfer, opts.Namespace, client, dyn, listers, synced, reg); err != nil {
+		if xfer, err = w.transferBroker(); err != nil {
 			return err
 		}
 	}
-	moves, err := moveTask(opts, client, dyn, factory, listers, xfer, recorder, reg, st)
+	leaderTasks, err := w.leaderTasks(recorder, xfer)
 	if err != nil {
 		return err
 	}
-	factory.Start(ctx.Done())
-	defer factory.Shutdown()
+	w.factory.Start(ctx.Done())
+	defer w.factory.Shutdown()
 
-	work := func(ctx context.Context) error {
-		for typ, ok := range factory.WaitForCacheSync(ctx.Done()) {
-			if !ok && ctx.Err() == nil {
-				return fmt.Errorf("cache of %v did not sync", typ)
-			}
-		}
-		if ctx.Err() != nil {
-			return nil
-		}
-		st.setSynced()
-		klog.InfoS("Caches synced: watching for lost nodes", "grace", opts.NodeLossGrace)
-		loop(ctx, opts.Resync, "node loss", rec.Sync, st)
-		return nil
-	}
-	writeLists := func(ctx context.Context) error {
-		if !cache.WaitForCacheSync(ctx.Done(), core.Nodes().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced) {
-			return nil
-		}
-		loop(ctx, opts.Resync, "volume lists", writer.Sync, st)
-		return nil
-	}
-	leaderTasks := []daemon.Task{{Name: "node loss", Run: work}, {Name: "volume lists", Run: writeLists}}
-	collect, err := statusTask(opts, client, listers, []cache.InformerSynced{core.Nodes().Informer().HasSynced, core.Pods().Informer().HasSynced}, reg, st)
-	if err != nil {
-		return err
-	}
-	if collect != nil {
-		leaderTasks = append(leaderTasks, daemon.Task{Name: "node status", Run: collect})
-	}
-	if moves != nil {
-		leaderTasks = append(leaderTasks, daemon.Task{Name: "moves", Run: moves})
-	}
 	var tasks []daemon.Task
 	if xfer != nil {
-		leaderTasks = append(leaderTasks, daemon.Task{Name: "transfer keys", Run: func(ctx context.Context) error {
-			loop(ctx, opts.Resync, "transfer keys", xfer.ensureKeys, st)
-			return nil
-		}})
 		// Every replica serves the broker, once it has the key.
-		tasks = append(tasks, daemon.Task{Name: "transfer broker", Run: func(ctx context.Context) error { return xfer.Serve(ctx, st) }})
+		tasks = append(tasks, daemon.Task{Name: "transfer broker", Run: func(ctx context.Context) error { return xfer.Serve(ctx, w.st) }})
 	}
 	var le *leaderelection.LeaderElector
 	if opts.LeaderElection {
 		var elect daemon.Task
-		if elect, le, err = leaderElection(opts, client, recorder, leaderTasks); err != nil {
+		if elect, le, err = leaderElection(opts, w.client, recorder, leaderTasks); err != nil {
 			return err
 		}
 		tasks = append(tasks, elect)
@@ -190,12 +119,148 @@ func Run(ctx context.Context, opts Options, version string) error {
 		tasks = append(tasks, leaderTasks...)
 	}
 	if opts.HealthAddress != "" {
-		h := daemon.Handler(healthz{st: st, le: le}, reg)
+		h := daemon.Handler(healthz{st: w.st, le: le}, w.reg)
 		tasks = append(tasks, daemon.Task{Name: "health server", Run: func(ctx context.Context) error {
 			return daemon.ListenAndServe(ctx, opts.HealthAddress, h)
 		}})
 	}
 	return daemon.Run(ctx, tasks...)
+}
+
+// wiring is what every part of Run is built from: the API clients, the
+// informers and their listers, the metrics and what /healthz reports.
+type wiring struct {
+	opts    Options
+	client  kubernetes.Interface
+	dyn     dynamic.Interface
+	factory informers.SharedInformerFactory
+	listers nodeloss.Listers
+	reg     *prometheus.Registry
+	st      *status
+}
+
+func newWiring(opts Options, version string) (*wiring, error) {
+	cfg, err := restConfig(opts.Kubeconfig)
+	if err != nil {
+		return nil, err
+	}
+	cfg.UserAgent = "flashpv-controller/" + version
+	client, err := kubernetes.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	dyn, err := dynamic.NewForConfig(cfg)
+	if err != nil {
+		return nil, err
+	}
+	reg := prometheus.NewRegistry()
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
+	core, storage := factory.Core().V1(), factory.Storage().V1()
+	listers := nodeloss.Listers{
+		Nodes: core.Nodes().Lister(), PVs: core.PersistentVolumes().Lister(),
+		Claims: core.PersistentVolumeClaims().Lister(), Pods: core.Pods().Lister(),
+		Classes: storage.StorageClasses().Lister(),
+	}
+	return &wiring{opts: opts, client: client, dyn: dyn, factory: factory, listers: listers, reg: reg, st: &status{}}, nil
+}
+
+// startEvents starts sending Events to the API; the function it returns
+// stops it.
+func startEvents(ctx context.Context, client kubernetes.Interface) (record.EventRecorder, func()) {
+	broadcaster := record.NewBroadcaster(record.WithContext(ctx))
+	broadcaster.StartStructuredLogging(2)
+	broadcaster.StartRecordingToSink(&typedcorev1.EventSinkImpl{Interface: client.CoreV1().Events("")})
+	return broadcaster.NewRecorder(scheme.Scheme, corev1.EventSource{Component: "flashpv-controller"}), broadcaster.Shutdown
+}
+
+func (w *wiring) transferBroker() (*transferBroker, error) {
+	core := w.factory.Core().V1()
+	synced := []cache.InformerSynced{core.Pods().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced}
+	return newTransferBroker(w.opts.Transfer, w.opts.Namespace, w.client, w.dyn, w.listers, synced, w.reg)
+}
+
+// leaderTasks are what only the active replica runs: node loss and the
+// volume lists always; node status, moves and the transfer keys when
+// configured (xfer is nil without a broker). They must be built before
+// the informers start: each asks for the informers it reads.
+func (w *wiring) leaderTasks(recorder record.EventRecorder, xfer *transferBroker) ([]daemon.Task, error) {
+	nodeLoss, err := w.nodeLossTask(recorder)
+	if err != nil {
+		return nil, err
+	}
+	lists, err := w.volumeListTask()
+	if err != nil {
+		return nil, err
+	}
+	tasks := []daemon.Task{nodeLoss, lists}
+	moves, err := moveTask(w.opts, w.client, w.dyn, w.factory, w.listers, xfer, recorder, w.reg, w.st)
+	if err != nil {
+		return nil, err
+	}
+	core := w.factory.Core().V1()
+	collect, err := statusTask(w.opts, w.client, w.listers, []cache.InformerSynced{core.Nodes().Informer().HasSynced, core.Pods().Informer().HasSynced}, w.reg, w.st)
+	if err != nil {
+		return nil, err
+	}
+	if collect != nil {
+		tasks = append(tasks, daemon.Task{Name: "node status", Run: collect})
+	}
+	if moves != nil {
+		tasks = append(tasks, daemon.Task{Name: "moves", Run: moves})
+	}
+	if xfer != nil {
+		tasks = append(tasks, daemon.Task{Name: "transfer keys", Run: func(ctx context.Context) error {
+			loop(ctx, w.opts.Resync, "transfer keys", xfer.ensureKeys, w.st)
+			return nil
+		}})
+	}
+	return tasks, nil
+}
+
+// nodeLossTask watches for nodes gone for good (pkg/nodeloss) once every
+// cache has synced, which is also when /healthz counts the controller as
+// synced.
+func (w *wiring) nodeLossTask(recorder record.EventRecorder) (daemon.Task, error) {
+	metrics, err := nodeloss.NewMetrics(w.reg)
+	if err != nil {
+		return daemon.Task{}, err
+	}
+	rec := nodeloss.New(nodeloss.Config{Client: w.client, Listers: w.listers, Recorder: recorder, Metrics: metrics, Grace: w.opts.NodeLossGrace})
+	if _, err := w.factory.Core().V1().Nodes().Informer().AddEventHandler(nodeHandler(rec)); err != nil {
+		return daemon.Task{}, err
+	}
+	return daemon.Task{Name: "node loss", Run: func(ctx context.Context) error {
+		for typ, ok := range w.factory.WaitForCacheSync(ctx.Done()) {
+			if !ok && ctx.Err() == nil {
+				return fmt.Errorf("cache of %v did not sync", typ)
+			}
+		}
+		if ctx.Err() != nil {
+			return nil
+		}
+		w.st.setSynced()
+		klog.InfoS("Caches synced: watching for lost nodes", "grace", w.opts.NodeLossGrace)
+		loop(ctx, w.opts.Resync, "node loss", rec.Sync, w.st)
+		return nil
+	}}, nil
+}
+
+// volumeListTask writes every node's volume list (volumes.go).
+func (w *wiring) volumeListTask() (daemon.Task, error) {
+	writer, err := newListWriter(w.client, w.opts.Namespace, w.listers.Nodes, w.listers.PVs, w.opts.VolumeListRefresh, w.reg)
+	if err != nil {
+		return daemon.Task{}, err
+	}
+	core := w.factory.Core().V1()
+	synced := []cache.InformerSynced{core.Nodes().Informer().HasSynced, core.PersistentVolumes().Informer().HasSynced}
+	return daemon.Task{Name: "volume lists", Run: func(ctx context.Context) error {
+		if !cache.WaitForCacheSync(ctx.Done(), synced...) {
+			return nil
+		}
+		loop(ctx, w.opts.Resync, "volume lists", writer.Sync, w.st)
+		return nil
+	}}, nil
 }
 
 func nodeHandler(rec *nodeloss.Reconciler) cache.ResourceEventHandlerFuncs {
