@@ -12,6 +12,12 @@
 #   build.sh apiserver  only kube-apiserver and etcd, for the tests against a
 #                       real API server (make test-apiserver); nothing when
 #                       the cluster's build has made them already
+#   build.sh flashpv-at COMMIT
+#                       only flashpv as of an earlier COMMIT of this
+#                       repository, from that commit's own sources and
+#                       go.mod (lib.sh's flashpv_ref_tree), into
+#                       $BIN/flashpv-<12 hex>; kept, since a commit never
+#                       changes (deploy.sh's FLASHPV_REF, the upgrade test)
 source "$(dirname "$0")/lib.sh"
 mkdir -p "$BIN"
 export CGO_ENABLED=0 GOFLAGS=-mod=mod
@@ -93,7 +99,19 @@ e2e.test)
 	log "e2e.test, agnhost and ginkgo ready in $BIN"
 	exit 0
 	;;
-*) die "unknown target $1 (usage: build.sh [e2e.test|apiserver])" ;;
+flashpv-at)
+	[ -n "${2:-}" ] || die "usage: build.sh flashpv-at COMMIT"
+	tag=$(flashpv_ref_tag "$2")
+	if [ ! -x "$BIN/flashpv-$tag" ]; then
+		src=$(flashpv_ref_tree "$2")
+		log "building flashpv $tag from its own sources (cached after the first time)"
+		(cd "$src" && go build -trimpath -ldflags "-s -w -X main.version=$tag" -o "$BIN/flashpv-$tag.tmp" ./cmd/flashpv)
+		mv "$BIN/flashpv-$tag.tmp" "$BIN/flashpv-$tag"
+	fi
+	log "flashpv $tag ready in $BIN/flashpv-$tag"
+	exit 0
+	;;
+*) die "unknown target $1 (usage: build.sh [e2e.test|apiserver|flashpv-at COMMIT])" ;;
 esac
 build kubernetes "$kv" "${k8s[@]}"
 build etcd "" etcd=go.etcd.io/etcd/server/v3

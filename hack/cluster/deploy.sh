@@ -19,9 +19,29 @@
 # same three changes as values; the helm CLI is built by
 # hack/tools/helm/build.sh. Objects a kustomize deploy made are taken over
 # by the release.
+#
+# FLASHPV_REF=COMMIT deploys flashpv as of an earlier commit of this
+# repository instead, with kustomize: that commit's own deploy/kubernetes
+# and snapshot-controller bases with the same overlay, and its binary and
+# image (localhost/flashpv:<12 hex>, built by build.sh flashpv-at and
+# images.sh flashpv-at, imported into every node's containerd). Deploying
+# again without it is an upgrade to this tree (test/e2e/upgrade_test.go).
+# FLASHPV_IMAGE_TAG names another tag of localhost/flashpv than e2e.
 source "$(dirname "$0")/lib.sh"
 [ "$(id -u)" = 0 ] || die "run as root"
 "$(dirname "$0")/install-deps.sh"
+src=$REPO tag=${FLASHPV_IMAGE_TAG:-e2e}
+if [ -n "${FLASHPV_REF:-}" ]; then
+	[ "${FLASHPV_DEPLOY:-kustomize}" = kustomize ] || die "FLASHPV_REF deploys with kustomize (an earlier commit may have no chart)"
+	"$(dirname "$0")/build.sh" flashpv-at "$FLASHPV_REF"
+	"$(dirname "$0")/images.sh" flashpv-at "$FLASHPV_REF"
+	src=$(flashpv_ref_tree "$FLASHPV_REF")
+	tag=$(flashpv_ref_tag "$FLASHPV_REF")
+	for n in $(node_names); do
+		ctr -a "$(containerd_sock "$n")" -n k8s.io images import "$STATE/images/flashpv-$tag.tar" >/dev/null ||
+			die "importing localhost/flashpv:$tag on $n"
+	done
+fi
 crd=$(cd "$REPO/hack/tools/snapshotter" && GOFLAGS=-mod=mod go mod download -json github.com/kubernetes-csi/external-snapshotter/client/v8 |
 	sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
 [ -d "$crd/config/crd" ] || die "no config/crd in the snapshot client module (go mod download gave '$crd')"
@@ -39,7 +59,7 @@ deploy_helm() {
 	cat >"$values" <<CFG
 image:
   repository: localhost/flashpv
-  tag: e2e
+  tag: $tag
 sidecars:
   provisioner:
     image:
@@ -81,7 +101,7 @@ if [ "${FLASHPV_DEPLOY:-kustomize}" = helm ]; then
 	deploy_helm
 else
 	mkdir -p "$STATE/deploy/snapshot-controller"
-	rel=$(realpath --relative-to="$STATE/deploy/snapshot-controller" "$REPO/deploy/kubernetes/snapshot-controller")
+	rel=$(realpath --relative-to="$STATE/deploy/snapshot-controller" "$src/deploy/kubernetes/snapshot-controller")
 	cat >"$STATE/deploy/snapshot-controller/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -93,7 +113,7 @@ images:
 CFG
 	kubectl apply -k "$STATE/deploy/snapshot-controller" >/dev/null
 	mkdir -p "$STATE/deploy"
-	rel=$(realpath --relative-to="$STATE/deploy" "$REPO/deploy/kubernetes")
+	rel=$(realpath --relative-to="$STATE/deploy" "$src/deploy/kubernetes")
 	cat >"$STATE/deploy/kustomization.yaml" <<CFG
 apiVersion: kustomize.config.k8s.io/v1beta1
 kind: Kustomization
@@ -102,7 +122,7 @@ resources:
 images:
   - name: flashpv
     newName: localhost/flashpv
-    newTag: e2e
+    newTag: $tag
   - name: registry.k8s.io/sig-storage/csi-provisioner
     newName: localhost/csi-provisioner
   - name: registry.k8s.io/sig-storage/csi-resizer

@@ -8,6 +8,9 @@
 #   csi-provisioner, csi-resizer, csi-snapshotter, snapshot-controller, pause
 #                 static binaries alone
 #   busybox       Debian's busybox-static, the examples' workload image
+# `images.sh flashpv-at COMMIT` writes only the flashpv image of an earlier
+# commit (localhost/flashpv:<12 hex>, from build.sh flashpv-at's binary) to
+# $STATE/images/flashpv-<12 hex>.tar, on the same userland.
 # `images.sh e2e` writes instead the images Kubernetes' storage e2e tests run
 # (make conformance), named as e2e.test asks for them with
 # KUBE_TEST_REPO_LIST=test/e2e/repo-list.yaml (localhost/e2e-test-images/...):
@@ -71,6 +74,30 @@ busybox_root() {
 	for a in $(/bin/busybox --list); do [ "$a" = busybox ] || ln -s busybox "$1/bin/$a"; done
 }
 
+# flashpv_image REF BINARY OUT.tar: a flashpv binary on the Debian userland
+# the Dockerfile's runtime stage has.
+flashpv_image() {
+	local root; root=$(mktemp -d)
+	copy_with_libs "$root" mount umount blkid blockdev losetup blkdiscard fsck fsck.ext4 e2fsck mke2fs mkfs.ext4 \
+		resize2fs e2image dumpe2fs tune2fs mkfs.xfs xfs_growfs xfs_io xfs_repair btrfs mkfs.btrfs btrfstune
+	mkdir -p "$root/etc" "$root/tmp" "$root/bin" "$root/run"
+	cp /etc/mke2fs.conf "$root/etc/"
+	ln -s /proc/self/mounts "$root/etc/mtab"
+	cp /bin/busybox "$root/bin/sh"
+	cp "$2" "$root/flashpv"
+	archive "$1" "$root" '["/flashpv"]' "$3"
+	rm -rf "$root"
+}
+
+if [ "${1:-}" = flashpv-at ]; then
+	[ -n "${2:-}" ] || die "usage: images.sh flashpv-at COMMIT"
+	tag=$(flashpv_ref_tag "$2")
+	[ -x "$BIN/flashpv-$tag" ] || die "no $BIN/flashpv-$tag: run hack/cluster/build.sh flashpv-at $2 first"
+	flashpv_image "localhost/flashpv:$tag" "$BIN/flashpv-$tag" "$OUT/flashpv-$tag.tar"
+	log "image localhost/flashpv:$tag written to $OUT/flashpv-$tag.tar"
+	exit 0
+fi
+
 if [ "${1:-}" = e2e ]; then
 	[ -x "$BIN/agnhost" ] || die "no $BIN/agnhost: run hack/cluster/build.sh e2e.test first"
 	R=localhost/e2e-test-images
@@ -105,14 +132,5 @@ busybox_root "$root"
 archive docker.io/library/busybox:1.36 "$root" '["/bin/sh"]' "$OUT/busybox.tar"
 rm -rf "$root"
 
-root=$(mktemp -d)
-copy_with_libs "$root" mount umount blkid blockdev losetup blkdiscard fsck fsck.ext4 e2fsck mke2fs mkfs.ext4 \
-	resize2fs e2image dumpe2fs tune2fs mkfs.xfs xfs_growfs xfs_io xfs_repair btrfs mkfs.btrfs btrfstune
-mkdir -p "$root/etc" "$root/tmp" "$root/bin" "$root/run"
-cp /etc/mke2fs.conf "$root/etc/"
-ln -s /proc/self/mounts "$root/etc/mtab"
-cp /bin/busybox "$root/bin/sh"
-cp "$BIN/flashpv" "$root/flashpv"
-archive localhost/flashpv:e2e "$root" '["/flashpv"]' "$OUT/flashpv.tar"
-rm -rf "$root"
+flashpv_image localhost/flashpv:e2e "$BIN/flashpv" "$OUT/flashpv.tar"
 log "images written to $OUT"

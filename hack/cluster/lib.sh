@@ -181,3 +181,25 @@ wait_for() {
 		sleep 0.5
 	done
 }
+
+# flashpv_ref_tree COMMIT: this repository's files as of COMMIT (an earlier
+# flashpv, for the upgrade test), extracted with git archive into
+# $REPO/_output/src/flashpv-<12 hex> once, so no worktree is registered in
+# the shared .git; prints the directory. flashpv_ref_tag COMMIT: those 12 hex
+# digits, the tag of its binary and image.
+flashpv_ref_tag() {
+	git -C "$REPO" rev-parse --verify --quiet "$1^{commit}" >/dev/null || die "no commit $1 in $REPO"
+	git -C "$REPO" rev-parse --short=12 "$1^{commit}"
+}
+flashpv_ref_tree() {
+	local tag dir
+	tag=$(flashpv_ref_tag "$1") || return 1
+	dir=$REPO/_output/src/flashpv-$tag
+	if [ ! -e "$dir/.complete" ]; then
+		rm -rf "$dir"
+		mkdir -p "$dir"
+		git -C "$REPO" archive "$tag" | tar -x -C "$dir"
+		touch "$dir/.complete"
+	fi
+	echo "$dir"
+}
