@@ -410,10 +410,10 @@ func start(v View) Action {
 		return Action{Kind: Wait, Reason: "the claim or the PV is being deleted"}
 	case req == source || v.Target == source:
 		return refuse("the volume is on node %s already", source)
-	case v.Target == "":
-		return refuse("no node fits: %s", v.TargetReason)
 	case req != RequestAny && req != v.Target:
 		return refuse("node %s does not fit: %s", req, v.TargetReason)
+	case v.Target == "":
+		return refuse("no node fits: %s", v.TargetReason)
 	}
 	mode := ModeSwap
 	if v.MutableAffinity {

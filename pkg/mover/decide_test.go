@@ -508,8 +508,13 @@ func TestMoveRefused(t *testing.T) {
 		t.Errorf("to its own node: %+v", a)
 	}
 	w.claim.Annotations[AnnRequest] = "node-x"
-	if a := Decide(w.view()); a.Kind != Refuse {
+	if a := Decide(w.view()); a.Kind != Refuse || !strings.HasPrefix(a.Reason, "node node-x does not fit") {
 		t.Errorf("to a node that does not fit: %+v", a)
+	}
+	v = w.view()
+	v.Target, v.TargetReason = "", "node-x: 5 bytes free, the volume needs 9"
+	if a := Decide(v); a.Kind != Refuse || a.Reason != "node node-x does not fit: node-x: 5 bytes free, the volume needs 9" {
+		t.Errorf("to a node that does not fit, none other asked: %+v", a)
 	}
 	w.source().Spec.NodeAffinity = nil
 	w.claim.Annotations[AnnRequest] = RequestAny
