@@ -12,8 +12,8 @@ import (
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 
-	"github.com/flashpv/flashpv/pkg/move"
 	"github.com/flashpv/flashpv/pkg/mounter"
+	"github.com/flashpv/flashpv/pkg/move"
 	"github.com/flashpv/flashpv/pkg/pool"
 )
 

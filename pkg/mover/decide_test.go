@@ -45,18 +45,18 @@ type world struct {
 	snapshot   Snapshot
 	copies     map[string]copyState
 	fenced     bool
-	failImport int  // imports that fail before one succeeds
+	failImport int // imports that fail before one succeeds
 	// noLiveSnap: the volume cannot be snapshotted while staged on the
 	// source, which it stays for linger settles after its pod stops.
 	noLiveSnap     bool
 	linger, staged int
 	snapshotsTaken int
 	ended          string // the reason of the Finish that ended the move
-	drain      bool // the source node is cordoned and the class says drainPolicy: Move
-	uids       int
-	orders     map[Order]Progress // the controller's memory of answers
-	orderErr   string
-	history    []string
+	drain          bool   // the source node is cordoned and the class says drainPolicy: Move
+	uids           int
+	orders         map[Order]Progress // the controller's memory of answers
+	orderErr       string
+	history        []string
 }
 
 func newWorld(t *testing.T, gate bool) *world {
