@@ -68,7 +68,7 @@ func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.DurationVar(&o.NodeStatusInterval, "node-status-interval", time.Minute, "how often the node plugins' status is collected")
 	fs.BoolVar(&o.Moves, "moves", true, "move volumes, with their data, to another node on a flashpv.dev/move-to request or when a drainPolicy: Move class's node is cordoned (needs the transfer broker)")
 	fs.DurationVar(&o.MoveResync, "move-resync", 5*time.Second, "how often moves under way are taken a step further")
-	fs.StringVar(&o.MoveSnapshotClass, "move-snapshot-class", "", "VolumeSnapshotClass of a move's pre-copy snapshot (empty: flashpv.dev's class marked default, or its only class)")
+	fs.StringVar(&o.MoveSnapshotClass, "move-snapshot-class", "", "VolumeSnapshotClass of a move's pre-copy snapshot (empty: of flashpv.dev's classes with deletionPolicy Delete, the default one, else the first by name)")
 	fs.BoolVar(&o.LeaderElection, "leader-election", true, "elect one active controller through a Lease")
 	fs.StringVar(&o.LeaseName, "leader-election-lease", "flashpv-controller", "the Lease's name")
 	fs.DurationVar(&o.LeaseDuration, "leader-election-lease-duration", 15*time.Second, "how long a leader's Lease holds")

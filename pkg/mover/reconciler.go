@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"sort"
 	"sync"
 
 	corev1 "k8s.io/api/core/v1"
@@ -31,6 +32,7 @@ const (
 	ReasonMoveRefused    = "MoveRefused"
 	ReasonMoveDone       = "MoveDone"
 	ReasonMoveRolledBack = "MoveRolledBack"
+	ReasonMoveStepFailed = "MoveStepFailed"
 )
 
 var (
@@ -72,6 +74,7 @@ type Reconciler struct {
 	answers map[string]map[Order]Progress // by move ID
 	errs    map[string]string
 	refused map[types.UID]string // the last refusal told, by claim
+	failed  map[string]string    // the last step failure told, by move
 	mutable *bool
 }
 
@@ -174,7 +177,9 @@ func (r *Reconciler) syncPV(ctx context.Context, name string) error {
 		err = r.act(ctx, pv, a)
 		r.count(a, err)
 		if err != nil {
-			return fmt.Errorf("%s %s: %w", a.Kind, a.Order, err)
+			err = fmt.Errorf("%s %s: %w", a.Kind, a.Order, err)
+			r.stepFailed(ctx, pv, a, err)
+			return err
 		}
 		if a.Kind == Refuse || a.Kind == Finish {
 			return nil
@@ -401,6 +406,31 @@ func (r *Reconciler) refuse(a Action) {
 	}
 }
 
+// stepFailed tells the claim that a step of its move failed and is being
+// retried, once per move and message: a move that cannot go on (no
+// snapshot class, a node that does not answer) must not look merely slow.
+func (r *Reconciler) stepFailed(ctx context.Context, pv *corev1.PersistentVolume, a Action, err error) {
+	if a.Record.ID == "" || pv.Spec.ClaimRef == nil {
+		return
+	}
+	r.mu.Lock()
+	if r.failed == nil {
+		r.failed = map[string]string{}
+	}
+	told := r.failed[a.Record.ID] == err.Error()
+	r.failed[a.Record.ID] = err.Error()
+	r.mu.Unlock()
+	if told {
+		return
+	}
+	ref := pv.Spec.ClaimRef
+	c, gerr := r.Client.CoreV1().PersistentVolumeClaims(ref.Namespace).Get(ctx, ref.Name, metav1.GetOptions{})
+	if gerr != nil {
+		return
+	}
+	r.Recorder.Event(c, corev1.EventTypeWarning, ReasonMoveStepFailed, fmt.Sprintf("%s (retried): %v", a.Record.State, err))
+}
+
 // write records a step on the PV and shows it on the claim.
 func (r *Reconciler) write(ctx context.Context, pv *corev1.PersistentVolume, a Action) error {
 	ann := map[string]any{}
@@ -434,6 +464,7 @@ func (r *Reconciler) finish(ctx context.Context, pv *corev1.PersistentVolume, a 
 	r.mu.Lock()
 	delete(r.answers, a.Record.ID)
 	delete(r.errs, a.Record.ID)
+	delete(r.failed, a.Record.ID)
 	r.mu.Unlock()
 	return nil
 }
@@ -521,25 +552,49 @@ func (r *Reconciler) snapshotClass(ctx context.Context) (string, error) {
 	if err != nil {
 		return "", fmt.Errorf("listing VolumeSnapshotClasses: %w", err)
 	}
-	var ours, defaults []string
+	var classes []snapshotClassInfo
 	for _, c := range list.Items {
 		if d, _, _ := unstructured.NestedString(c.Object, "driver"); d != wellknown.DriverName {
 			continue
 		}
-		ours = append(ours, c.GetName())
-		if c.GetAnnotations()["snapshot.storage.kubernetes.io/is-default-class"] == "true" {
-			defaults = append(defaults, c.GetName())
+		policy, _, _ := unstructured.NestedString(c.Object, "deletionPolicy")
+		classes = append(classes, snapshotClassInfo{name: c.GetName(), policy: policy,
+			isDefault: c.GetAnnotations()["snapshot.storage.kubernetes.io/is-default-class"] == "true"})
+	}
+	return pickSnapshotClass(classes)
+}
+
+type snapshotClassInfo struct {
+	name, policy string
+	isDefault    bool
+}
+
+// pickSnapshotClass picks the class of a move's snapshot: one whose
+// deletionPolicy is Delete (the move deletes its snapshot at the end; with
+// Retain its data would stay in the pool), the default one if it is such,
+// else the first by name. Several classes without a default must not stall
+// every move.
+func pickSnapshotClass(classes []snapshotClassInfo) (string, error) {
+	var names []string
+	best := ""
+	for _, c := range classes {
+		names = append(names, c.name)
+		switch {
+		case c.policy != "Delete":
+		case c.isDefault:
+			return c.name, nil
+		case best == "" || c.name < best:
+			best = c.name
 		}
 	}
 	switch {
-	case len(defaults) == 1:
-		return defaults[0], nil
-	case len(ours) == 1:
-		return ours[0], nil
-	case len(ours) == 0:
+	case best != "":
+		return best, nil
+	case len(classes) == 0:
 		return "", fmt.Errorf("no VolumeSnapshotClass of %s: a move needs one for its pre-copy", wellknown.DriverName)
 	}
-	return "", fmt.Errorf("VolumeSnapshotClasses %v of %s: mark one default, or name one with --move-snapshot-class", ours, wellknown.DriverName)
+	sort.Strings(names)
+	return "", fmt.Errorf("VolumeSnapshotClasses %v of %s all retain their snapshots' data, which a move would leave behind: make one with deletionPolicy: Delete, or name one with --move-snapshot-class", names, wellknown.DriverName)
 }
 
 // send sends an order and keeps the node's answer for the next decision.

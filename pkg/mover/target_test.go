@@ -84,3 +84,27 @@ func TestPickTarget(t *testing.T) {
 		t.Errorf("no capacity anywhere: %q, %q", got, why)
 	}
 }
+
+func TestPickSnapshotClass(t *testing.T) {
+	del := func(name string, def bool) snapshotClassInfo {
+		return snapshotClassInfo{name: name, policy: "Delete", isDefault: def}
+	}
+	retain := snapshotClassInfo{name: "a-retain", policy: "Retain", isDefault: true}
+	for _, tc := range []struct {
+		name    string
+		classes []snapshotClassInfo
+		want    string
+		err     string
+	}{
+		{"the default", []snapshotClassInfo{del("b", false), del("c", true), del("a", false)}, "c", ""},
+		{"none default: the first by name", []snapshotClassInfo{del("flashpv-bench", false), del("flashpv", false)}, "flashpv", ""},
+		{"a Retain default is passed over", []snapshotClassInfo{retain, del("z", false)}, "z", ""},
+		{"only Retain", []snapshotClassInfo{retain}, "", "retain"},
+		{"none", nil, "", "no VolumeSnapshotClass"},
+	} {
+		got, err := pickSnapshotClass(tc.classes)
+		if got != tc.want || (tc.err == "") != (err == nil) || (err != nil && !strings.Contains(err.Error(), tc.err)) {
+			t.Errorf("%s: got %q, %v", tc.name, got, err)
+		}
+	}
+}
