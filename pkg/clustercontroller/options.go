@@ -22,6 +22,8 @@ const (
 // Options are the flags of `flashpv controller`.
 type Options struct {
 	Kubeconfig        string
+	APIQPS            float64
+	APIBurst          int
 	Namespace         string
 	HealthAddress     string
 	NodeLossGrace     time.Duration
@@ -59,6 +61,8 @@ type TransferOptions struct {
 // AddFlags registers the options on fs.
 func (o *Options) AddFlags(fs *flag.FlagSet) {
 	fs.StringVar(&o.Kubeconfig, "kubeconfig", "", "kubeconfig file (empty: the in-cluster service account)")
+	fs.Float64Var(&o.APIQPS, "kube-api-qps", 20, "requests per second to the API server, sustained")
+	fs.IntVar(&o.APIBurst, "kube-api-burst", 40, "requests to the API server in a burst")
 	fs.StringVar(&o.Namespace, "namespace", os.Getenv("POD_NAMESPACE"), "flashpv's namespace: its Lease and the volume list ConfigMap (default: $POD_NAMESPACE)")
 	fs.StringVar(&o.HealthAddress, "health-address", ":9809", "address of /healthz and /metrics (empty: off)")
 	fs.DurationVar(&o.NodeLossGrace, "node-loss-grace", 5*time.Minute, "how long a node named by flashpv PVs must stay without a Node object before its opted-in claims are deleted")
@@ -127,6 +131,9 @@ func (o *Options) Validate() error {
 	}
 	if o.Resync <= 0 || o.VolumeListRefresh <= 0 {
 		errs = append(errs, errors.New("--resync and --volume-list-refresh must be positive"))
+	}
+	if o.APIQPS <= 0 || o.APIBurst < 1 {
+		errs = append(errs, fmt.Errorf("--kube-api-qps %g and --kube-api-burst %d must be positive", o.APIQPS, o.APIBurst))
 	}
 	if o.NodeStatusPort < 0 || o.NodeStatusPort > 65535 {
 		errs = append(errs, fmt.Errorf("--node-status-port %d: not a port", o.NodeStatusPort))

@@ -66,11 +66,21 @@ func Main(args []string, version string) int {
 	return 0
 }
 
-func restConfig(kubeconfig string) (*rest.Config, error) {
-	if kubeconfig != "" {
-		return clientcmd.BuildConfigFromFlags("", kubeconfig)
+func restConfig(opts Options) (*rest.Config, error) {
+	var cfg *rest.Config
+	var err error
+	if opts.Kubeconfig != "" {
+		cfg, err = clientcmd.BuildConfigFromFlags("", opts.Kubeconfig)
+	} else {
+		cfg, err = rest.InClusterConfig()
 	}
-	return rest.InClusterConfig()
+	if err != nil {
+		return nil, err
+	}
+	// client-go's own default (5/10) spaces a move's steps, a handful
+	// of requests each, by up to a second.
+	cfg.QPS, cfg.Burst = float32(opts.APIQPS), opts.APIBurst
+	return cfg, nil
 }
 
 // stripManagedFields keeps the caches small: nothing here reads them.
@@ -140,7 +150,7 @@ type wiring struct {
 }
 
 func newWiring(opts Options, version string) (*wiring, error) {
-	cfg, err := restConfig(opts.Kubeconfig)
+	cfg, err := restConfig(opts)
 	if err != nil {
 		return nil, err
 	}
