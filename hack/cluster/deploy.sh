@@ -35,6 +35,13 @@ if [ -n "${FLASHPV_REF:-}" ]; then
 	[ "${FLASHPV_DEPLOY:-kustomize}" = kustomize ] || die "FLASHPV_REF deploys with kustomize (an earlier commit may have no chart)"
 	"$(dirname "$0")/build.sh" flashpv-at "$FLASHPV_REF"
 	"$(dirname "$0")/images.sh" flashpv-at "$FLASHPV_REF"
+	# The earlier commit is installed afresh: what this tree's chart set
+	# and its manifests never knew (the controller's readiness probe on the
+	# transfer port, say) would outlive a kubectl apply of them.
+	if [ -x "$BIN/helm" ] && "$BIN/helm" status flashpv --namespace flashpv >/dev/null 2>&1; then
+		"$BIN/helm" uninstall flashpv --namespace flashpv --wait >/dev/null
+	fi
+	kubectl -n flashpv delete daemonset/flashpv-node deployment/flashpv-controller --ignore-not-found --wait=true >/dev/null 2>&1 || true
 	src=$(flashpv_ref_tree "$FLASHPV_REF")
 	tag=$(flashpv_ref_tag "$FLASHPV_REF")
 	for n in $(node_names); do
