@@ -155,7 +155,7 @@ func TestUpgrade(t *testing.T) {
 	vols := []*upgradeVolume{
 		{name: "ext4", class: "flashpv", size: "64Mi", grown: "96Mi"},
 		{name: "xfs", class: "flashpv-xfs", size: "320Mi", grown: "384Mi"},
-		{name: "btrfs", class: "upgrade-btrfs", size: "160Mi", grown: "192Mi"},
+		{name: "btrfs", class: "upgrade-btrfs", size: "256Mi", grown: "320Mi"}, // flashpv makes btrfs 256 MiB at least
 		{name: "block", class: "flashpv", size: "32Mi", grown: "64Mi", block: true},
 		{name: "loss", class: "upgrade-loss", size: "64Mi", grown: "96Mi"},
 	}
