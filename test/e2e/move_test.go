@@ -19,7 +19,8 @@ import (
 // volumes. Beside them on the node: a Block replica of the Move class
 // (published, it cannot be snapshotted on an ext4 image pool, so its move
 // snapshots it once the pod has stopped), and a replica of the default
-// class (drainPolicy Stay), which stays Pending with its volume.
+// class (drainPolicy Stay), which stays Pending with its volume. The
+// controller is killed while the moves are under way.
 func TestDrainMovesVolumes(t *testing.T) {
 	needNodes(t, 2)
 	snapshotClass(t) // a move's pre-copy is a snapshot
@@ -45,6 +46,15 @@ func TestDrainMovesVolumes(t *testing.T) {
 	if out, err := kubectl("drain", node, "--ignore-daemonsets", "--delete-emptydir-data", "--force", "--timeout=5m"); err != nil {
 		t.Fatalf("drain %s: %v\n%s", node, err, out)
 	}
+	// The controller killed in the middle of the moves: its Deployment
+	// makes it again, and the new leader takes each move on from its
+	// record.
+	var states []string
+	for _, c := range append([]string{"data-raw-0"}, moved[0].claim) {
+		states = append(states, c+"="+jsonpath(t, ns, "pvc/"+c, `{.metadata.annotations.flashpv\.dev/move-state}`))
+	}
+	must(t, "delete", "pod", "-n", "flashpv", "-l", "app.kubernetes.io/name=flashpv-controller", "--grace-period=0", "--force")
+	t.Logf("controller killed %.1fs after the drain began, moves at %v", time.Since(start).Seconds(), states)
 	for _, r := range moved {
 		eventually(t, 6*time.Minute, "replica "+r.pod+" Ready on another node", func() error {
 			return readyElsewhere(ns, r.pod, node)
@@ -80,6 +90,13 @@ func TestDrainMovesVolumes(t *testing.T) {
 	if got := execIn(t, ns, "raw-0", "sh", "-c", "dd if=/dev/xvda bs=64 count=1 2>/dev/null | head -n1"); got != "raw-"+rawUID {
 		t.Errorf("the Block volume holds %q after the move, want raw-%s", got, rawUID)
 	}
+	_, rawHandle := pvOf(t, ns, "data-raw-0")
+	eventually(t, 2*time.Minute, "the Block volume's old copy gone from "+node, func() error {
+		if _, err := os.Stat(imageOf(t, node, rawHandle)); err == nil {
+			return os.ErrExist
+		}
+		return nil
+	})
 	if ev := eventsWithReason(t, ns, "MoveStep"); !strings.Contains(ev, "data-raw-0: the volume "+move.SnapshotNeedsStop) {
 		t.Errorf("no MoveStep Event says the Block volume is snapshotted once stopped:\n%s", ev)
 	}
