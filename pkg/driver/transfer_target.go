@@ -163,16 +163,28 @@ func (d *Driver) fetch(ctx context.Context, p *poolEntry, spec pool.Spec, g brok
 	return v, nil
 }
 
+// incomingFor is the state a transfer of sess continues from: in, when
+// sess resumes where in stopped, else a new start that keeps in's Dirty,
+// since what an earlier attempt wrote is still there (a volume's content
+// may have changed since: where it now has holes, the stream sends
+// nothing, and those bytes must be zeroed).
+func incomingFor(in pool.Incoming, sess *transfer.Session) (pool.Incoming, error) {
+	if in.Version == sess.Version && in.Size == sess.Size && sess.Start == in.Next {
+		return in, nil
+	}
+	if sess.Start != 0 {
+		return in, fmt.Errorf("node %s resumes %s at %d, this volume holds %d of version %q", sess.SourceNode, sess.Source, sess.Start, in.Next, in.Version)
+	}
+	return pool.Incoming{Source: in.Source, SourceNode: sess.SourceNode, Version: sess.Version, Size: sess.Size, Dirty: in.Dirty}, nil
+}
+
 // receive writes the session's block content into v and makes v
 // complete, or, for a move (hold), keeps it incoming and received.
 func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess *transfer.Session, hold bool) (*pool.Volume, stream.Stats, error) {
 	imp := p.Pool.(pool.Importer) // fitsLayout checked it
-	in := *v.Incoming
-	if in.Version != sess.Version || in.Size != sess.Size || sess.Start != in.Next {
-		if sess.Start != 0 {
-			return nil, stream.Stats{}, fmt.Errorf("node %s resumes %s at %d, this volume holds %d of version %q", sess.SourceNode, sess.Source, sess.Start, in.Next, in.Version)
-		}
-		in = pool.Incoming{Source: in.Source, SourceNode: sess.SourceNode, Version: sess.Version, Size: sess.Size}
+	in, err := incomingFor(*v.Incoming, sess)
+	if err != nil {
+		return nil, stream.Stats{}, err
 	}
 	f, err := imp.OpenImport(ctx, v)
 	if err != nil {

@@ -241,3 +241,26 @@ func TestTreeResumable(t *testing.T) {
 		t.Errorf("a cut with a checkpoint: %v", err)
 	}
 }
+
+// TestIncomingFor: a transfer resumes only where the last attempt stopped,
+// of the same version; a new start forgets the progress but not how far
+// the earlier attempts wrote, which the new stream's gaps must zero.
+func TestIncomingFor(t *testing.T) {
+	in := pool.Incoming{Source: "default.v", SourceNode: "node-a", Size: 256 << 20, Next: 128 << 20, Dirty: 192 << 20}
+	sess := func(version string, start int64) *transfer.Session {
+		return &transfer.Session{Header: transfer.Header{Source: "default.v", Version: version, Size: 256 << 20, Start: start}, SourceNode: "node-a"}
+	}
+	snap := in
+	snap.Version = "7/256"
+	if got, err := incomingFor(snap, sess("7/256", 128<<20)); err != nil || got != snap {
+		t.Errorf("a resume: %+v, %v", got, err)
+	}
+	// A volume's content has no version: each attempt starts over.
+	got, err := incomingFor(in, sess("", 0))
+	if err != nil || got.Next != 0 || got.Dirty != 192<<20 {
+		t.Errorf("starting over: %+v, %v; want Next 0 and Dirty kept", got, err)
+	}
+	if _, err := incomingFor(snap, sess("8/256", 64<<20)); err == nil {
+		t.Error("a resume of another version was taken")
+	}
+}
