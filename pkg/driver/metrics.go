@@ -32,6 +32,10 @@ var (
 	descAbnormal  = prometheus.NewDesc("flashpv_pool_abnormal_volumes", "Volumes of the pool whose health reports a problem (pool failing; storage missing, short, or failing to read).", []string{"pool"}, nil)
 	descPoolUp    = prometheus.NewDesc("flashpv_pool_up", "1 when the pool's storage answers and can be written and read, else 0.", []string{"pool"}, nil)
 	descPoolError = prometheus.NewDesc("flashpv_pool_error", "1 for a pool whose probe fails, with the reason (PoolIOError, PoolReadOnly, PoolNotAnswering...).", []string{"pool", "reason"}, nil)
+	// Only pools whose volumes share a thin pool have these: a thin pool
+	// can fill up while the pool still has space to promise.
+	descThinData     = prometheus.NewDesc("flashpv_pool_thin_data_used_ratio", "Fraction of the data space of the pool's thin pool in use (lvm pools with a thinPool; writes fail at 1).", []string{"pool"}, nil)
+	descThinMetadata = prometheus.NewDesc("flashpv_pool_thin_metadata_used_ratio", "Fraction of the metadata space of the pool's thin pool in use (lvm pools with a thinPool; writes fail at 1).", []string{"pool"}, nil)
 )
 
 func (d *Driver) registerMetrics(reg prometheus.Registerer) error {
@@ -67,7 +71,7 @@ func (d *Driver) observe(ctx context.Context, req any, info *grpc.UnaryServerInf
 type poolCollector struct{ d *Driver }
 
 func (c poolCollector) Describe(ch chan<- *prometheus.Desc) {
-	for _, desc := range []*prometheus.Desc{descCapacity, descAvailable, descAllocated, descVolumes, descAbnormal, descPoolUp, descPoolError} {
+	for _, desc := range []*prometheus.Desc{descCapacity, descAvailable, descAllocated, descVolumes, descAbnormal, descPoolUp, descPoolError, descThinData, descThinMetadata} {
 		ch <- desc
 	}
 }
@@ -108,5 +112,9 @@ func (c poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(descAvailable, prometheus.GaugeValue, float64(capa.Available), name)
 		ch <- prometheus.MustNewConstMetric(descAllocated, prometheus.GaugeValue, float64(capa.Allocated), name)
 		ch <- prometheus.MustNewConstMetric(descVolumes, prometheus.GaugeValue, float64(capa.Volumes), name)
+		if capa.Thin != nil {
+			ch <- prometheus.MustNewConstMetric(descThinData, prometheus.GaugeValue, capa.Thin.Data, name)
+			ch <- prometheus.MustNewConstMetric(descThinMetadata, prometheus.GaugeValue, capa.Thin.Metadata, name)
+		}
 	}
 }

@@ -35,5 +35,11 @@ func NewMetrics(reg prometheus.Registerer) (*Metrics, error) {
 			return nil, err
 		}
 	}
+	// Both outcomes start at 0: increase() sees nothing of a series whose
+	// first sample is already 1, so an alert on the first rollback after a
+	// start would miss it.
+	for _, outcome := range []string{"moved", "rolled-back"} {
+		m.finished.WithLabelValues(outcome)
+	}
 	return m, nil
 }

@@ -299,7 +299,17 @@ func (p *LVMPool) capacity(ctx context.Context) (Capacity, error) {
 	promised := int64(float64(tp.Size) * p.cfg.Overprovision)
 	c.Total = max(promised-p.cfg.Reserve, 0)
 	c.Available = max(promised-virtual-p.cfg.Reserve, 0)
+	c.Thin = thinFill(tp)
 	return c, nil
+}
+
+// thinFill is a thin pool's fill as LVM reports it, or nil while the pool
+// is inactive: LVM then reports no percentages, and 0 would read as empty.
+func thinFill(tp *lvm.LV) *ThinFill {
+	if !tp.Active {
+		return nil
+	}
+	return &ThinFill{Data: tp.DataPercent / 100, Metadata: tp.MetadataPercent / 100}
 }
 
 // Expand grows the LV to at least size bytes (whole extents).

@@ -119,3 +119,15 @@ func TestLVMRecordVersions(t *testing.T) {
 		t.Errorf("written record %s, %v", data, err)
 	}
 }
+
+// A thin pool's fill is LVM's percentages as fractions, and unknown (nil,
+// not an empty pool) while the thin pool is inactive.
+func TestThinFill(t *testing.T) {
+	active := &lvm.LV{Name: "tp", Attr: "twi-aotz--", Active: true, DataPercent: 96.5, MetadataPercent: 12.25}
+	if got := thinFill(active); got == nil || *got != (ThinFill{Data: 0.965, Metadata: 0.1225}) {
+		t.Errorf("active thin pool: fill %+v, want 0.965 and 0.1225", got)
+	}
+	if got := thinFill(&lvm.LV{Name: "tp", Attr: "twi---tz--"}); got != nil {
+		t.Errorf("inactive thin pool: fill %+v, want none", *got)
+	}
+}

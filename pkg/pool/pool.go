@@ -112,6 +112,17 @@ type Capacity struct {
 	Allocated int64
 	// Volumes counts the volumes in the pool.
 	Volumes int
+	// Thin is how full the thin pool the volumes share is; nil unless they
+	// share one (an lvm pool with a thinPool) and LVM reports its fill.
+	Thin *ThinFill
+}
+
+// ThinFill is how much of a thin pool's data and metadata space is used,
+// each a fraction of 1. Writes to its volumes fail when either is full,
+// however much the pool still promises.
+type ThinFill struct {
+	Data     float64
+	Metadata float64
 }
 
 // ErrUnusable: the pool's storage is not set up as its kind needs (not XFS,

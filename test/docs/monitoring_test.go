@@ -15,16 +15,16 @@ import (
 
 const monitoring = root + "/deploy/monitoring"
 
-// The alerts issue 23 asks for that flashpv has metrics for. Missing, for
-// want of a metric: a thin pool above 95 % (no fill level is exported) and
-// a move failing (moves are not built); flashpv-rules.yaml says so.
+// The alerts issue 23 asks for.
 var wantAlerts = []string{
 	"FlashpvPoolMostlyPromised",   // a pool above 90 % promised
+	"FlashpvThinPoolFull",         // a thin pool above 95 %
 	"FlashpvPoolUnusable",         // a pool unusable
 	"FlashpvVolumeAbnormal",       // a volume abnormal
 	"FlashpvOrphanedVolumes",      // orphans for over an hour
 	"FlashpvClaimStuckByNodeLoss", // a claim stuck by node loss
 	"FlashpvNodePluginDown",       // flashpv down on a node
+	"FlashpvMoveFailing",          // a move failing
 }
 
 // targetLabels are what the scrape adds (podmonitors.yaml): any metric
