@@ -197,7 +197,9 @@ func (d *Driver) receive(ctx context.Context, p *poolEntry, v *pool.Volume, sess
 	dirty := in.Dirty
 	commit := func(next int64) error {
 		in.Next, in.Updated = next, time.Now().UTC()
-		in.Dirty = max(in.Dirty, min(next+sess.Segment, in.Size))
+		// The receiver writes up to stream.CommitLag segments past
+		// the last commit that reached the disk.
+		in.Dirty = max(in.Dirty, min(next+stream.CommitLag*sess.Segment, in.Size))
 		made, err := p.SetNodeState(ctx, v.Key(), pool.NodeState{Format: format, Incoming: &in, Move: v.Move})
 		if err == nil {
 			v = made

@@ -11,6 +11,7 @@ import (
 	"hash/crc32"
 	"io"
 	"strings"
+	"sync"
 )
 
 // receiver holds one Receive's state and buffers, reused for every frame.
@@ -34,14 +35,97 @@ type receiver struct {
 	// which reads the segments back from it.
 	delta  bool
 	reader io.ReaderAt
+	// committer syncs and commits the segments verified so far.
+	c *committer
+}
+
+// CommitLag is how many segments past its last durable commit a receiver
+// may have written: the segment it receives, one waiting to be synced and
+// one being synced. A caller that records how far attempts may have
+// written (so that a retry zeroes the gaps of what it rewrites) records
+// the commit plus this many segments.
+const CommitLag = 3
+
+// committer syncs the target and commits each segment the receiver has
+// checked, in order, on a goroutine of its own: the socket is read while
+// the last segment reaches the disk, instead of the sender stalling for
+// each segment's sync.
+type committer struct {
+	dst    BlockTarget
+	commit func(next int64) error
+	ends   chan int64 // one waits here while one is synced: CommitLag
+	done   chan struct{}
+	mu     sync.Mutex
+	err    error
+	// committed counts the segments synced and committed (read after done)
+	committed int
+}
+
+func startCommitter(dst BlockTarget, commit func(next int64) error) *committer {
+	c := &committer{dst: dst, commit: commit, ends: make(chan int64, 1), done: make(chan struct{})}
+	go c.run()
+	return c
+}
+
+func (c *committer) run() {
+	defer close(c.done)
+	for end := range c.ends {
+		if c.failure() != nil {
+			continue // nothing after a failure is committed
+		}
+		err := c.dst.Sync()
+		if err != nil {
+			err = fmt.Errorf("syncing target: %w", err)
+		} else if c.commit != nil {
+			if err = c.commit(end); err != nil {
+				err = fmt.Errorf("committing %d: %w", end, err)
+			}
+		}
+		if err != nil {
+			c.mu.Lock()
+			c.err = err
+			c.mu.Unlock()
+			continue
+		}
+		c.committed++
+	}
+}
+
+func (c *committer) failure() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.err
+}
+
+// add queues the end of a checked segment; it waits while one is queued.
+func (c *committer) add(ctx context.Context, end int64) error {
+	if err := c.failure(); err != nil {
+		return err
+	}
+	select {
+	case c.ends <- end:
+		return nil
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+}
+
+// close commits what is queued and returns the first failure.
+func (c *committer) close() error {
+	close(c.ends)
+	<-c.done
+	return c.failure()
 }
 
 // Receive reads Send's frames from r into dst: content of size bytes, from
 // the target's committed position from (a multiple of seg, or size). In each
 // segment it writes the data frames, zeroes what they leave out (a resumed
-// segment may hold bytes of an earlier attempt), checks the segment's hash,
-// syncs dst and calls commit with the segment's end, for the caller to
-// persist (commit may be nil); a commit error stops the stream.
+// segment may hold bytes of an earlier attempt) and checks the segment's
+// hash; then, on a goroutine of its own while the next segments arrive,
+// dst is synced and commit called with the segment's end, for the caller
+// to persist (commit may be nil), segment after segment in order, at most
+// CommitLag segments behind what has been written. A commit error stops
+// the stream. Receive returns once every checked segment is committed.
 //
 // It returns after the end frame and the end of r, so the sender closes or
 // half-closes (tls.Conn.CloseWrite) its side after Send; anything after the
@@ -91,8 +175,20 @@ func newReceiver(ctx context.Context, r io.Reader, dst BlockTarget, size, seg in
 	}
 }
 
-// run reads frames until the end frame, from the segment at from on.
+// run reads frames until the end frame, from the segment at from on, and
+// returns once every segment checked is synced and committed.
 func (v *receiver) run(from int64) (Stats, error) {
+	v.c = startCommitter(v.dst, v.commit)
+	st, err := v.frames(from)
+	if cerr := v.c.close(); err == nil {
+		err = cerr
+	}
+	st.Segments = v.c.committed
+	return st, err
+}
+
+// frames reads frames until the end frame.
+func (v *receiver) frames(from int64) (Stats, error) {
 	v.startSegment(from)
 	for {
 		if err := v.ctx.Err(); err != nil {
@@ -244,15 +340,9 @@ func (v *receiver) segment() error {
 	} else if err := v.zero(v.pos, v.end); err != nil {
 		return err
 	}
-	if err := v.dst.Sync(); err != nil {
-		return fmt.Errorf("syncing target: %w", err)
+	if err := v.c.add(v.ctx, v.end); err != nil {
+		return err
 	}
-	if v.commit != nil {
-		if err := v.commit(v.end); err != nil {
-			return fmt.Errorf("committing %d: %w", v.end, err)
-		}
-	}
-	v.st.Segments++
 	v.startSegment(v.end)
 	return nil
 }
