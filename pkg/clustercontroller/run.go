@@ -98,9 +98,16 @@ func Run(ctx context.Context, opts Options, version string) error {
 	if err != nil {
 		return err
 	}
+	return w.run(ctx)
+}
+
+// run is Run once the clients are made (a test gives fake ones).
+func (w *wiring) run(ctx context.Context) error {
+	opts := w.opts
 	recorder, stopEvents := startEvents(ctx, w.client)
 	defer stopEvents()
 	var xfer *transferBroker
+	var err error
 	if opts.Transfer.Address != "" {
 		if xfer, err = w.transferBroker(); err != nil {
 			return err
@@ -163,6 +170,10 @@ func newWiring(opts Options, version string) (*wiring, error) {
 	if err != nil {
 		return nil, err
 	}
+	return wire(opts, client, dyn), nil
+}
+
+func wire(opts Options, client kubernetes.Interface, dyn dynamic.Interface) *wiring {
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	factory := informers.NewSharedInformerFactoryWithOptions(client, 0, informers.WithTransform(stripManagedFields))
@@ -172,7 +183,7 @@ func newWiring(opts Options, version string) (*wiring, error) {
 		Claims: core.PersistentVolumeClaims().Lister(), Pods: core.Pods().Lister(),
 		Classes: storage.StorageClasses().Lister(),
 	}
-	return &wiring{opts: opts, client: client, dyn: dyn, factory: factory, listers: listers, reg: reg, st: &status{}}, nil
+	return &wiring{opts: opts, client: client, dyn: dyn, factory: factory, listers: listers, reg: reg, st: &status{}}
 }
 
 // startEvents starts sending Events to the API; the function it returns
