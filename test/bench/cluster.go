@@ -3,7 +3,8 @@ package main
 // The cluster phase (-cluster) measures flashpv as a user meets it, on the
 // local cluster that hack/cluster starts (make bench brings it up with three
 // nodes and deploys flashpv): a StatefulSet scaled from 0 to N replicas
-// against the same StatefulSet on emptyDir (cluster_scale.go), a pod on a
+// against the same StatefulSet on local PersistentVolumes made in advance
+// and on emptyDir (cluster_scale.go, cluster_static.go), a pod on a
 // claim restored from a VolumeSnapshot (cluster_restore.go), and a restore
 // onto another node than the snapshot's against a plain TCP copy between
 // the two nodes (cluster_transfer.go), and a drained replica's move to
@@ -85,7 +86,7 @@ func (o *clusterOptions) addFlags(fs *flag.FlagSet) {
 		return nil
 	})
 	fs.StringVar(&o.namespace, "cluster-namespace", "flashpv-bench", "cluster: the bench's own namespace (deleted when done)")
-	fs.IntVar(&o.rounds, "cluster-rounds", 3, "cluster: rounds of the scale-up, flashpv and emptyDir alternated")
+	fs.IntVar(&o.rounds, "cluster-rounds", 3, "cluster: rounds of the scale-up, flashpv, static local volumes and emptyDir rotated")
 	fs.IntVar(&o.replicas, "cluster-replicas", 30, "cluster: replicas of the StatefulSet")
 	fs.StringVar(&o.size, "cluster-size", "16Mi", "cluster: size of each replica's volume")
 	fs.IntVar(&o.restoreRounds, "restore-rounds", 5, "cluster: rounds of restore-to-Ready, alternated with a new empty claim")
@@ -209,6 +210,10 @@ type kube struct {
 	kubeconfig string
 	// cluster-scoped objects the bench created and deletes at the end
 	createdClasses []string
+	// hack/cluster's state directory, and the roots of the nodes that hold
+	// the scale-up's static volumes (cluster_static.go)
+	state       string
+	staticRoots map[string]string
 }
 
 func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) {
@@ -217,7 +222,7 @@ func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) 
 		return nil, fmt.Errorf("kubeconfig (is the local cluster up? make bench brings it up): %w", err)
 	}
 	cfg.QPS, cfg.Burst = 50, 100
-	k := &kube{ns: o.namespace, kubeconfig: o.kubeconfig}
+	k := &kube{ns: o.namespace, kubeconfig: o.kubeconfig, state: o.state}
 	if k.cs, err = kubernetes.NewForConfig(cfg); err != nil {
 		return nil, err
 	}
@@ -254,7 +259,7 @@ func runCluster(ctx context.Context, o *clusterOptions) (*clusterResult, error) 
 		return nil, err
 	}
 	if o.part("scale") {
-		if res.Scale, err = k.runScaleUp(ctx, o, class); err != nil {
+		if res.Scale, err = k.runScaleUp(ctx, o, class, nodes); err != nil {
 			return res, fmt.Errorf("scale-up: %w", err)
 		}
 	}
@@ -356,7 +361,9 @@ func readExample(file, kind string, into any) error {
 
 // cleanup deletes what the bench made: its snapshots first (their contents
 // go while the snapshot class still exists), then its namespace, then waits
-// until every volume of the namespace is gone, then the classes it made.
+// until every provisioned volume of the namespace is gone, then deletes the
+// scale-up's static volumes and their directories, then the classes it
+// made.
 func (k *kube) cleanup() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
 	defer cancel()
@@ -382,6 +389,9 @@ func (k *kube) cleanup() error {
 	if err != nil {
 		return err
 	}
+	if err := k.cleanupStatic(ctx); err != nil {
+		return fmt.Errorf("static volumes: %w", err)
+	}
 	for _, name := range k.createdClasses {
 		if err := k.cs.StorageV1().StorageClasses().Delete(ctx, name, metav1.DeleteOptions{}); err != nil && !apierrors.IsNotFound(err) {
 			return err
@@ -391,7 +401,8 @@ func (k *kube) cleanup() error {
 	return k.deleteSnapshotClass(ctx)
 }
 
-// volumesLeft counts the PVs that still belong to the bench's namespace.
+// volumesLeft counts the provisioned PVs that still belong to the bench's
+// namespace (the static ones stay, Released, until the bench recycles them).
 func (k *kube) volumesLeft(ctx context.Context) (int, error) {
 	pvs, err := k.cs.CoreV1().PersistentVolumes().List(ctx, metav1.ListOptions{})
 	if err != nil {
@@ -399,7 +410,7 @@ func (k *kube) volumesLeft(ctx context.Context) (int, error) {
 	}
 	n := 0
 	for _, pv := range pvs.Items {
-		if ref := pv.Spec.ClaimRef; ref != nil && ref.Namespace == k.ns {
+		if ref := pv.Spec.ClaimRef; ref != nil && ref.Namespace == k.ns && pv.Spec.StorageClassName != staticClass {
 			n++
 		}
 	}
@@ -435,13 +446,16 @@ func podReady(p *corev1.Pod) bool {
 }
 
 // pinnedNode is the flashpv.dev/node value of a PV's node affinity.
-func pinnedNode(pv *corev1.PersistentVolume) string {
+func pinnedNode(pv *corev1.PersistentVolume) string { return affinityNode(pv, "flashpv.dev/node") }
+
+// affinityNode is the one value a PV's node affinity requires of a label.
+func affinityNode(pv *corev1.PersistentVolume, key string) string {
 	if pv.Spec.NodeAffinity == nil || pv.Spec.NodeAffinity.Required == nil {
 		return ""
 	}
 	for _, term := range pv.Spec.NodeAffinity.Required.NodeSelectorTerms {
 		for _, e := range term.MatchExpressions {
-			if e.Key == "flashpv.dev/node" && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) == 1 {
+			if e.Key == key && e.Operator == corev1.NodeSelectorOpIn && len(e.Values) == 1 {
 				return e.Values[0]
 			}
 		}

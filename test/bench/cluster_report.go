@@ -2,6 +2,7 @@ package main
 
 import (
 	"fmt"
+	"slices"
 	"strings"
 )
 
@@ -12,43 +13,7 @@ func (c *clusterResult) markdown() string {
 	fmt.Fprintf(&b, "Run of %s, flashpv %s, %.0f s. The local cluster of hack/cluster (nodes %s, each its own namespaces, kubelet and pool filesystem on this host), flashpv deployed from deploy/kubernetes. Times are from the API request to the state, polled; medians [lowest–highest].\n\n",
 		c.Date, c.Flashpv, c.Seconds, strings.Join(c.Nodes, ", "))
 	if s := c.Scale; s != nil {
-		fmt.Fprintf(&b, "### StatefulSet scale-up, 0 to %d replicas\n\n", s.Replicas)
-		fmt.Fprintf(&b, "examples/statefulset.yaml (Parallel pods, preferred anti-affinity, a readiness probe every 2 s) with %d MiB volumes of the example class, and the same StatefulSet on emptyDir; %d round(s) after a warm-up, the two alternated, claims deleted and volumes gone between rounds.\n\n",
-			s.VolumeBytes>>20, len(s.Rounds))
-		fmt.Fprintf(&b, "| | seconds |\n|---|---|\n")
-		fmt.Fprintf(&b, "| flashpv: all Ready | %s |\n", fmtSecs(s.FlashpvSec))
-		fmt.Fprintf(&b, "| emptyDir: all Ready | %s |\n", fmtSecs(s.EmptyDirSec))
-		fmt.Fprintf(&b, "| **flashpv ÷ emptyDir** (per round; target ≤ 1.2) | **%s** |\n", fmtSpread(s.Ratio))
-		fmt.Fprintf(&b, "| flashpv: all claims Bound | %s |\n", fmtSecs(s.BoundSec))
-		fmt.Fprintf(&b, "| flashpv: scale to 0, claims deleted, volumes gone | %s |\n\n", fmtSecs(s.TeardownSec))
-		if len(s.FlashpvStages) > 0 {
-			fmt.Fprintf(&b, "Where the time goes: seconds from the scale request until half of the replicas, and the last one, reached each stage (medians over the rounds; a stage is seen by polling every 0.2 s).\n\n")
-			fmt.Fprintf(&b, "| stage | flashpv: half / last | emptyDir: half / last |\n|---|---|---|\n")
-			for _, st := range s.FlashpvStages {
-				ed := "–"
-				for _, e := range s.EmptyDirStages {
-					if e.Name == st.Name {
-						ed = fmt.Sprintf("%.1f / %.1f", e.Median, e.Last)
-					}
-				}
-				fmt.Fprintf(&b, "| %s | %.1f / %.1f | %s |\n", st.Name, st.Median, st.Last, ed)
-			}
-			fmt.Fprintf(&b, "\n")
-			var lag []string
-			for _, r := range s.Rounds {
-				lag = append(lag, fmt.Sprint(r.AuthorizerLag))
-			}
-			fmt.Fprintf(&b, "flashpv pods whose kubelet was refused their claim once by the API server's node authorizer (\"no relationship found\"; the kubelet retries the pod after a back-off), per round: %s of %d.\n\n", strings.Join(lag, ", "), s.Replicas)
-		}
-		if len(s.Mismatches) == 0 {
-			fmt.Fprintf(&b, "Node affinity: all %d volumes pinned (flashpv.dev/node) to their pod's node.", s.Checked)
-		} else {
-			fmt.Fprintf(&b, "Node affinity: **%d of %d volumes not on their pod's node**: %s.", len(s.Mismatches), s.Checked, strings.Join(s.Mismatches, "; "))
-		}
-		if len(s.Rounds) > 0 {
-			fmt.Fprintf(&b, " Replicas per node (round 1): %v.", s.Rounds[0].PerNode)
-		}
-		fmt.Fprintf(&b, "\n\n")
+		s.markdown(&b)
 	}
 	if r := c.Restore; r != nil {
 		fmt.Fprintf(&b, "### Restore to Ready\n\n")
@@ -65,6 +30,110 @@ func (c *clusterResult) markdown() string {
 		m.markdown(&b)
 	}
 	return b.String()
+}
+
+// markdown is the scale-up's section. A report of a run before the static
+// arm has no static rounds, and no static rows.
+func (s *scaleUpResult) markdown(b *strings.Builder) {
+	static := s.StaticSec.Median > 0
+	fmt.Fprintf(b, "### StatefulSet scale-up, 0 to %d replicas\n\n", s.Replicas)
+	if static {
+		fmt.Fprintf(b, "examples/statefulset.yaml (Parallel pods, preferred anti-affinity, a readiness probe every 2 s) with %d MiB volumes of the example class; the same StatefulSet on local PersistentVolumes made in advance (the floor: a kubernetes.io/no-provisioner class, WaitForFirstConsumer, %d volumes per node, each a directory on the node's pool filesystem, so no provisioner at all); and on emptyDir. %d round(s) after a warm-up, the three rotated; between rounds flashpv's claims are deleted and their volumes gone, the static claims deleted and their volumes emptied and Available again.\n\n",
+			s.VolumeBytes>>20, s.Replicas, len(s.Rounds))
+	} else {
+		fmt.Fprintf(b, "examples/statefulset.yaml (Parallel pods, preferred anti-affinity, a readiness probe every 2 s) with %d MiB volumes of the example class, and the same StatefulSet on emptyDir; %d round(s) after a warm-up, the two alternated, claims deleted and volumes gone between rounds.\n\n",
+			s.VolumeBytes>>20, len(s.Rounds))
+	}
+	fmt.Fprintf(b, "| | seconds |\n|---|---|\n")
+	fmt.Fprintf(b, "| flashpv: all Ready | %s |\n", fmtSecs(s.FlashpvSec))
+	if static {
+		fmt.Fprintf(b, "| static local volumes: all Ready | %s |\n", fmtSecs(s.StaticSec))
+	}
+	fmt.Fprintf(b, "| emptyDir: all Ready | %s |\n", fmtSecs(s.EmptyDirSec))
+	if static {
+		fmt.Fprintf(b, "| **flashpv ÷ static** (per round; target ≤ %.1f in every round) | **%s** |\n", s.StaticTarget, fmtSpread(s.VsStatic))
+		fmt.Fprintf(b, "| static ÷ emptyDir (per round: the floor any PersistentVolume pays) | %s |\n", fmtSpread(s.StaticVsEmptyDir))
+		fmt.Fprintf(b, "| flashpv ÷ emptyDir (per round) | %s |\n", fmtSpread(s.Ratio))
+	} else {
+		fmt.Fprintf(b, "| **flashpv ÷ emptyDir** (per round; target ≤ 1.2) | **%s** |\n", fmtSpread(s.Ratio))
+	}
+	fmt.Fprintf(b, "| flashpv: all claims Bound | %s |\n", fmtSecs(s.BoundSec))
+	fmt.Fprintf(b, "| flashpv: scale to 0, claims deleted, volumes gone | %s |\n\n", fmtSecs(s.TeardownSec))
+	if static {
+		s.roundsMarkdown(b)
+	}
+	s.stagesMarkdown(b)
+	if len(s.Mismatches) == 0 {
+		fmt.Fprintf(b, "Node affinity: all %d flashpv volumes pinned (flashpv.dev/node) to their pod's node.", s.Checked)
+	} else {
+		fmt.Fprintf(b, "Node affinity: **%d of %d flashpv volumes not on their pod's node**: %s.", len(s.Mismatches), s.Checked, strings.Join(s.Mismatches, "; "))
+	}
+	if len(s.Rounds) > 0 {
+		fmt.Fprintf(b, " flashpv replicas per node (round 1): %v.", s.Rounds[0].PerNode)
+	}
+	fmt.Fprintf(b, "\n\n")
+}
+
+// roundsMarkdown is the per-round table against the floor, and the verdict
+// on the worst round.
+func (s *scaleUpResult) roundsMarkdown(b *strings.Builder) {
+	fmt.Fprintf(b, "| round | order | flashpv, s | static, s | emptyDir, s | flashpv ÷ static | static ÷ emptyDir |\n|---|---|---|---|---|---|---|\n")
+	worst := 0
+	for i, r := range s.Rounds {
+		fmt.Fprintf(b, "| %d | %s | %.1f | %.1f | %.1f | %.2f | %.2f |\n", i+1, strings.Join(r.Order, ", "), r.FlashpvSec, r.StaticSec, r.EmptyDirSec, r.VsStatic, r.StaticVsEmptyDir)
+		if r.VsStatic > s.Rounds[worst].VsStatic {
+			worst = i
+		}
+	}
+	verdict := "met"
+	if !s.WithinStatic {
+		verdict = "**not met**"
+	}
+	fmt.Fprintf(b, "\nflashpv ÷ static: median %.2f; worst round %d at %.2f against the target %.1f in every round: %s.\n\n",
+		s.VsStatic.Median, worst+1, s.VsStatic.Max, s.StaticTarget, verdict)
+}
+
+// stagesMarkdown is where the time goes, per arm.
+func (s *scaleUpResult) stagesMarkdown(b *strings.Builder) {
+	if len(s.FlashpvStages) == 0 {
+		return
+	}
+	arms := []struct {
+		name   string
+		stages []stage
+	}{{"flashpv", s.FlashpvStages}, {"static", s.StaticStages}, {"emptyDir", s.EmptyDirStages}}
+	if len(s.StaticStages) == 0 {
+		arms = slices.Delete(arms, 1, 2)
+	}
+	fmt.Fprintf(b, "Where the time goes: seconds from the scale request until half of the replicas, and the last one, reached each stage (medians over the rounds; a stage is seen by polling every 0.2 s).\n\n")
+	fmt.Fprintf(b, "| stage |")
+	for _, a := range arms {
+		fmt.Fprintf(b, " %s: half / last |", a.name)
+	}
+	fmt.Fprintf(b, "\n|---|%s\n", strings.Repeat("---|", len(arms)))
+	for _, st := range s.FlashpvStages {
+		fmt.Fprintf(b, "| %s |", st.Name)
+		for _, a := range arms {
+			cell := "–"
+			for _, x := range a.stages {
+				if x.Name == st.Name {
+					cell = fmt.Sprintf("%.1f / %.1f", x.Median, x.Last)
+				}
+			}
+			fmt.Fprintf(b, " %s |", cell)
+		}
+		fmt.Fprintf(b, "\n")
+	}
+	fmt.Fprintf(b, "\n")
+	var lag, staticLag []string
+	for _, r := range s.Rounds {
+		lag, staticLag = append(lag, fmt.Sprint(r.AuthorizerLag)), append(staticLag, fmt.Sprint(r.StaticAuthorizerLag))
+	}
+	fmt.Fprintf(b, "Pods whose kubelet was refused their claim once by the API server's node authorizer (\"no relationship found\"; the kubelet retries the pod after a back-off), per round, of %d: flashpv %s", s.Replicas, strings.Join(lag, ", "))
+	if len(s.StaticStages) > 0 {
+		fmt.Fprintf(b, "; static %s", strings.Join(staticLag, ", "))
+	}
+	fmt.Fprintf(b, ".\n\n")
 }
 
 func (r *restoreResult) markdown(b *strings.Builder) {

@@ -17,18 +17,28 @@ import (
 )
 
 // scaleUpResult compares a StatefulSet on flashpv volumes scaled from 0 to
-// N replicas with the same StatefulSet on emptyDir, round by round.
+// N replicas with the same StatefulSet on static local volumes (the floor,
+// cluster_static.go) and on emptyDir, round by round.
 type scaleUpResult struct {
 	Replicas    int          `json:"replicas"`
 	VolumeBytes int64        `json:"volume_bytes"`
 	Rounds      []scaleRound `json:"rounds"`
 	FlashpvSec  spread       `json:"flashpv_ready_sec"`  // scale to all Ready
+	StaticSec   spread       `json:"static_ready_sec"`   // the same on static local volumes
 	EmptyDirSec spread       `json:"emptydir_ready_sec"` // the same on emptyDir
 	BoundSec    spread       `json:"flashpv_bound_sec"`  // scale to all claims Bound
 	Ratio       spread       `json:"ratio"`              // flashpv ÷ emptyDir, per round
-	TeardownSec spread       `json:"flashpv_teardown_sec"`
+	// Per round, flashpv ÷ static (its Max is the worst round) and static ÷
+	// emptyDir (what any PersistentVolume costs).
+	VsStatic         spread  `json:"flashpv_to_static"`
+	StaticVsEmptyDir spread  `json:"static_to_emptydir"`
+	StaticTarget     float64 `json:"flashpv_to_static_target,omitempty"`
+	// Whether flashpv ÷ static was within StaticTarget in every round.
+	WithinStatic bool   `json:"flashpv_within_static_target"`
+	TeardownSec  spread `json:"flashpv_teardown_sec"`
 	// Per stage, the medians over the rounds.
 	FlashpvStages  []stage `json:"flashpv_stages,omitempty"`
+	StaticStages   []stage `json:"static_stages,omitempty"`
 	EmptyDirStages []stage `json:"emptydir_stages,omitempty"`
 	// Every replica's PV pinned to the replica's node; what was not.
 	Checked    int      `json:"affinity_checked"`
@@ -36,38 +46,52 @@ type scaleUpResult struct {
 }
 
 type scaleRound struct {
-	// Per stage, the median and last replica's time to it: flashpv's and
-	// emptyDir's.
-	FlashpvStages  []stage        `json:"flashpv_stages,omitempty"`
-	EmptyDirStages []stage        `json:"emptydir_stages,omitempty"`
-	FlashpvSec     float64        `json:"flashpv_ready_sec"`
-	EmptyDirSec    float64        `json:"emptydir_ready_sec"`
-	BoundSec       float64        `json:"flashpv_bound_sec"`
-	TeardownSec    float64        `json:"flashpv_teardown_sec"`
-	PerNode        map[string]int `json:"flashpv_replicas_per_node"`
+	Order []string `json:"order,omitempty"` // the StatefulSets, in the order they ran
+	// Per stage, the median and last replica's time to it: flashpv's,
+	// static volumes' and emptyDir's.
+	FlashpvStages    []stage        `json:"flashpv_stages,omitempty"`
+	StaticStages     []stage        `json:"static_stages,omitempty"`
+	EmptyDirStages   []stage        `json:"emptydir_stages,omitempty"`
+	FlashpvSec       float64        `json:"flashpv_ready_sec"`
+	StaticSec        float64        `json:"static_ready_sec,omitempty"`
+	EmptyDirSec      float64        `json:"emptydir_ready_sec"`
+	VsStatic         float64        `json:"flashpv_to_static,omitempty"`
+	StaticVsEmptyDir float64        `json:"static_to_emptydir,omitempty"`
+	BoundSec         float64        `json:"flashpv_bound_sec"`
+	TeardownSec      float64        `json:"flashpv_teardown_sec"`
+	PerNode          map[string]int `json:"flashpv_replicas_per_node"`
 	// Pods whose kubelet was refused their claim once (the API server's
 	// node authorizer had not yet linked pod, claim and node), each then
 	// waiting for the kubelet's retry.
-	AuthorizerLag int `json:"flashpv_authorizer_lag_pods"`
+	AuthorizerLag       int `json:"flashpv_authorizer_lag_pods"`
+	StaticAuthorizerLag int `json:"static_authorizer_lag_pods"`
 }
+
+// staticTarget is how far above the static floor flashpv may be, in every
+// round.
+const staticTarget = 1.1
 
 // scaleTimeout bounds one scale-up or scale-down.
 const scaleTimeout = 10 * time.Minute
 
-// The two StatefulSets of the comparison.
+// The StatefulSets of the comparison (and staticSet, cluster_static.go).
 const flashpvSet, emptyDirSet = "bench-flashpv", "bench-emptydir"
 
-// runScaleUp makes both StatefulSets with 0 replicas from
-// examples/statefulset.yaml, warms up, then in every round scales each to N
-// and back to 0, alternating which goes first; the flashpv claims are
-// deleted after each scale-down, so every round starts without volumes.
-func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) (*scaleUpResult, error) {
+// runScaleUp makes the three StatefulSets with 0 replicas from
+// examples/statefulset.yaml (on flashpv, on static local volumes, on
+// emptyDir) and the static volumes, warms up, then in every round scales
+// each to N and back to 0, rotating which goes first; the flashpv claims
+// are deleted after each scale-down and the static volumes recycled, so
+// every round starts without volumes.
+func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string, nodes []string) (*scaleUpResult, error) {
 	var model appsv1.StatefulSet
 	if err := readExample("statefulset.yaml", "StatefulSet", &model); err != nil {
 		return nil, err
 	}
 	size := *resource.NewQuantity(o.volumeBytes, resource.BinarySI)
-	for _, s := range []*appsv1.StatefulSet{benchSet(&model, flashpvSet, false, size, class), benchSet(&model, emptyDirSet, true, size, class)} {
+	sets := []*appsv1.StatefulSet{benchSet(&model, flashpvSet, false, size, class),
+		benchSet(&model, staticSet, false, size, staticClass), benchSet(&model, emptyDirSet, true, size, class)}
+	for _, s := range sets {
 		svc := &corev1.Service{ObjectMeta: metav1.ObjectMeta{Name: s.Name}, Spec: corev1.ServiceSpec{
 			ClusterIP: corev1.ClusterIPNone, Selector: s.Spec.Selector.MatchLabels,
 			Ports: []corev1.ServicePort{{Name: "none", Port: 80}}}}
@@ -78,11 +102,15 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 			return nil, err
 		}
 	}
+	// As many per node as replicas: the scheduler may put them all on one.
+	if err := k.makeStatic(ctx, nodes, o.replicas, size); err != nil {
+		return nil, fmt.Errorf("static volumes: %w", err)
+	}
 	// An unmeasured round of a few replicas: the first pods on a node pay
 	// for cold caches (binaries, images, the pool's metadata).
 	log.Printf("cluster: warm-up")
-	for _, set := range []string{flashpvSet, emptyDirSet} {
-		if _, err := k.scaleUp(ctx, set, min(3, o.replicas), set == flashpvSet); err != nil {
+	for _, set := range scaleSets {
+		if _, err := k.scaleUp(ctx, set, min(3, o.replicas), set != emptyDirSet); err != nil {
 			return nil, fmt.Errorf("warm-up: %w", err)
 		}
 		if _, err := k.scaleDown(ctx, set); err != nil {
@@ -91,81 +119,110 @@ func (k *kube) runScaleUp(ctx context.Context, o *clusterOptions, class string) 
 	}
 	res := &scaleUpResult{Replicas: o.replicas, VolumeBytes: o.volumeBytes}
 	for i := range o.rounds {
-		var r scaleRound
-		order := []string{flashpvSet, emptyDirSet}
-		if i%2 == 1 {
-			slices.Reverse(order)
-		}
-		for _, set := range order {
-			up, err := k.scaleUp(ctx, set, o.replicas, set == flashpvSet)
-			if err != nil {
+		r := scaleRound{Order: roundOrder(i)}
+		for _, set := range r.Order {
+			if err := k.scaleRound(ctx, o, set, &r, res); err != nil {
 				return res, fmt.Errorf("round %d, %s: %w", i+1, set, err)
 			}
-			if set == flashpvSet {
-				r.FlashpvSec, r.BoundSec = up.ready.Seconds(), up.bound.Seconds()
-				r.PerNode, r.FlashpvStages = up.perNode, up.stages.summary()
-				if r.AuthorizerLag, err = k.authorizerLag(ctx, set, up.started); err != nil {
-					return res, err
-				}
-				mism, err := k.checkAffinity(ctx, set, o.replicas)
-				if err != nil {
-					return res, err
-				}
-				res.Checked += o.replicas
-				res.Mismatches = append(res.Mismatches, mism...)
-			} else {
-				r.EmptyDirSec, r.EmptyDirStages = up.ready.Seconds(), up.stages.summary()
-			}
-			down, err := k.scaleDown(ctx, set)
-			if err != nil {
-				return res, fmt.Errorf("round %d, %s: %w", i+1, set, err)
-			}
-			if set == flashpvSet {
-				r.TeardownSec = down.Seconds()
-			}
 		}
-		log.Printf("cluster: round %d: %d replicas Ready in %.1f s on flashpv (claims Bound in %.1f s, spread %v), %.1f s on emptyDir: %.2fx; torn down in %.1f s",
-			i+1, o.replicas, r.FlashpvSec, r.BoundSec, r.PerNode, r.EmptyDirSec, r.FlashpvSec/r.EmptyDirSec, r.TeardownSec)
-		log.Printf("cluster: round %d stages, flashpv: %v; emptyDir: %v; %d flashpv pod(s) refused their claim once by the node authorizer", i+1, r.FlashpvStages, r.EmptyDirStages, r.AuthorizerLag)
+		r.ratios()
+		log.Printf("cluster: round %d (%v): %d replicas Ready in %.1f s on flashpv (claims Bound in %.1f s, spread %v), %.1f s on static local volumes, %.1f s on emptyDir; flashpv ÷ static %.2fx (target %.1f), static ÷ emptyDir %.2fx, flashpv ÷ emptyDir %.2fx; flashpv torn down in %.1f s",
+			i+1, r.Order, o.replicas, r.FlashpvSec, r.BoundSec, r.PerNode, r.StaticSec, r.EmptyDirSec, r.VsStatic, staticTarget, r.StaticVsEmptyDir, r.FlashpvSec/r.EmptyDirSec, r.TeardownSec)
+		log.Printf("cluster: round %d stages, flashpv: %v; static: %v; emptyDir: %v; pods refused their claim once by the node authorizer: %d on flashpv, %d on static",
+			i+1, r.FlashpvStages, r.StaticStages, r.EmptyDirStages, r.AuthorizerLag, r.StaticAuthorizerLag)
 		res.Rounds = append(res.Rounds, r)
 	}
 	res.summarize()
 	return res, nil
 }
 
+// scaleSets are the scale-up's StatefulSets, in the first round's order.
+var scaleSets = []string{flashpvSet, staticSet, emptyDirSet}
+
+// roundOrder is the order of the StatefulSets in round i (from 0): rotated
+// by one each round, so that each runs first, second and last equally
+// often.
+func roundOrder(i int) []string {
+	n := len(scaleSets)
+	out := make([]string, 0, n)
+	for j := range n {
+		out = append(out, scaleSets[(i+j)%n])
+	}
+	return out
+}
+
+// scaleRound scales one StatefulSet up and down and records it in r (and
+// flashpv's node affinity check in res).
+func (k *kube) scaleRound(ctx context.Context, o *clusterOptions, set string, r *scaleRound, res *scaleUpResult) error {
+	up, err := k.scaleUp(ctx, set, o.replicas, set != emptyDirSet)
+	if err != nil {
+		return err
+	}
+	switch set {
+	case flashpvSet:
+		r.FlashpvSec, r.BoundSec = up.ready.Seconds(), up.bound.Seconds()
+		r.PerNode, r.FlashpvStages = up.perNode, up.stages.summary()
+		if r.AuthorizerLag, err = k.authorizerLag(ctx, set, up.started); err != nil {
+			return err
+		}
+		mism, err := k.checkAffinity(ctx, set, o.replicas)
+		if err != nil {
+			return err
+		}
+		res.Checked += o.replicas
+		res.Mismatches = append(res.Mismatches, mism...)
+	case staticSet:
+		r.StaticSec, r.StaticStages = up.ready.Seconds(), up.stages.summary()
+		if r.StaticAuthorizerLag, err = k.authorizerLag(ctx, set, up.started); err != nil {
+			return err
+		}
+	default:
+		r.EmptyDirSec, r.EmptyDirStages = up.ready.Seconds(), up.stages.summary()
+	}
+	down, err := k.scaleDown(ctx, set)
+	if err != nil {
+		return err
+	}
+	if set == flashpvSet {
+		r.TeardownSec = down.Seconds()
+	}
+	return nil
+}
+
+// ratios sets the round's ratios to the static floor (0 where a time is
+// missing: a report of a run before the static arm).
+func (r *scaleRound) ratios() {
+	r.VsStatic, r.StaticVsEmptyDir = 0, 0
+	if r.StaticSec > 0 {
+		r.VsStatic = r.FlashpvSec / r.StaticSec
+	}
+	if r.EmptyDirSec > 0 {
+		r.StaticVsEmptyDir = r.StaticSec / r.EmptyDirSec
+	}
+}
+
 func (res *scaleUpResult) summarize() {
-	var fl, ed, bound, down, ratio []float64
-	for _, r := range res.Rounds {
+	var fl, st, ed, bound, down, ratio, vsStatic, floor []float64
+	var fls, sts, eds [][]stage
+	for i := range res.Rounds {
+		r := &res.Rounds[i]
+		r.ratios()
 		fl, ed, bound, down = append(fl, r.FlashpvSec), append(ed, r.EmptyDirSec), append(bound, r.BoundSec), append(down, r.TeardownSec)
 		if r.EmptyDirSec > 0 {
 			ratio = append(ratio, r.FlashpvSec/r.EmptyDirSec)
 		}
+		if r.StaticSec > 0 {
+			st, vsStatic, floor = append(st, r.StaticSec), append(vsStatic, r.VsStatic), append(floor, r.StaticVsEmptyDir)
+		}
+		fls, sts, eds = append(fls, r.FlashpvStages), append(sts, r.StaticStages), append(eds, r.EmptyDirStages)
 	}
 	res.FlashpvSec, res.EmptyDirSec, res.BoundSec, res.TeardownSec, res.Ratio = spreadOf(fl), spreadOf(ed), spreadOf(bound), spreadOf(down), spreadOf(ratio)
-	var fls, eds [][]stage
-	for _, r := range res.Rounds {
-		fls, eds = append(fls, r.FlashpvStages), append(eds, r.EmptyDirStages)
+	res.StaticSec, res.VsStatic, res.StaticVsEmptyDir = spreadOf(st), spreadOf(vsStatic), spreadOf(floor)
+	res.StaticTarget, res.WithinStatic = 0, false
+	if len(vsStatic) > 0 {
+		res.StaticTarget, res.WithinStatic = staticTarget, res.VsStatic.Max <= staticTarget
 	}
-	res.FlashpvStages, res.EmptyDirStages = medianStages(fls), medianStages(eds)
-}
-
-// medianStages takes the median of each stage's times over rounds.
-func medianStages(rounds [][]stage) []stage {
-	var out []stage
-	for _, name := range stageNames {
-		var med, last []float64
-		for _, r := range rounds {
-			for _, s := range r {
-				if s.Name == name {
-					med, last = append(med, s.Median), append(last, s.Last)
-				}
-			}
-		}
-		if len(med) > 0 {
-			out = append(out, stage{Name: name, Median: spreadOf(med).Median, Last: spreadOf(last).Median})
-		}
-	}
-	return out
+	res.FlashpvStages, res.StaticStages, res.EmptyDirStages = medianStages(fls), medianStages(sts), medianStages(eds)
 }
 
 // benchSet is the example StatefulSet renamed, with 0 replicas and volumes
@@ -208,50 +265,6 @@ type scaleUpTimes struct {
 	ready, bound time.Duration
 	perNode      map[string]int
 	stages       stageTimes
-}
-
-// The stages a replica goes through, in order. A claim of a
-// WaitForFirstConsumer class gets its node from the scheduler (the
-// selected-node annotation), then is provisioned and bound, then its pod is
-// bound to the node; on emptyDir a pod is bound at once.
-var stageNames = []string{"created", "node picked", "claim bound", "pod scheduled", "pod ready"}
-
-// stageTimes records, per stage and replica, when the poll first saw it.
-type stageTimes map[string]map[string]time.Duration
-
-func (st stageTimes) see(stage, replica string, at time.Duration) {
-	if st[stage] == nil {
-		st[stage] = map[string]time.Duration{}
-	}
-	if _, ok := st[stage][replica]; !ok {
-		st[stage][replica] = at
-	}
-}
-
-// stage is one stage over the replicas: the median time to it and the time
-// the last replica got there, in seconds from the scale request.
-type stage struct {
-	Name   string  `json:"name"`
-	Median float64 `json:"median_sec"`
-	Last   float64 `json:"last_sec"`
-}
-
-func (s stage) String() string { return fmt.Sprintf("%s %.1f/%.1f", s.Name, s.Median, s.Last) }
-
-func (st stageTimes) summary() []stage {
-	var out []stage
-	for _, name := range stageNames {
-		var xs []float64
-		for _, d := range st[name] {
-			xs = append(xs, d.Seconds())
-		}
-		if len(xs) == 0 {
-			continue
-		}
-		sp := spreadOf(xs)
-		out = append(out, stage{Name: name, Median: sp.Median, Last: sp.Max})
-	}
-	return out
 }
 
 // selectedNode is the annotation by which the scheduler asks for a claim's
@@ -373,7 +386,8 @@ func (k *kube) setReplicas(ctx context.Context, set string, n int) error {
 
 // scaleDown sets a StatefulSet's replicas to 0, waits until its pods are
 // gone, deletes the claims in the namespace and waits until their volumes
-// are deleted, so that the next scale-up starts with empty pools.
+// are deleted (the static set's: recycled), so that the next scale-up
+// starts with empty pools.
 func (k *kube) scaleDown(ctx context.Context, set string) (time.Duration, error) {
 	ctx, cancel := context.WithTimeout(ctx, scaleTimeout)
 	defer cancel()
@@ -396,6 +410,9 @@ func (k *kube) scaleDown(ctx context.Context, set string) (time.Duration, error)
 		n, err := k.volumesLeft(ctx)
 		return n == 0, fmt.Sprintf("%d volume(s) left", n), err
 	})
+	if err == nil && set == staticSet {
+		err = k.recycleStatic(ctx)
+	}
 	return time.Since(start), err
 }
 

@@ -98,7 +98,7 @@ func TestClusterReport(t *testing.T) {
 	}
 	md, _ := os.ReadFile(filepath.Join(dir, "report.md"))
 	for _, want := range []string{"Scale: 7 volumes", "## Cluster: 3 node(s)", "**1.15 [1.10–1.20]**",
-		"all 60 volumes pinned",
+		"all 60 flashpv volumes pinned",
 		"| claim bound | 3.0 / 3.5 | – |", "| pod ready | 6.0 / 6.0 | 5.0 / 5.0 |", "Skipped: the VolumeSnapshot API"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q:\n%s", want, md)
