@@ -129,8 +129,8 @@ func (o *clusterOptions) finish(quick bool) error {
 	if o.rounds < 1 || o.replicas < 1 || o.restoreRounds < 1 || o.transferRounds < 1 || o.moveRounds < 1 {
 		return errors.New("-cluster-rounds, -cluster-replicas, -restore-rounds, -transfer-rounds and -move-rounds must be at least 1")
 	}
-	if o.moveDataBytes > o.moveBytes/2 || o.moveChangedBytes < 1<<20 || o.moveChangedBytes+moveChangeSeek<<20 > o.moveDataBytes {
-		return fmt.Errorf("-move-data must be at most half of -move-size, and -move-changed at least 1 MiB and within the data after its first %d MiB", moveChangeSeek)
+	if o.moveDataBytes > o.moveBytes/2 || o.moveChangedBytes < 1<<20 || o.moveChangedBytes > o.moveDataBytes {
+		return errors.New("-move-data must be at most half of -move-size, and -move-changed at least 1 MiB and at most -move-data")
 	}
 	if o.restoreDataBytes > o.restoreBytes/2 || o.transferDataBytes > o.transferBytes/2 {
 		return errors.New("-restore-data and -transfer-data must be at most half of -restore-size and -transfer-size")

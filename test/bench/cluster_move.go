@@ -44,12 +44,11 @@ type moveResult struct {
 }
 
 const (
-	moveSet        = "bench-move"
-	moveClass      = "flashpv-bench-move"
-	moveTimeout    = 5 * time.Minute
-	annMoveState   = "flashpv.dev/move-state"
-	moveDataFile   = "/data/base"
-	moveChangeSeek = 100 // MiB into the data file, where the change is written
+	moveSet      = "bench-move"
+	moveClass    = "flashpv-bench-move"
+	moveTimeout  = 5 * time.Minute
+	annMoveState = "flashpv.dev/move-state"
+	moveDataFile = "/data/base"
 )
 
 // runMove makes a one-replica StatefulSet on a drainPolicy: Move class
@@ -223,8 +222,10 @@ func (k *kube) moveReplica(ctx context.Context, o *clusterOptions, before string
 		return r, fmt.Errorf("pre-copy: %w", err)
 	}
 	r.precopy = time.Since(cordoned)
+	// The change, in the middle of the data.
+	seek := (o.moveDataBytes - o.moveChangedBytes) / 2 >> 20
 	change := fmt.Sprintf("dd if=/dev/urandom of=%s bs=1M count=%d seek=%d conv=notrunc,fsync 2>/dev/null && md5sum < %s",
-		moveDataFile, o.moveChangedBytes>>20, moveChangeSeek, moveDataFile)
+		moveDataFile, o.moveChangedBytes>>20, seek, moveDataFile)
 	changed, err := k.execSet(ctx, change)
 	if err != nil {
 		return r, fmt.Errorf("the change: %w", err)

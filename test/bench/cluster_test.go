@@ -1,6 +1,7 @@
 package main
 
 import (
+	"flag"
 	"os"
 	"path/filepath"
 	"strings"
@@ -102,6 +103,22 @@ func TestClusterReport(t *testing.T) {
 		"| claim bound | 3.0 / 3.5 | – |", "| pod ready | 6.0 / 6.0 | 5.0 / 5.0 |", "Skipped: the VolumeSnapshot API"} {
 		if !strings.Contains(string(md), want) {
 			t.Errorf("report.md lacks %q:\n%s", want, md)
+		}
+	}
+}
+
+// TestClusterOptionsFinish: the defaults and -quick's sizes are valid
+// together (a check of one part's flags once refused -quick altogether).
+func TestClusterOptionsFinish(t *testing.T) {
+	for _, quick := range []bool{false, true} {
+		var o clusterOptions
+		fs := flag.NewFlagSet("bench", flag.ContinueOnError)
+		o.addFlags(fs)
+		if err := fs.Parse(nil); err != nil {
+			t.Fatal(err)
+		}
+		if err := o.finish(quick); err != nil {
+			t.Errorf("quick=%v: %v", quick, err)
 		}
 	}
 }
