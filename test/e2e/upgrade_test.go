@@ -133,6 +133,11 @@ parameters:
 //
 // Alone: go test -count=1 -timeout 30m -tags e2e -v -run TestUpgrade ./test/e2e/
 func TestUpgrade(t *testing.T) {
+	// The earlier flashpv is built from this repository's history; a
+	// checkout without it (a shallow clone, an exported tree) cannot.
+	if out, err := exec.Command("git", "-C", repo, "rev-parse", "--verify", "--quiet", upgradeFrom+"^{commit}").CombinedOutput(); err != nil {
+		t.Skipf("commit %s is not in %s's history (a shallow clone?): %v %s; the upgrade test needs it", upgradeFrom, repo, err, out)
+	}
 	ns := namespace(t, "e2e-upgrade")
 	tag := upgradeFrom[:12]
 	head := envOr("FLASHPV_DEPLOY", "helm") // make e2e's
