@@ -221,23 +221,17 @@ func (d *decision) do(k Kind) Action {
 }
 
 func (d *decision) planned() Action {
-	s := d.v.Snapshot
 	if d.a.Record.Late {
 		return d.plannedLate()
 	}
-	switch {
+	switch s := d.v.Snapshot; {
 	case s.Error != "" && strings.Contains(s.Error, SnapshotNeedsStop):
 		d.a.Record.Late = true
 		return d.to(Planned, "the volume %s: it is fenced first, and snapshotted once its pod has stopped", SnapshotNeedsStop)
 	case s.Error != "":
 		return d.to(RollingBack, "the snapshot failed: %s", s.Error)
-	case !s.Exists:
-		d.a.Claim = d.claim
-		return d.do(TakeSnapshot)
-	case !s.Ready:
-		return d.wait("the snapshot is not ready yet")
 	}
-	return d.to(PreCopying, "the snapshot is ready")
+	return d.snapshotReady()
 }
 
 // plannedLate: a volume that cannot be snapshotted while in use (a
@@ -246,15 +240,10 @@ func (d *decision) planned() Action {
 // pre-copy then holds all its data, and the catch-up sends what differs
 // (nothing, unless a pod wrote in between).
 func (d *decision) plannedLate() Action {
-	rec, s := d.a.Record, d.v.Snapshot
-	switch d.v.Orders[OrderFence] {
-	case Failed:
-		return d.to(RollingBack, "node %s could not fence the volume: %s", rec.Source, d.v.OrderError)
-	case Finished:
-	default:
-		return d.send(OrderFence, rec.Source)
+	if a, up := d.fenced(); !up {
+		return a
 	}
-	switch {
+	switch s := d.v.Snapshot; {
 	case s.Error != "" && strings.Contains(s.Error, SnapshotNeedsStop):
 		// Taken before the kubelet let go of the volume: again.
 		return d.do(DeleteSnapshot)
@@ -264,7 +253,13 @@ func (d *decision) plannedLate() Action {
 	if pod, _ := d.v.pods(d.claim); pod != nil {
 		return d.wait("pod %s/%s runs with the claim; the volume %s", pod.Namespace, pod.Name, SnapshotNeedsStop)
 	}
-	switch {
+	return d.snapshotReady()
+}
+
+// snapshotReady takes the move's snapshot and waits for it, then starts
+// the pre-copy.
+func (d *decision) snapshotReady() Action {
+	switch s := d.v.Snapshot; {
 	case !s.Exists:
 		d.a.Claim = d.claim
 		return d.do(TakeSnapshot)
@@ -272,6 +267,19 @@ func (d *decision) plannedLate() Action {
 		return d.wait("the snapshot is not ready yet")
 	}
 	return d.to(PreCopying, "the snapshot is ready")
+}
+
+// fenced reports whether the source node has fenced the volume, and
+// otherwise the step toward it (or the rollback when it could not).
+func (d *decision) fenced() (Action, bool) {
+	rec := d.a.Record
+	switch d.v.Orders[OrderFence] {
+	case Finished:
+		return Action{}, true
+	case Failed:
+		return d.to(RollingBack, "node %s could not fence the volume: %s", rec.Source, d.v.OrderError), false
+	}
+	return d.send(OrderFence, rec.Source), false
 }
 
 func (d *decision) preCopying() Action {
@@ -290,13 +298,8 @@ func (d *decision) preCopying() Action {
 // with the volume again. The fence holds it there until the move is over;
 // a pod that runs already is not disturbed.
 func (d *decision) waitingForPod() Action {
-	rec := d.a.Record
-	switch d.v.Orders[OrderFence] {
-	case Failed:
-		return d.to(RollingBack, "node %s could not fence the volume: %s", rec.Source, d.v.OrderError)
-	case Finished:
-	default:
-		return d.send(OrderFence, rec.Source)
+	if a, up := d.fenced(); !up {
+		return a
 	}
 	if pod, _ := d.v.pods(d.claim); pod != nil {
 		return d.wait("pod %s/%s runs with the claim", pod.Namespace, pod.Name)
